@@ -1,0 +1,295 @@
+"""Typed model configurations.
+
+The released analyzer and vocoder configurations are built in
+(:func:`AnalyzerConfig.released`, :func:`VocoderConfig.released`); other sizes
+come from JSON files with the same keys as the published configs
+(:func:`AnalyzerConfig.from_json`, :func:`VocoderConfig.from_json`).
+HuBERT's configuration is read from the checkpoint itself
+(:func:`HubertConfig.from_fairseq`).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from socodec.errors import ConfigError
+
+SAMPLE_RATE = 16000
+SAMPLES_PER_TOKEN = 1920
+HUBERT_HOP = 320
+MEL_HOP = 160
+LEAD_SAMPLES = 8000
+HUBERT_TAIL_SAMPLES = 3200
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel front end (BigVGAN style)."""
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 1024
+    hop_length: int = MEL_HOP
+    win_length: int = 640
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float = 8000.0
+
+
+@dataclass(frozen=True)
+class AnalyzerConfig:
+    """Encoder, quantiser, speaker encoder and mel decoders."""
+
+    in_dim: int = 1024
+    out_dim: int = 80
+    model_size: int = 1024
+    downsample_scales: tuple[int, ...] = (2, 3)
+    upsample_scales: tuple[tuple[int, ...], ...] = ((3, 2), (2,))
+    codebook_size: tuple[int, ...] = (128, 128)
+    codebook_dim: tuple[int, ...] = (128, 128)
+    n_streams: int = 4
+    samples_per_token: int = SAMPLES_PER_TOKEN
+    mel: MelConfig = field(default_factory=MelConfig)
+
+    @property
+    def n_subcodebooks(self) -> int:
+        return len(self.codebook_size) * self.n_streams
+
+    @property
+    def stream_cardinality(self) -> int:
+        """Number of distinct token values in one stream (16384 released)."""
+        n = 1
+        for size in self.codebook_size:
+            n *= size
+        return n
+
+    @classmethod
+    def released(cls) -> "AnalyzerConfig":
+        return cls()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AnalyzerConfig":
+        try:
+            vq = d["vq_config"]
+            mel = d.get("mel_config", {})
+            trees = d["tree_config"]
+            if len(trees) != 1:
+                raise ConfigError(f"expected one tree_config entry, found {len(trees)}")
+            if d.get("vq_class", "VectorQuantization") != "VectorQuantization":
+                raise ConfigError(f"unsupported vq_class {d['vq_class']!r}")
+            cfg = cls(
+                in_dim=int(d["in_dim"]),
+                out_dim=int(d["out_dim"]),
+                model_size=int(d["n_model_size"]),
+                downsample_scales=tuple(int(s) for s in d["downsample_scales"]),
+                upsample_scales=tuple(tuple(int(s) for s in group) for group in d["upsample_scales"]),
+                codebook_size=tuple(int(s) for s in vq["codebook_size"]),
+                codebook_dim=tuple(int(s) for s in vq["codebook_dim"]),
+                n_streams=int(trees[0]["n_groups"]),
+                samples_per_token=int(d.get("n_samples_per_token", SAMPLES_PER_TOKEN)),
+                mel=MelConfig(
+                    sample_rate=int(mel.get("sampling_rate", SAMPLE_RATE)),
+                    n_fft=int(mel.get("filter_length", 1024)),
+                    hop_length=int(mel.get("hop_length", MEL_HOP)),
+                    win_length=int(mel.get("win_length", 640)),
+                    n_mels=int(mel.get("n_mel_channels", 80)),
+                ),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"analyzer config: missing or invalid entry ({exc})") from None
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "AnalyzerConfig":
+        return cls.from_dict(_read_json(path))
+
+    def validate(self) -> None:
+        if len(self.upsample_scales) != 2:
+            raise ConfigError("analyzer config: upsample_scales must have two groups (decoder_1, decoder_2)")
+        if len(self.codebook_size) != len(self.codebook_dim):
+            raise ConfigError("analyzer config: codebook_size and codebook_dim differ in length")
+        down = _product(self.downsample_scales)
+        up = _product(self.upsample_scales[0])
+        if down * HUBERT_HOP != self.samples_per_token or up != down:
+            raise ConfigError("analyzer config: scales do not match 1920 samples per token")
+        if self.out_dim != self.mel.n_mels:
+            raise ConfigError("analyzer config: out_dim must equal n_mel_channels")
+        if self.model_size % 32:
+            raise ConfigError("analyzer config: n_model_size must be a multiple of 32 (grouped convs)")
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    """BigVGAN-style generator."""
+
+    num_mels: int = 80
+    upsample_rates: tuple[int, ...] = (5, 4, 2, 2, 2)
+    upsample_kernel_sizes: tuple[int, ...] = (11, 8, 4, 4, 4)
+    upsample_initial_channel: int = 512
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    resblock: int = 0
+    snake_logscale: bool = True
+    use_bias_at_final: bool = True
+    use_tanh_at_final: bool = True
+
+    @property
+    def hop_length(self) -> int:
+        """Output samples per mel frame (160 released)."""
+        return _product(self.upsample_rates)
+
+    @classmethod
+    def released(cls) -> "VocoderConfig":
+        return cls()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VocoderConfig":
+        try:
+            if d.get("activation", "snakebeta") != "snakebeta":
+                raise ConfigError(f"unsupported vocoder activation {d['activation']!r}")
+            cfg = cls(
+                num_mels=int(d["num_mels"]),
+                upsample_rates=tuple(int(r) for r in d["upsample_rates"]),
+                upsample_kernel_sizes=tuple(int(k) for k in d["upsample_kernel_sizes"]),
+                upsample_initial_channel=int(d["upsample_initial_channel"]),
+                resblock_kernel_sizes=tuple(int(k) for k in d["resblock_kernel_sizes"]),
+                resblock_dilation_sizes=tuple(tuple(int(x) for x in ds) for ds in d["resblock_dilation_sizes"]),
+                resblock=int(d.get("resblock", 0)),
+                snake_logscale=bool(d.get("snake_logscale", True)),
+                use_bias_at_final=bool(d.get("use_bias_at_final", True)),
+                use_tanh_at_final=bool(d.get("use_tanh_at_final", True)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"vocoder config: missing or invalid entry ({exc})") from None
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "VocoderConfig":
+        return cls.from_dict(_read_json(path))
+
+    def validate(self) -> None:
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            raise ConfigError("vocoder config: upsample_rates and upsample_kernel_sizes differ in length")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ConfigError("vocoder config: resblock kernel and dilation lists differ in length")
+        if self.resblock != 0:
+            raise ConfigError("vocoder config: only resblock 0 (the released two-conv AMP block) is supported")
+        if self.hop_length != MEL_HOP:
+            raise ConfigError(f"vocoder config: upsample rates multiply to {self.hop_length}, expected {MEL_HOP}")
+        if self.upsample_initial_channel % (2 ** len(self.upsample_rates)):
+            raise ConfigError("vocoder config: upsample_initial_channel not divisible by 2^stages")
+
+
+@dataclass(frozen=True)
+class HubertConfig:
+    """HuBERT hyper-parameters, read from a fairseq checkpoint's ``cfg``."""
+
+    conv_layers: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+    embed_dim: int = 1024
+    ffn_dim: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    layer_norm_first: bool = True
+    extractor_mode: str = "layer_norm"
+    conv_bias: bool = False
+    normalize: bool = True
+
+    @property
+    def extractor_dim(self) -> int:
+        return self.conv_layers[-1][0]
+
+    @property
+    def hop(self) -> int:
+        return _product(stride for _, _, stride in self.conv_layers)
+
+    @classmethod
+    def from_fairseq(cls, model_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any]) -> "HubertConfig":
+        """Build from the ``cfg["model"]`` and ``cfg["task"]`` dicts of a fairseq checkpoint."""
+        try:
+            layers = _parse_conv_layers(str(model_cfg["conv_feature_layers"]))
+            cfg = cls(
+                conv_layers=layers,
+                embed_dim=int(model_cfg["encoder_embed_dim"]),
+                ffn_dim=int(model_cfg["encoder_ffn_embed_dim"]),
+                num_layers=int(model_cfg["encoder_layers"]),
+                num_heads=int(model_cfg["encoder_attention_heads"]),
+                conv_pos=int(model_cfg["conv_pos"]),
+                conv_pos_groups=int(model_cfg["conv_pos_groups"]),
+                layer_norm_first=bool(model_cfg["layer_norm_first"]),
+                extractor_mode=str(model_cfg.get("extractor_mode", "default")),
+                conv_bias=bool(model_cfg.get("conv_bias", False)),
+                normalize=bool(task_cfg.get("normalize", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"HuBERT checkpoint config: missing or invalid entry ({exc})") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.extractor_mode != "layer_norm" or not self.layer_norm_first:
+            raise ConfigError(
+                "HuBERT checkpoint config: only the layer-norm extractor with pre-LayerNorm "
+                f"layers is supported (found extractor_mode={self.extractor_mode!r}, "
+                f"layer_norm_first={self.layer_norm_first})"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ConfigError("HuBERT checkpoint config: embed_dim not divisible by attention heads")
+        if self.hop != HUBERT_HOP:
+            raise ConfigError(f"HuBERT checkpoint config: conv strides multiply to {self.hop}, expected {HUBERT_HOP}")
+
+
+def _parse_conv_layers(spec: str) -> tuple[tuple[int, int, int], ...]:
+    """Parse fairseq's ``conv_feature_layers`` string, e.g. ``"[(512,10,5)] + [(512,3,2)] * 4"``.
+
+    Evaluated with a tiny arithmetic-only interpreter: no ``eval``.
+    """
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [ev(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = ev(node.left), ev(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(f"unsupported conv_feature_layers syntax: {spec!r}")
+
+    layers = ev(ast.parse(spec, mode="eval"))
+    if not isinstance(layers, list) or not layers:
+        raise ValueError(f"conv_feature_layers is not a non-empty list: {spec!r}")
+    out = []
+    for layer in layers:
+        if not (isinstance(layer, tuple) and len(layer) == 3 and all(isinstance(v, int) for v in layer)):
+            raise ValueError(f"conv_feature_layers entry is not (dim, kernel, stride): {layer!r}")
+        out.append(layer)
+    return tuple(out)
+
+
+def _product(values: Any) -> int:
+    n = 1
+    for v in values:
+        n *= int(v)
+    return n
+
+
+def _read_json(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{p}: not a readable JSON config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: config must be a JSON object")
+    return data

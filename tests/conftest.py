@@ -1,0 +1,47 @@
+"""Shared fixtures: the golden reference data lives in ``../shared/reference``.
+
+The suite refuses to run (it does not skip) when that folder is missing:
+parity with the published model is the point of these tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("SOCODEC_REFERENCE", REPO.parent / "shared" / "reference"))
+GOLDEN = REFERENCE / "golden"
+MANIFESTS = REFERENCE / "manifests"
+CASES = ("ground_truth", "chirp", "edge")
+
+if not (GOLDEN / "README.md").is_file():
+    raise pytest.UsageError(f"golden reference data not found at {REFERENCE}: the tests need ../shared/reference")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def assert_close_golden(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The golden tolerance: max |a-b| <= 1e-4 * max(1, max|b|). Returns the error."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    err = (actual.float() - expected.float()).abs().max().item() if expected.numel() else 0.0
+    bound = 1e-4 * max(1.0, expected.abs().max().item())
+    assert err <= bound, f"max abs error {err:.3e} > {bound:.3e}"
+    return err
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return GOLDEN
+
+
+@pytest.fixture(scope="session", params=CASES)
+def golden_case(request) -> dict[str, torch.Tensor]:
+    """Every tensor of one golden case (``input_wav``, ``tokens``, ``mel_pred``, ...)."""
+    case = load_file(str(GOLDEN / f"golden_{request.param}.safetensors"))
+    case["name"] = request.param
+    return case
