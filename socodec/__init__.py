@@ -1,0 +1,1 @@
+"""SoCodec speech codec."""

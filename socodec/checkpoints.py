@@ -1,0 +1,82 @@
+"""Strict checkpoint loading for safetensors files.
+
+Every key a module needs must be present with the right shape; keys that a
+caller declares training-only are ignored; anything else fails with one
+:class:`~socodec.errors.CheckpointError` naming the file, the key and the shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from socodec.errors import CheckpointError
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a whole safetensors file (memory-mapped by safetensors) into a dict of CPU tensors."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: not a file")
+    try:
+        return load_file(str(p), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{p}: not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def load_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str | Path,
+    prefix: str = "",
+    ignore: Callable[[str], bool] | None = None,
+) -> None:
+    """Load ``state`` (keys under ``prefix``) into ``module``, checking every key and shape.
+
+    Args:
+        module: the module to fill; its ``state_dict()`` names the keys it needs.
+        state: checkpoint tensors, possibly holding other modules' keys too.
+        source: the file the tensors came from (for error messages).
+        prefix: e.g. ``"encoder."``; only keys starting with it are considered.
+        ignore: returns True for (prefix-stripped) keys that are known and unused.
+    """
+    wanted = module.state_dict()
+    found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    for key in list(found):
+        if key not in wanted and ignore is not None and ignore(key):
+            del found[key]
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        raise CheckpointError(
+            f"{source}: missing key '{prefix}{missing[0]}' (expected shape {list(wanted[missing[0]].shape)})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+    unexpected = [k for k in found if k not in wanted]
+    if unexpected:
+        raise CheckpointError(
+            f"{source}: unexpected key '{prefix}{unexpected[0]}'"
+            + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+            + " (is this checkpoint for another model?)"
+        )
+    for key, tensor in found.items():
+        if tuple(tensor.shape) != tuple(wanted[key].shape):
+            raise CheckpointError(
+                f"{source}: key '{prefix}{key}' has shape {list(tensor.shape)}, expected {list(wanted[key].shape)} "
+                "(checkpoint and config describe different model sizes?)"
+            )
+        if not tensor.is_floating_point() and wanted[key].is_floating_point():
+            raise CheckpointError(f"{source}: key '{prefix}{key}' has dtype {tensor.dtype}, expected floating point")
+    module.load_state_dict({k: v.to(wanted[k].dtype) for k, v in found.items()}, strict=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
