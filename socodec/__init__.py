@@ -1,1 +1,17 @@
-"""SoCodec speech codec."""
+"""SoCodec speech codec: 16 kHz speech <-> 4 token streams + a speaker vector."""
+
+from socodec.codes import Codes
+from socodec.errors import SoCodecError
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "SoCodec":
+        from socodec.codec import SoCodec
+
+        return SoCodec
+    raise AttributeError(name)
+
+
+__all__ = ["SoCodec", "Codes", "SoCodecError", "__version__"]

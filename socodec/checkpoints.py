@@ -7,6 +7,7 @@ caller declares training-only are ignored; anything else fails with one
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -80,3 +81,20 @@ def load_strict(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
+    """A fast identity for a weight file: sha256 of its size, first and last MiB (16 hex digits).
+
+    Hashing whole multi-GB files would dominate load time; size plus both ends
+    tells released files and their variants apart.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with p.open("rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(chunk, size - chunk))
+            h.update(f.read(chunk))
+    return h.hexdigest()[:16]

@@ -1,0 +1,170 @@
+"""Write random-weight checkpoints in the released formats, under the released names.
+
+Real size by default (the benchmark uses these: ~1.3 GB HuBERT .pt, analyzer and
+vocoder safetensors); ``--tiny`` uses small configs for quick experiments.
+The HuBERT file is a fairseq-style trainer checkpoint, complete with a pickled
+``fairseq.data.dictionary.Dictionary`` stand-in, so it exercises the same safe
+loader as the real file.
+
+    python scripts/make_random_checkpoints.py OUT_DIR [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import types
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from socodec.codec import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE  # noqa: E402
+from socodec.config import AnalyzerConfig, HubertConfig, VocoderConfig  # noqa: E402
+from socodec.nn.analyzer import Analyzer  # noqa: E402
+from socodec.nn.vocoder import Vocoder  # noqa: E402
+
+log = logging.getLogger("make_random_checkpoints")
+
+
+def fairseq_hubert_shapes(cfg: HubertConfig, n_labels: int = 504, final_dim: int = 768) -> dict[str, tuple[int, ...]]:
+    """Every key and shape of a fairseq HuBERT state dict (inference keys and the unused ones)."""
+    d, f = cfg.embed_dim, cfg.ffn_dim
+    shapes: dict[str, tuple[int, ...]] = {"mask_emb": (d,), "label_embs_concat": (n_labels, final_dim)}
+    c_in = 1
+    for i, (dim, kernel, _stride) in enumerate(cfg.conv_layers):
+        shapes[f"feature_extractor.conv_layers.{i}.0.weight"] = (dim, c_in, kernel)
+        shapes[f"feature_extractor.conv_layers.{i}.2.1.weight"] = (dim,)
+        shapes[f"feature_extractor.conv_layers.{i}.2.1.bias"] = (dim,)
+        c_in = dim
+    shapes["post_extract_proj.weight"] = (d, c_in)
+    shapes["post_extract_proj.bias"] = (d,)
+    shapes["encoder.pos_conv.0.bias"] = (d,)
+    shapes["encoder.pos_conv.0.weight_g"] = (1, 1, cfg.conv_pos)
+    shapes["encoder.pos_conv.0.weight_v"] = (d, d // cfg.conv_pos_groups, cfg.conv_pos)
+    for n in range(cfg.num_layers):
+        p = f"encoder.layers.{n}."
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            shapes[p + f"self_attn.{proj}.weight"] = (d, d)
+            shapes[p + f"self_attn.{proj}.bias"] = (d,)
+        shapes[p + "self_attn_layer_norm.weight"] = (d,)
+        shapes[p + "self_attn_layer_norm.bias"] = (d,)
+        shapes[p + "fc1.weight"] = (f, d)
+        shapes[p + "fc1.bias"] = (f,)
+        shapes[p + "fc2.weight"] = (d, f)
+        shapes[p + "fc2.bias"] = (d,)
+        shapes[p + "final_layer_norm.weight"] = (d,)
+        shapes[p + "final_layer_norm.bias"] = (d,)
+    shapes["encoder.layer_norm.weight"] = (d,)
+    shapes["encoder.layer_norm.bias"] = (d,)
+    shapes["layer_norm.weight"] = (c_in,)
+    shapes["layer_norm.bias"] = (c_in,)
+    shapes["final_proj.weight"] = (final_dim, d)
+    shapes["final_proj.bias"] = (final_dim,)
+    return shapes
+
+
+def _random(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """A plausible random tensor: unit norms, zero biases, fan-in scaled weights."""
+    name = key.rsplit(".", 1)[-1]
+    if "norm" in key and name == "weight" and len(shape) == 1:
+        return torch.ones(shape)
+    if name in ("bias", "beta", "alpha", "inited"):
+        return torch.zeros(shape) if name != "inited" else torch.ones(shape)
+    if name == "weight_g":
+        return torch.ones(shape)
+    fan_in = 1
+    for s in shape[1:]:
+        fan_in *= s
+    return torch.randn(shape, generator=gen) / max(1, fan_in) ** 0.5
+
+
+def _fake_fairseq_dictionary() -> object:
+    """An object that pickles as ``fairseq.data.dictionary.Dictionary`` (as in real checkpoints)."""
+    for name in ("fairseq", "fairseq.data", "fairseq.data.dictionary"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    module = sys.modules["fairseq.data.dictionary"]
+    cls = type("Dictionary", (), {"__module__": "fairseq.data.dictionary"})
+    module.Dictionary = cls  # type: ignore[attr-defined]
+    obj = cls()
+    obj.symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(500)]
+    obj.count = [1] * len(obj.symbols)
+    return obj
+
+
+def write_hubert(path: Path, cfg: HubertConfig, gen: torch.Generator) -> None:
+    state = {k: _random(k, s, gen) for k, s in fairseq_hubert_shapes(cfg).items()}
+    conv = " + ".join(f"[({d},{k},{s})]" for d, k, s in cfg.conv_layers)
+    model_cfg = {
+        "_name": "hubert", "extractor_mode": cfg.extractor_mode, "encoder_layers": cfg.num_layers,
+        "encoder_embed_dim": cfg.embed_dim, "encoder_ffn_embed_dim": cfg.ffn_dim,
+        "encoder_attention_heads": cfg.num_heads, "layer_norm_first": cfg.layer_norm_first,
+        "conv_feature_layers": conv, "conv_bias": cfg.conv_bias, "conv_pos": cfg.conv_pos,
+        "conv_pos_groups": cfg.conv_pos_groups, "activation_fn": "gelu", "final_dim": 768,
+    }
+    task_cfg = {"_name": "hubert_pretraining", "normalize": cfg.normalize, "sample_rate": 16000, "labels": ["km"]}
+    ckpt = {
+        "args": None,
+        "cfg": {"_name": None, "model": model_cfg, "task": task_cfg},
+        "model": state,
+        "task_state": {"dictionaries": [_fake_fairseq_dictionary()]},
+        "optimizer_history": [{"num_updates": 0}],
+        "extra_state": {},
+        "last_optimizer_state": None,
+    }
+    torch.save(ckpt, path)
+
+
+def write_analyzer(path: Path, cfg: AnalyzerConfig, gen: torch.Generator) -> None:
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Analyzer(cfg).state_dict().items()}
+    d = cfg.model_size
+    shapes["decoder_1.layers.8.weight"] = (cfg.in_dim, d, 3)
+    shapes["decoder_1.layers.8.bias"] = (cfg.in_dim,)
+    for j in range(cfg.n_subcodebooks):
+        size, dim = cfg.codebook_size[j % len(cfg.codebook_size)], cfg.codebook_dim[j % len(cfg.codebook_dim)]
+        p = f"quantizer.quantizers.0._codebook.codebooks.{j}."
+        shapes[p + "inited"] = (1,)
+        shapes[p + "cluster_size"] = (size,)
+        shapes[p + "embed_avg"] = (size, dim)
+    save_file({k: _random(k, s, gen).contiguous() for k, s in sorted(shapes.items())}, str(path))
+
+
+def write_vocoder(path: Path, cfg: VocoderConfig, gen: torch.Generator) -> None:
+    template = Vocoder(cfg).state_dict()
+    state = {}
+    for key, value in template.items():
+        state[key] = value.clone() if key.endswith("filter") else _random(key, tuple(value.shape), gen)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def make_random_checkpoints(
+    out_dir: Path,
+    hubert: HubertConfig | None = None,
+    analyzer: AnalyzerConfig | None = None,
+    vocoder: VocoderConfig | None = None,
+    seed: int = 0,
+) -> None:
+    """Write the three files (released names) into ``out_dir``; released sizes by default."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    write_hubert(out_dir / HUBERT_FILE, hubert or HubertConfig(), gen)
+    write_analyzer(out_dir / ANALYZER_FILE, analyzer or AnalyzerConfig.released(), gen)
+    write_vocoder(out_dir / VOCODER_FILE, vocoder or VocoderConfig.released(), gen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    make_random_checkpoints(args.out_dir, seed=args.seed)
+    log.info("wrote %s, %s, %s in %s", HUBERT_FILE, ANALYZER_FILE, VOCODER_FILE, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

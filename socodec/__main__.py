@@ -1,0 +1,3 @@
+from socodec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""The SoCodec model: 16 kHz speech <-> tokens [T, 4] + speaker vector.
+
+Typical use::
+
+    codec = SoCodec.from_pretrained("ckpts")
+    codes = codec.encode(wav, sample_rate)     # Codes: tokens [T, 4], speaker [D]
+    audio = codec.decode(codes)                # [N] float32 at 16 kHz
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from socodec.audio import to_model_input
+from socodec.checkpoints import file_fingerprint, load_strict, read_safetensors
+from socodec.codes import Codes
+from socodec.config import LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, VocoderConfig
+from socodec.errors import CheckpointError, CodesError, SoCodecError
+from socodec.mel import MelSpectrogram
+from socodec.nn.analyzer import HUBERT_PREFIX, Analyzer, load_analyzer
+from socodec.nn.hubert import HubertFeatures, build_hubert, fairseq_to_hf, load_hubert_weights
+from socodec.nn.vocoder import Vocoder
+
+log = logging.getLogger(__name__)
+
+HUBERT_FILE = "chinese-hubert-large-fairseq-ckpt.pt"
+ANALYZER_FILE = "socodec_16384x4_120ms_16khz_chinese.safetensors"
+VOCODER_FILE = "mel_vocoder_80dim_10ms_16khz.safetensors"
+RELEASED_FILES = (HUBERT_FILE, ANALYZER_FILE, VOCODER_FILE)
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Where the three model files are."""
+
+    hubert: Path
+    analyzer: Path
+    vocoder: Path
+
+    @classmethod
+    def in_dir(cls, ckpt_dir: str | Path) -> "CheckpointPaths":
+        d = Path(ckpt_dir)
+        return cls(d / HUBERT_FILE, d / ANALYZER_FILE, d / VOCODER_FILE)
+
+    def missing(self) -> list[Path]:
+        return [p for p in (self.hubert, self.analyzer, self.vocoder) if not p.is_file()]
+
+
+class SoCodec(torch.nn.Module):
+    """HuBERT -> causal encoder -> product VQ  |  VQ decode -> mel decoders -> vocoder.
+
+    Build it with :meth:`from_pretrained` or :meth:`from_files`; the constructor
+    takes ready modules.
+    """
+
+    def __init__(
+        self,
+        hubert: HubertFeatures,
+        analyzer: Analyzer,
+        vocoder: Vocoder,
+        identity: dict[str, str] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.hubert = hubert
+        self.analyzer = analyzer
+        self.vocoder = vocoder
+        self.mel = MelSpectrogram(analyzer.cfg.mel)
+        self.identity = dict(identity or {})
+        self.compute_dtype = dtype
+        self.hop = analyzer.cfg.samples_per_token
+        self.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        ckpt_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_dir: str | Path | None = None,
+    ) -> "SoCodec":
+        """Load the three released files (their released names) from ``ckpt_dir``."""
+        paths = CheckpointPaths.in_dir(ckpt_dir)
+        missing = paths.missing()
+        if missing:
+            raise CheckpointError(
+                f"{Path(ckpt_dir)}: missing {', '.join(p.name for p in missing)} "
+                f"(get them from Hugging Face: {HUBERT_FILE} from TencentGameMate/chinese-hubert-large, "
+                f"the two .safetensors from hhguo/SoCodec)"
+            )
+        return cls.from_files(paths.hubert, paths.analyzer, paths.vocoder, device=device, dtype=dtype, cache_dir=cache_dir)
+
+    @classmethod
+    def from_files(
+        cls,
+        hubert: str | Path,
+        analyzer: str | Path,
+        vocoder: str | Path,
+        analyzer_config: str | Path | AnalyzerConfig | None = None,
+        vocoder_config: str | Path | VocoderConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_dir: str | Path | None = None,
+    ) -> "SoCodec":
+        """Load from explicit paths; configs default to the released model's."""
+        a_cfg = _analyzer_config(analyzer_config)
+        v_cfg = _vocoder_config(vocoder_config)
+        h_cfg, h_state = load_hubert_weights(Path(hubert), None if cache_dir is None else Path(cache_dir))
+        a_state = read_safetensors(analyzer)
+        override = {k[len(HUBERT_PREFIX):]: v for k, v in a_state.items() if k.startswith(HUBERT_PREFIX)}
+        h_source: str | Path = hubert
+        if override:
+            log.info("%s carries HuBERT weights; they override %s", analyzer, hubert)
+            h_state = fairseq_to_hf(override, h_cfg, source=analyzer)
+            h_source = analyzer
+        if h_cfg.embed_dim != a_cfg.in_dim:
+            raise CheckpointError(
+                f"{hubert}: HuBERT width {h_cfg.embed_dim} does not match the analyzer config's in_dim {a_cfg.in_dim}"
+            )
+        hubert_model = build_hubert(h_cfg, h_state, source=h_source)
+        analyzer_model = load_analyzer(a_cfg, a_state, source=analyzer)
+        vocoder_model = Vocoder(v_cfg)
+        load_strict(vocoder_model, read_safetensors(vocoder), source=vocoder)
+        identity = {
+            "hubert": file_fingerprint(hubert),
+            "analyzer": file_fingerprint(analyzer),
+            "vocoder": file_fingerprint(vocoder),
+        }
+        codec = cls(hubert_model, analyzer_model, vocoder_model, identity=identity, dtype=dtype)
+        return codec.to_device(device, dtype)
+
+    def to_device(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "SoCodec":
+        """Move to ``device``; HuBERT and the vocoder run in ``dtype`` (float16/bfloat16 on CUDA).
+
+        The quantiser, encoder and decoders always run in float32 so tokens stay exact.
+        """
+        dev = torch.device(device)
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise SoCodecError(f"unsupported dtype {dtype}")
+        if dtype != torch.float32 and dev.type == "cpu":
+            raise SoCodecError("float16/bfloat16 are only supported on CUDA; use float32 on CPU")
+        self.to(dev)
+        self.hubert.to(dtype)
+        self.vocoder.to(dtype)
+        self.compute_dtype = dtype
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.analyzer.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.hop
+
+    @property
+    def num_streams(self) -> int:
+        return self.analyzer.cfg.n_streams
+
+    # ------------------------------------------------------------------ analysis
+    @torch.inference_mode()
+    def encode(self, wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE, lead: bool = True) -> Codes:
+        """Audio -> :class:`Codes`.
+
+        Args:
+            wav: ``[N]`` mono or ``[C, N]`` multi-channel audio in [-1, 1] (averaged to mono).
+            sample_rate: rate of ``wav``; resampled to 16 kHz.
+            lead: prepend 0.5 s of zeros like the published model (default).
+        Returns:
+            Codes with tokens ``[T, S]`` int64, speaker ``[D]`` float32, and the input
+            length and lead, so :meth:`decode` returns exactly the input's duration.
+        """
+        x = _as_mono_16k(wav, sample_rate)
+        lead_n = LEAD_SAMPLES if lead else 0
+        padded = self._pad(x, lead_n)[None].to(self.device)
+        tokens = self.analyzer.tokens(self._features(padded))[0]
+        speaker = self.analyzer.speaker(self.mel(padded))[0]
+        return Codes(
+            tokens=tokens.cpu(), speaker=speaker.float().cpu(), sample_rate=SAMPLE_RATE,
+            num_samples=int(x.numel()), lead=lead_n, model=dict(self.identity),
+        )
+
+    def _pad(self, x: torch.Tensor, lead: int) -> torch.Tensor:
+        """``[N]`` -> lead zeros + x + zeros up to a multiple of 1920 samples, ``[L]``."""
+        n = lead + x.numel()
+        total = self.hop * max(1, math.ceil(n / self.hop))
+        return F.pad(x, (lead, total - n))
+
+    def _features(self, padded: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` padded audio -> HuBERT features ``[B, L/320, C]`` float32."""
+        return self.hubert(padded.to(self.compute_dtype)).float()
+
+    # ------------------------------------------------------------------ synthesis
+    @torch.inference_mode()
+    def decode(self, codes: Codes, streams: int | None = None, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """:class:`Codes` -> 16 kHz mono audio ``[N]`` float32 (on CPU).
+
+        Args:
+            codes: tokens ``[T, S]`` and speaker ``[D]``.
+            streams: decode only the first ``streams`` streams (default: all in ``codes``).
+            speaker: optional ``[D]`` speaker vector replacing ``codes.speaker`` (voice swap).
+        Returns:
+            ``codes.num_samples`` samples when the codes know their lead and length,
+            otherwise the full ``1920 * T``.
+        """
+        self.check_codes(codes)
+        k = codes.num_streams if streams is None else streams
+        if not 1 <= k <= codes.num_streams:
+            raise CodesError(f"streams must be between 1 and {codes.num_streams}, got {k}")
+        spk = codes.speaker if speaker is None else speaker
+        if spk.shape != codes.speaker.shape:
+            raise CodesError(f"speaker vector has shape {list(spk.shape)}, expected {list(codes.speaker.shape)}")
+        tokens = codes.tokens.to(self.device, torch.long)[None]
+        if codes.num_streams < self.num_streams:
+            tokens = F.pad(tokens, (0, self.num_streams - codes.num_streams))
+        mel = self.analyzer.decode_mel(tokens, spk.to(self.device, torch.float32)[None], k)
+        wav = self.vocoder(mel.to(self.compute_dtype))[0].float().cpu()
+        return _trim(wav, codes)
+
+    def check_codes(self, codes: Codes) -> None:
+        """Raise :class:`CodesError` if ``codes`` cannot be decoded by this model."""
+        codes.validate(
+            cardinality=self.analyzer.vq.cardinality,
+            max_streams=self.num_streams,
+            speaker_dim=self.analyzer.cfg.model_size,
+        )
+
+
+def _trim(wav: torch.Tensor, codes: Codes) -> torch.Tensor:
+    if codes.lead is None or codes.num_samples is None:
+        return wav
+    return wav[codes.lead : codes.lead + codes.num_samples]
+
+
+def _as_mono_16k(wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+    t = torch.as_tensor(wav)
+    if t.ndim == 2:
+        t = t.t()  # [C, N] -> [N, C] for to_model_input
+    elif t.ndim != 1:
+        raise SoCodecError(f"expected [N] or [C, N] audio, got shape {list(t.shape)}")
+    return to_model_input(t.float(), sample_rate)
+
+
+def _analyzer_config(cfg: str | Path | AnalyzerConfig | None) -> AnalyzerConfig:
+    if cfg is None:
+        return AnalyzerConfig.released()
+    return cfg if isinstance(cfg, AnalyzerConfig) else AnalyzerConfig.from_json(cfg)
+
+
+def _vocoder_config(cfg: str | Path | VocoderConfig | None) -> VocoderConfig:
+    if cfg is None:
+        return VocoderConfig.released()
+    return cfg if isinstance(cfg, VocoderConfig) else VocoderConfig.from_json(cfg)

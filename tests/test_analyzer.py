@@ -1,0 +1,105 @@
+"""Encoder, quantiser and mel decoders against the golden tensors; strict loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import GOLDEN, MANIFESTS, assert_close_golden
+from socodec.checkpoints import load_strict, read_safetensors
+from socodec.config import AnalyzerConfig
+from socodec.errors import CheckpointError
+from socodec.nn.analyzer import Analyzer, is_unused_analyzer_key, load_analyzer
+
+
+@pytest.fixture(scope="module")
+def tiny_analyzer() -> Analyzer:
+    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
+    path = GOLDEN / "analyzer_tiny.safetensors"
+    return load_analyzer(cfg, read_safetensors(path), source=path)
+
+
+@torch.inference_mode()
+def test_tokens_from_golden_features(tiny_analyzer, golden_case):
+    tokens = tiny_analyzer.tokens(golden_case["hubert_features"][None])[0]
+    assert tokens.dtype == torch.int64
+    assert torch.equal(tokens, golden_case["tokens"])
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("streams", [1, 2, 3, 4])
+def test_mel_prediction_first_k_streams(tiny_analyzer, golden_case, streams):
+    mel = tiny_analyzer.decode_mel(golden_case["tokens"][None], golden_case["speaker"][None], streams)[0]
+    key = "mel_pred" if streams == 4 else f"mel_pred_streams{streams}"
+    assert_close_golden(mel, golden_case[key])
+
+
+@torch.inference_mode()
+def test_speaker_from_golden_mel(tiny_analyzer, golden_case):
+    assert_close_golden(tiny_analyzer.speaker(golden_case["mel"][None])[0], golden_case["speaker"])
+
+
+def test_real_size_manifest_loads_strictly():
+    manifest = json.loads((MANIFESTS / "manifest_analyzer_real.json").read_text())
+    cfg = AnalyzerConfig.released()
+    with torch.device("meta"):
+        model = Analyzer(cfg)
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    listed = {k: tuple(v["shape"]) for k, v in manifest.items()}
+    used = {k: s for k, s in listed.items() if not is_unused_analyzer_key(k)}
+    assert used == wanted
+    ignored = set(listed) - set(used)
+    assert ignored, "the real file has training-only keys that must be accepted"
+    assert all(k.startswith(("quantizer.quantizers.0._codebook.", "decoder_1.layers.8.")) for k in ignored)
+
+
+def _tiny_state() -> dict[str, torch.Tensor]:
+    return read_safetensors(GOLDEN / "analyzer_tiny.safetensors")
+
+
+def test_missing_key_names_file_and_key():
+    state = _tiny_state()
+    del state["encoder.layers.0.weight"]
+    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
+    with pytest.raises(CheckpointError, match=r"x\.safetensors: missing key 'encoder\.layers\.0\.weight' \(expected shape \[64, 64, 3\]\)"):
+        load_analyzer(cfg, state, source="x.safetensors")
+
+
+def test_wrong_shape_names_both_shapes():
+    state = _tiny_state()
+    state["decoder_2.layers.0.bias"] = torch.zeros(65)
+    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
+    with pytest.raises(CheckpointError, match=r"'decoder_2\.layers\.0\.bias' has shape \[65\], expected \[64\]"):
+        load_analyzer(cfg, state, source="x.safetensors")
+
+
+def test_unknown_key_rejected():
+    state = _tiny_state()
+    state["encoder.extra.weight"] = torch.zeros(1)
+    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
+    with pytest.raises(CheckpointError, match="unexpected key 'encoder.extra.weight'"):
+        load_analyzer(cfg, state, source="x.safetensors")
+
+
+def test_real_config_with_tiny_file_fails_cleanly():
+    with pytest.raises(CheckpointError, match="expected"):
+        load_analyzer(AnalyzerConfig.released(), _tiny_state(), source="analyzer_tiny.safetensors")
+
+
+def test_training_only_keys_are_ignored_whatever_their_shape():
+    state = _tiny_state()
+    state["quantizer.quantizers.0._codebook.codebooks.0.embed_avg"] = torch.zeros(3)
+    state["decoder_1.layers.8.weight"] = torch.zeros(2)
+    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
+    load_analyzer(cfg, state, source="x.safetensors")
+
+
+def test_corrupt_safetensors(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((GOLDEN / "analyzer_tiny.safetensors").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="bad.safetensors: not a readable safetensors file"):
+        read_safetensors(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_safetensors(tmp_path / "absent.safetensors")

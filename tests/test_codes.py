@@ -1,0 +1,396 @@
+"""Token files: the Codes container, the ``.pt`` and ``.soc`` formats, atomic writes, hostile input."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import GOLDEN
+from socodec.codes import SOC_MAGIC, SOC_MAX_HEADER, TOKEN_SUFFIXES, Codes, load_codes, save_codes
+from socodec.errors import CodesError
+from socodec.fileio import atomic_write
+
+PREFIX = struct.Struct("<8sBI")
+TOK = torch.zeros(5, 4, dtype=torch.int64)
+SPK = torch.zeros(64)
+
+
+def make_codes(frames: int = 7, streams: int = 4, dim: int = 64, seed: int = 0) -> Codes:
+    """Random valid codes with full metadata: tokens [frames, streams], speaker [dim]."""
+    g = torch.Generator().manual_seed(seed)
+    lead = 8000 if frames >= 5 else 0
+    return Codes(
+        tokens=torch.randint(0, 16384, (frames, streams), generator=g, dtype=torch.int64),
+        speaker=torch.randn(dim, generator=g),
+        num_samples=max(0, frames * 1920 - lead - 5),
+        lead=lead,
+        model={"analyzer": "ab12cd34", "hubert": "ef56", "vocoder": "0011"},
+    )
+
+
+def assert_same(a: Codes, b: Codes) -> None:
+    assert a.tokens.dtype == b.tokens.dtype == torch.int64 and b.speaker.dtype == torch.float32
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.speaker, b.speaker)
+    assert (a.sample_rate, a.num_samples, a.lead, a.model) == (b.sample_rate, b.num_samples, b.lead, b.model)
+
+
+def soc_parts(path: Path) -> tuple[int, dict, bytes]:
+    """Split a .soc file into (version, header, payload)."""
+    data = path.read_bytes()
+    _, version, hlen = PREFIX.unpack_from(data)
+    return version, json.loads(data[PREFIX.size:PREFIX.size + hlen]), data[PREFIX.size + hlen:]
+
+
+def soc_bytes(header: object, payload: bytes, version: int = 1, magic: bytes = SOC_MAGIC) -> bytes:
+    blob = json.dumps(header).encode()
+    return PREFIX.pack(magic, version, len(blob)) + blob + payload
+
+
+# ---------------------------------------------------------------- the container
+
+
+def test_properties_and_bitrate() -> None:
+    c = make_codes(frames=10)
+    assert (c.num_frames, c.num_streams, c.speaker_dim) == (10, 4, 64)
+    assert c.duration == pytest.approx((10 * 1920 - 8005) / 16000)
+    assert c.bitrate(include_speaker=False) == pytest.approx(4 * 14 / 0.12)
+    assert c.bitrate() == pytest.approx(4 * 14 / 0.12 + 64 * 32 / c.duration)
+    unknown = Codes(tokens=c.tokens, speaker=c.speaker)
+    assert unknown.duration == pytest.approx(10 * 0.12)
+    one = c.with_streams(1)
+    assert one.tokens.shape == (10, 1) and torch.equal(one.tokens[:, 0], c.tokens[:, 0])
+    assert one.bitrate(include_speaker=False) == pytest.approx(14 / 0.12)
+    for k in (0, 5):
+        with pytest.raises(CodesError):
+            c.with_streams(k)
+    empty = Codes(tokens=torch.zeros(0, 4, dtype=torch.int64), speaker=torch.zeros(8), num_samples=0, lead=0)
+    assert math.isinf(empty.validate().bitrate())
+    summary = c.summary()
+    json.dumps(summary, allow_nan=False)
+    assert summary["frames"] == 10 and summary["streams"] == 4 and summary["speaker_dim"] == 64
+    assert summary["bitrate_without_speaker"] == pytest.approx(466.6667, rel=1e-4)
+    assert summary["model"] == c.model and summary["format_version"] == 1
+    assert empty.summary()["bitrate"] is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tokens": TOK[0]}, {"tokens": TOK[..., None]}, {"tokens": TOK.float()}, {"tokens": TOK.bool()},
+        {"tokens": torch.zeros(5, 5, dtype=torch.int64)}, {"tokens": TOK[:, :0]},
+        {"tokens": torch.full((5, 4), -1)}, {"tokens": torch.full((5, 4), 16384)},
+        {"speaker": torch.zeros(4, 16)}, {"speaker": torch.zeros(0)}, {"speaker": torch.zeros(16, dtype=torch.int32)},
+        {"speaker": torch.tensor([0.0, float("nan")])}, {"speaker": torch.tensor([float("inf")])},
+        {"sample_rate": 0}, {"sample_rate": True}, {"num_samples": -1}, {"lead": 1.5},
+        {"lead": 8000, "num_samples": 5 * 1920 - 7999}, {"model": {"analyzer": 3}}, {"model": None},
+    ],
+)
+def test_validate_rejects(change: dict) -> None:
+    with pytest.raises(CodesError):
+        Codes(**{"tokens": TOK, "speaker": SPK, **change}).validate()
+
+
+def test_validate_speaker_dim_and_cardinality(tmp_path: Path) -> None:
+    c = load_codes(save_codes(make_codes(), tmp_path / "x.soc"))
+    c.validate(speaker_dim=64)
+    for kwargs in ({"speaker_dim": 1024}, {"cardinality": 10}, {"max_streams": 2}):
+        with pytest.raises(CodesError):
+            c.validate(**kwargs)
+
+
+# ---------------------------------------------------------------- round trips and the published files
+
+
+@pytest.mark.parametrize("suffix", TOKEN_SUFFIXES)
+def test_round_trip(tmp_path: Path, suffix: str) -> None:
+    codes = make_codes()
+    path = save_codes(codes, tmp_path / f"x{suffix}")
+    assert_same(codes, load_codes(path))
+    two = codes.with_streams(2)
+    assert_same(two, Codes.load(two.save(tmp_path / f"y{suffix}")))
+    bare = Codes(tokens=codes.tokens[:, :3], speaker=codes.speaker.double())
+    back = load_codes(save_codes(bare, tmp_path / f"z{suffix}"))
+    assert back.num_samples is None and back.lead is None and back.model == {}
+    assert torch.equal(back.tokens, codes.tokens[:, :3])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}{suffix}" for n in "xyz")
+
+
+@pytest.mark.parametrize("suffix", TOKEN_SUFFIXES)
+def test_round_trip_edge_cases(tmp_path: Path, suffix: str) -> None:
+    empty = Codes(tokens=torch.zeros(0, 4, dtype=torch.int32), speaker=torch.ones(3), num_samples=0, lead=0)
+    back = load_codes(save_codes(empty, tmp_path / f"empty{suffix}"))
+    assert back.tokens.shape == (0, 4) and back.tokens.dtype == torch.int64 and back.num_samples == 0
+    extremes = Codes(tokens=torch.tensor([[0, 16383]], dtype=torch.int16), speaker=torch.tensor([-3e38, 1e-45]))
+    back = load_codes(save_codes(extremes, tmp_path / f"extremes{suffix}"))
+    assert back.tokens.tolist() == [[0, 16383]] and torch.equal(back.speaker, extremes.speaker)
+    with pytest.raises(CodesError, match="invalid"):  # finite in float64, infinite in float32
+        save_codes(Codes(tokens=TOK, speaker=torch.tensor([1e300], dtype=torch.float64)), tmp_path / f"o{suffix}")
+    with pytest.raises(CodesError, match="invalid"):
+        save_codes(Codes(tokens=TOK.float(), speaker=SPK), tmp_path / f"f{suffix}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"empty{suffix}", f"extremes{suffix}"])
+
+
+def test_soc_model_identity_too_large(tmp_path: Path) -> None:
+    huge = Codes(tokens=TOK, speaker=SPK, model={"analyzer": "x" * (SOC_MAX_HEADER + 1)})
+    with pytest.raises(CodesError, match="exceeds"):
+        save_codes(huge, tmp_path / "x.soc")
+    save_codes(huge, tmp_path / "x.pt")  # the .pt format has no header limit
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_pt_is_published_layout(tmp_path: Path) -> None:
+    save_codes(make_codes(), tmp_path / "x.pt")
+    raw = torch.load(tmp_path / "x.pt", weights_only=True)
+    assert raw["token"].dtype == torch.int64 and raw["token"].shape == (7, 4)
+    assert raw["speaker"].dtype == torch.float32 and raw["speaker"].shape == (64,)
+    assert raw["format"] == "socodec-pt/1" and raw["lead"] == 8000
+
+
+def test_soc_layout(tmp_path: Path) -> None:
+    codes = make_codes(frames=3, streams=2, dim=5)
+    path = save_codes(codes, tmp_path / "x.soc")
+    data = path.read_bytes()
+    assert data[:8] == b"SOCODEC\x00" and data[8] == 1
+    version, header, payload = soc_parts(path)
+    assert version == 1 and header["format"] == "socodec-soc/1"
+    assert header["frames"] == 3 and header["streams"] == 2 and header["speaker_dim"] == 5
+    assert header["token_dtype"] == "uint16le" and header["cardinality"] == 16384
+    assert len(payload) == 3 * 2 * 2 + 5 * 4
+    assert struct.unpack_from("<H", payload)[0] == codes.tokens[0, 0]
+
+
+def test_golden_reference_features(golden_case: dict) -> None:
+    """The published tool's feature files (one per golden case) read as [T, 4] int64 + [64] float32."""
+    codes = load_codes(GOLDEN / f"reference_features_{golden_case['name']}.pt")
+    assert codes.tokens.dtype == torch.int64 and codes.tokens.dim() == 2 and codes.num_streams == 4
+    assert codes.speaker.dtype == torch.float32 and codes.speaker.shape == (64,)
+    assert codes.num_samples is None and codes.lead is None and codes.model == {}
+    assert torch.equal(codes.tokens, golden_case["tokens"].to(torch.int64))
+    codes.validate(speaker_dim=64)
+
+
+# ---------------------------------------------------------------- hostile and corrupt files
+
+
+class _Evil:
+    """Unpickling this calls ``fn(arg)``."""
+
+    def __init__(self, fn, arg) -> None:
+        self.fn, self.arg = fn, arg
+
+    def __reduce__(self):
+        return (self.fn, (self.arg,))
+
+
+@pytest.mark.parametrize("how", ["system", "exec", "exec-in-token"])
+def test_malicious_pickle_is_not_executed(tmp_path: Path, how: str) -> None:
+    marker = tmp_path / "pwned"
+    if how == "system":
+        evil = _Evil(os.system, f"touch '{marker}'")
+    else:
+        evil = _Evil(builtins.exec, f"open({str(marker)!r}, 'w').close()")
+    payload = {"token": evil, "speaker": torch.zeros(4)} if how == "exec-in-token" else evil
+    path = tmp_path / "evil.pt"
+    torch.save(payload, path)
+    with pytest.raises(CodesError, match="not a valid token file"):
+        load_codes(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [TOK, SPK], {"speaker": SPK}, {"token": TOK}, {"token": TOK.tolist(), "speaker": SPK},
+        {"token": TOK, "speaker": SPK.numpy()}, {"token": TOK[0], "speaker": SPK}, {"token": TOK[None], "speaker": SPK},
+        {"token": torch.zeros(5, 6, dtype=torch.int64), "speaker": SPK}, {"token": TOK - 3, "speaker": SPK},
+        {"token": TOK + 16384, "speaker": SPK}, {"token": TOK.float(), "speaker": SPK},
+        {"token": TOK, "speaker": SPK[None]},
+        {"token": TOK, "speaker": SPK / 0}, {"token": TOK.to_sparse(), "speaker": SPK},
+        {"token": TOK, "speaker": SPK, "lead": "8000"}, {"token": TOK, "speaker": SPK, "num_samples": 5 * 1920 + 1},
+        {"token": TOK, "speaker": SPK, "model": ["x"]}, {"token": TOK, "speaker": SPK, "format": "socodec-pt/99"},
+    ],
+)
+def test_bad_pt(tmp_path: Path, obj: object) -> None:
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(CodesError, match="bad.pt"):
+        load_codes(tmp_path / "bad.pt")
+
+
+def test_missing_file_and_bad_suffix(tmp_path: Path) -> None:
+    with pytest.raises(CodesError, match="not found"):
+        load_codes(tmp_path / "nope.soc")
+    with pytest.raises(CodesError, match=r"\.pt, \.soc"):
+        load_codes(tmp_path / "x.npy")
+    with pytest.raises(CodesError, match=r"\.pt, \.soc"):
+        save_codes(make_codes(), tmp_path / "x.ecdc")
+    with pytest.raises(CodesError, match="invalid"):
+        save_codes(Codes(tokens=torch.full((2, 4), 99999), speaker=SPK), tmp_path / "x.soc")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _with(**fields):
+    """A case builder: the valid header with ``fields`` overridden, the valid payload."""
+    return lambda h, p: soc_bytes({**h, **fields}, p)
+
+
+SOC_CASES = {
+    "truncated": lambda h, p: soc_bytes(h, p)[:-3],
+    "truncated-prefix": lambda h, p: SOC_MAGIC + b"\x01",
+    "empty": lambda h, p: b"",
+    "magic": lambda h, p: soc_bytes(h, p, magic=b"ECDC\x00\x00\x00\x00"),
+    "version": lambda h, p: soc_bytes(h, p, version=2),
+    "frames-lie": lambda h, p: soc_bytes({**h, "frames": h["frames"] + 1}, p),
+    "frames-huge": _with(frames=10**12),
+    "header-too-large": lambda h, p: PREFIX.pack(SOC_MAGIC, 1, SOC_MAX_HEADER + 1) + b" " * (SOC_MAX_HEADER + 1) + p,
+    "header-len-past-eof": lambda h, p: PREFIX.pack(SOC_MAGIC, 1, 60000) + b"{}",
+    "trailing": lambda h, p: soc_bytes(h, p) + b"\x00",
+    "not-utf8": lambda h, p: PREFIX.pack(SOC_MAGIC, 1, 4) + b"\xff\xfe{}" + p,
+    "json-list": lambda h, p: soc_bytes([h], p),
+    "extra-key": _with(x=1),
+    "missing-key": lambda h, p: soc_bytes({k: v for k, v in h.items() if k != "lead"}, p),
+    "bool-frames": _with(frames=True),
+    "float-streams": _with(streams=4.0),
+    "five-streams": _with(streams=5),
+    "dtype": _with(token_dtype="uint32le"),
+    "cardinality": _with(cardinality=65536),
+    "negative-lead": _with(lead=-1),
+    "lead-too-long": _with(lead=10**9),
+    "sample-rate": _with(sample_rate="16k"),
+    "model-type": _with(model={"a": 1}),
+    "token-range": lambda h, p: soc_bytes(h, b"\xff\xff" + p[2:]),
+    "speaker-nan": lambda h, p: soc_bytes(h, p[:-4] + struct.pack("<f", float("nan"))),
+}
+
+
+@pytest.mark.parametrize("name", SOC_CASES)
+def test_bad_soc(tmp_path: Path, name: str) -> None:
+    _, header, payload = soc_parts(save_codes(make_codes(), tmp_path / "good.soc"))
+    bad = tmp_path / "bad.soc"
+    bad.write_bytes(SOC_CASES[name](header, payload))
+    with pytest.raises(CodesError, match="bad.soc"):
+        load_codes(bad)
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.soc"
+
+    def half_then_fail(tmp: Path) -> None:
+        assert tmp.parent == tmp_path and tmp.suffix == ".soc" and tmp.name.startswith(".out")
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atomic_write(target, half_then_fail)
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+    with pytest.raises(FileNotFoundError):  # the write function created nothing
+        atomic_write(target, lambda tmp: None)
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"new"))
+    assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
+
+
+def test_save_failure_leaves_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = save_codes(make_codes(seed=1), tmp_path / "x.pt")
+    before = target.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(CodesError, match="cannot write"):
+        save_codes(make_codes(seed=2), target)
+    assert target.read_bytes() == before and list(tmp_path.iterdir()) == [target]
+
+
+# ---------------------------------------------------------------- fuzzing
+
+
+def _check_outcome(path: Path) -> None:
+    """The reader either returns codes that validate, or raises CodesError: nothing else."""
+    try:
+        codes = load_codes(path)
+    except CodesError:
+        return
+    codes.validate()
+    assert codes.tokens.dtype == torch.int64 and codes.speaker.dtype == torch.float32
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: bytes) -> bytes:
+    """``base`` with a few random byte overwrites, a truncation, an insertion or an appendix."""
+    data = bytearray(base)
+    for _ in range(draw(st.integers(0, 4))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    action, at = draw(st.sampled_from(["none", "truncate", "insert"])), draw(st.integers(0, len(data)))
+    if action == "truncate":
+        data = data[:at]
+    elif action == "insert":  # at == len(data) appends
+        data[at:at] = draw(st.binary(min_size=1, max_size=8))
+    return bytes(data)
+
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.mark.parametrize("kind", ["arbitrary", "mutated"])
+@pytest.mark.parametrize("suffix", TOKEN_SUFFIXES)
+def test_fuzz_bytes(fuzz_dir: Path, suffix: str, kind: str) -> None:
+    """Arbitrary bytes (alone or after a valid prefix), or a valid file with random damage."""
+    valid = save_codes(make_codes(frames=3, dim=8), fuzz_dir / f"valid{suffix}").read_bytes()
+    path = fuzz_dir / f"{kind}{suffix}"
+    arbitrary = st.one_of(st.binary(max_size=512), st.binary(max_size=64).map(lambda b: valid[:20] + b))
+
+    @FUZZ
+    @given(arbitrary if kind == "arbitrary" else mutated(valid))
+    def run(data: bytes) -> None:
+        path.write_bytes(data)
+        _check_outcome(path)
+
+    run()
+
+
+JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.integers(-3, 70000), st.floats(),
+    st.text(max_size=6), st.lists(st.integers(0, 9), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.one_of(st.text(max_size=3), st.integers()), max_size=2),
+)
+
+
+def test_fuzz_soc_header_fields(fuzz_dir: Path) -> None:
+    """Well-formed JSON headers with hostile field values, and payloads of any length."""
+    _, header, payload = soc_parts(save_codes(make_codes(frames=3, dim=8), fuzz_dir / "fields-valid.soc"))
+    path = fuzz_dir / "fields.soc"
+
+    @settings(FUZZ, max_examples=200)
+    @given(
+        st.dictionaries(st.sampled_from(sorted(header) + ["extra"]), JSON_VALUES, max_size=3),
+        st.sampled_from(sorted(header) + [None] * 30),  # mostly keep every key
+        st.one_of(st.just(payload), st.binary(max_size=80)),
+    )
+    def run(changes: dict, dropped: str | None, body: bytes) -> None:
+        bad = {k: v for k, v in {**header, **changes}.items() if k != dropped}
+        path.write_bytes(soc_bytes(bad, body))
+        _check_outcome(path)
+
+    run()
