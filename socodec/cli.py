@@ -106,13 +106,17 @@ def _format_summary(s: dict) -> str:
         f"{s['file']}:",
         f"  frames        {s['frames']} x {s['streams']} streams",
         f"  duration      {s['duration']:.3f} s",
-        f"  bitrate       {s['bitrate']:.1f} bit/s tokens, {s['bitrate_with_speaker']:.1f} bit/s with speaker",
+        f"  bitrate       {s['bitrate_without_speaker']:.1f} bit/s tokens, {_rate(s['bitrate'])} with speaker",
         f"  speaker       {s['speaker_dim']} float32",
         f"  input length  {s['num_samples'] if s['num_samples'] is not None else 'unknown'} samples, "
         f"lead {s['lead'] if s['lead'] is not None else 'unknown'}",
         f"  model         {model}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rate(bitrate: float | None) -> str:
+    return "n/a" if bitrate is None else f"{bitrate:.1f} bit/s"
 
 
 def main(argv: list[str] | None = None) -> int:
