@@ -25,45 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from socodec.codec import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE  # noqa: E402
 from socodec.config import AnalyzerConfig, HubertConfig, VocoderConfig  # noqa: E402
 from socodec.nn.analyzer import Analyzer  # noqa: E402
+from socodec.nn.hubert import fairseq_layout  # noqa: E402
 from socodec.nn.vocoder import Vocoder  # noqa: E402
 
 log = logging.getLogger("make_random_checkpoints")
 
 
 def fairseq_hubert_shapes(cfg: HubertConfig, n_labels: int = 504, final_dim: int = 768) -> dict[str, tuple[int, ...]]:
-    """Every key and shape of a fairseq HuBERT state dict (inference keys and the unused ones)."""
-    d, f = cfg.embed_dim, cfg.ffn_dim
-    shapes: dict[str, tuple[int, ...]] = {"mask_emb": (d,), "label_embs_concat": (n_labels, final_dim)}
-    c_in = 1
-    for i, (dim, kernel, _stride) in enumerate(cfg.conv_layers):
-        shapes[f"feature_extractor.conv_layers.{i}.0.weight"] = (dim, c_in, kernel)
-        shapes[f"feature_extractor.conv_layers.{i}.2.1.weight"] = (dim,)
-        shapes[f"feature_extractor.conv_layers.{i}.2.1.bias"] = (dim,)
-        c_in = dim
-    shapes["post_extract_proj.weight"] = (d, c_in)
-    shapes["post_extract_proj.bias"] = (d,)
-    shapes["encoder.pos_conv.0.bias"] = (d,)
-    shapes["encoder.pos_conv.0.weight_g"] = (1, 1, cfg.conv_pos)
-    shapes["encoder.pos_conv.0.weight_v"] = (d, d // cfg.conv_pos_groups, cfg.conv_pos)
-    for n in range(cfg.num_layers):
-        p = f"encoder.layers.{n}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            shapes[p + f"self_attn.{proj}.weight"] = (d, d)
-            shapes[p + f"self_attn.{proj}.bias"] = (d,)
-        shapes[p + "self_attn_layer_norm.weight"] = (d,)
-        shapes[p + "self_attn_layer_norm.bias"] = (d,)
-        shapes[p + "fc1.weight"] = (f, d)
-        shapes[p + "fc1.bias"] = (f,)
-        shapes[p + "fc2.weight"] = (d, f)
-        shapes[p + "fc2.bias"] = (d,)
-        shapes[p + "final_layer_norm.weight"] = (d,)
-        shapes[p + "final_layer_norm.bias"] = (d,)
-    shapes["encoder.layer_norm.weight"] = (d,)
-    shapes["encoder.layer_norm.bias"] = (d,)
-    shapes["layer_norm.weight"] = (c_in,)
-    shapes["layer_norm.bias"] = (c_in,)
-    shapes["final_proj.weight"] = (final_dim, d)
-    shapes["final_proj.bias"] = (final_dim,)
+    """Every key and shape of a fairseq HuBERT state dict: what inference reads, plus the training-only keys."""
+    shapes = {key: shape for key, (_hf_key, shape) in fairseq_layout(cfg).items()}
+    shapes.update({
+        "mask_emb": (cfg.embed_dim,),
+        "label_embs_concat": (n_labels, final_dim),
+        "final_proj.weight": (final_dim, cfg.embed_dim),
+        "final_proj.bias": (final_dim,),
+    })
     return shapes
 
 
