@@ -75,7 +75,9 @@ def load_strict(
             )
         if not tensor.is_floating_point() and wanted[key].is_floating_point():
             raise CheckpointError(f"{source}: key '{prefix}{key}' has dtype {tensor.dtype}, expected floating point")
-    module.load_state_dict({k: v.to(wanted[k].dtype) for k, v in found.items()}, strict=True)
+    # assign=True keeps the (memory-mapped) file tensors as the parameters: weights a
+    # call never uses (the vocoder during encode, say) are never paged into memory.
+    module.load_state_dict({k: v.to(wanted[k].dtype) for k, v in found.items()}, strict=True, assign=True)
 
 
 def _first_line(exc: BaseException) -> str:
