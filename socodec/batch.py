@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
 
 from socodec.audio import AUDIO_SUFFIXES, WRITE_SUFFIXES, load_audio, save_audio
 from socodec.codes import TOKEN_SUFFIXES, Codes, load_codes, save_codes
-from socodec.errors import SoCodecError
+from socodec.errors import SoCodecError, one_line
 
 log = logging.getLogger("socodec")
 
@@ -78,8 +82,13 @@ def plan_jobs(inputs: list[Path], output: Path, to: str | None = None) -> list[J
             for path, rel in _expand(item):
                 suffix = to or (".wav" if _is_tokens(path) else ".soc")
                 jobs.append(Job(path, output / rel.with_suffix(suffix)))
+    writers: dict[Path, Path] = {}
     for job in jobs:
         _check_route(job)
+        other = writers.setdefault(job.output.resolve(), job.input)
+        if other != job.input:
+            raise SoCodecError(f"{job.output}: both {other} and {job.input} would be written to this file; "
+                               "rename one of them")
     return jobs
 
 
@@ -103,6 +112,8 @@ class Runner:
         self.args = args
         self._codec = None
         self._speaker: torch.Tensor | None = None
+        self._encoded: dict[Job, Codes] = {}  # filled by prefetch (--batch-size)
+        self._decoded: dict[Job, torch.Tensor] = {}
 
     @property
     def codec(self):
@@ -138,43 +149,158 @@ class Runner:
             raise SoCodecError(f"{job.output}: output is the input file; choose another name")
         if job.output.exists() and not self.args.force:
             raise SoCodecError(f"{job.output}: already exists (use -f/--force to overwrite, --skip-existing to skip)")
-        if _is_tokens(job.input):
+        _check_output_place(job.output)
+        if job in self._encoded:
+            codes = self._encoded.pop(job)
+        elif _is_tokens(job.input):
             codes = load_codes(job.input)
         else:
-            codes = self.codec.encode(load_audio(job.input), lead=not self.args.no_lead)
+            wav = load_audio(job.input)  # warns about samples outside [-1, 1], naming the file
+            with _without_range_warning():
+                codes = self.codec.encode(wav, lead=not self.args.no_lead)
+        codes = self.adjust(codes)
+        try:
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SoCodecError(f"{job.output}: cannot create the output folder ({one_line(exc)})") from None
+        if _is_tokens(job.output):
+            save_codes(codes, job.output)
+        else:
+            wav = self._decoded.pop(job) if job in self._decoded else self.codec.decode(codes)
+            save_audio(job.output, wav, sample_format=self.args.sample_format)
+
+    def adjust(self, codes: Codes) -> Codes:
+        """Apply ``--streams`` and ``--speaker`` to ``codes``."""
         if self.args.streams is not None:
             codes = codes.with_streams(min(self.args.streams, codes.num_streams))
         speaker = self.speaker()
         if speaker is not None:
             codes = Codes(codes.tokens, speaker, codes.sample_rate, codes.num_samples, codes.lead, codes.model)
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        if _is_tokens(job.output):
-            save_codes(codes, job.output)
-        else:
-            wav = self.codec.decode(codes)
-            save_audio(job.output, wav, sample_format=self.args.sample_format)
+        return codes
+
+    def prefetch(self, group: list[Job]) -> None:
+        """``--batch-size``: encode, then decode, the jobs of ``group`` as batches (:mod:`socodec.batching`).
+
+        Results wait for :meth:`run`. Anything that fails here is left to :meth:`run`, which
+        processes that job alone and reports its error as usual.
+        """
+        todo = [job for job in group if job.needs_model and (self.args.force or not job.output.exists())]
+        if len(todo) < 2:
+            return
+        try:
+            audio = {}
+            for job in todo:
+                if not _is_tokens(job.input):
+                    try:
+                        audio[job] = load_audio(job.input)
+                    except SoCodecError:
+                        continue
+            if len(audio) > 1:
+                with _without_range_warning():
+                    encoded = self.codec.encode(list(audio.values()), lead=not self.args.no_lead)
+                self._encoded.update(zip(audio, encoded))
+            decode = {}
+            for job in todo:
+                if not _is_tokens(job.output) and (job in self._encoded or _is_tokens(job.input)):
+                    try:
+                        decode[job] = self.adjust(self._encoded[job] if job in self._encoded else load_codes(job.input))
+                    except SoCodecError:
+                        continue
+            if len(decode) > 1:
+                self._decoded.update(zip(decode, self.codec.decode(list(decode.values()))))
+        except Exception as exc:  # noqa: BLE001 - the jobs then run one by one and report their own errors
+            log.debug("batch of %d files failed (%s); running them one by one", len(todo), one_line(exc))
+            for job in todo:
+                self._encoded.pop(job, None)
+                self._decoded.pop(job, None)
 
 
 def run_jobs(jobs: list[Job], args: argparse.Namespace) -> int:
-    """Run every job; report failures one line each. Returns the exit status (0 or 1)."""
+    """Run every job; report failures one line each. Returns the exit status (0, 1, or 130 on Ctrl-C)."""
     runner = Runner(args)
     failed = 0
+    batches = _batches(jobs, getattr(args, "batch_size", 1) or 1)
+    if batches:
+        jobs = [job for group in batches for job in group]
+    groups = {id(group[0]): group for group in batches}
     show_bar = len(jobs) > 1 and not args.quiet
     bar = tqdm(jobs, unit="file", disable=not show_bar or None, dynamic_ncols=True)
-    for job in bar:
-        try:
-            runner.run(job)
-        except SoCodecError as exc:
-            failed += 1
-            _report(bar, f"{exc}")
-            if runner._codec is None and job.needs_model and _model_error(exc):
-                raise
-        except (OSError, RuntimeError, ValueError) as exc:  # anything else the libraries raise
-            failed += 1
-            _report(bar, f"{job.input}: failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
+    done = 0
+    try:
+        for job in bar:
+            if id(job) in groups:
+                runner.prefetch(groups[id(job)])
+            try:
+                runner.run(job)
+                done += 1
+            except SoCodecError as exc:
+                if runner._codec is None and job.needs_model and _model_error(exc):
+                    raise  # no model for any job: main() reports it once and exits
+                failed += 1
+                _report(bar, _naming(job, one_line(exc)))
+            except Exception as exc:  # noqa: BLE001 - anything else the libraries raise: one line, go on
+                failed += 1
+                log.debug("%s failed", job.input, exc_info=True)
+                _report(bar, f"{job.input}: failed ({type(exc).__name__}: {one_line(exc)})")
+    except KeyboardInterrupt:
+        bar.close()
+        log.error("interrupted: %d of %d files done, no partial output left; "
+                  "run again with --skip-existing to resume", done, len(jobs))
+        return 130
+    finally:
+        bar.close()
     if len(jobs) > 1:
         log.info("%d of %d files done, %d failed", len(jobs) - failed, len(jobs), failed)
     return 1 if failed else 0
+
+
+def _batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """``--batch-size``: jobs grouped by input file size, so similar lengths batch together."""
+    if batch_size <= 1:
+        return []
+    from socodec.batching import length_groups
+
+    def size(job: Job) -> int:
+        try:
+            return job.input.stat().st_size
+        except OSError:
+            return 0
+
+    return [[jobs[i] for i in g] for g in length_groups([size(j) for j in jobs], batch_size)]
+
+
+def _check_output_place(output: Path) -> None:
+    """Fail before any work when ``output`` cannot be created (its nearest existing ancestor is a file or read-only)."""
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SoCodecError(f"{output}: cannot write here, {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SoCodecError(f"{output}: cannot write here, the folder {folder} is not writable")
+
+
+def _naming(job: Job, message: str) -> str:
+    """``message``, prefixed with the input file unless it already names the input or the output."""
+    return message if str(job.input) in message or str(job.output) in message else f"{job.input}: {message}"
+
+
+class _RangeWarningFilter(logging.Filter):
+    """Drops the codec's repeat of the [-1, 1] warning: :func:`load_audio` gave it already, naming the file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "socodec_range_warning", False)
+
+
+@contextmanager
+def _without_range_warning() -> Iterator[None]:
+    audio_log = logging.getLogger("socodec.audio")
+    flt = _RangeWarningFilter()
+    audio_log.addFilter(flt)
+    try:
+        yield
+    finally:
+        audio_log.removeFilter(flt)
 
 
 def _model_error(exc: SoCodecError) -> bool:
@@ -187,4 +313,4 @@ def _report(bar: tqdm, message: str) -> None:
     if bar.disable:
         log.error("%s", message)
     else:
-        bar.write(f"socodec: ERROR: {message}")
+        bar.write(f"socodec: ERROR: {message}", file=sys.stderr)

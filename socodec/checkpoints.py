@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from socodec.errors import CheckpointError
+from socodec.errors import CheckpointError, one_line
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -81,8 +81,7 @@ def load_strict(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return one_line(exc)
 
 
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -27,7 +27,7 @@ from socodec import __version__
 from socodec.audio import AUDIO_SUFFIXES, SAMPLE_FORMATS, WRITE_SUFFIXES
 from socodec.batch import Job, plan_jobs, run_jobs
 from socodec.codes import TOKEN_SUFFIXES, load_codes
-from socodec.errors import SoCodecError
+from socodec.errors import SoCodecError, one_line
 
 log = logging.getLogger("socodec")
 
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'socodec info FILE' describes a token file.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="audio or token files, directories or globs")
-    p.add_argument("output", type=Path, metavar="OUT", help="output file, or directory for several inputs")
+    p.add_argument("output", type=Path, metavar="OUT",
+                   help="output file, or directory for several inputs; '-' streams raw 16-bit PCM "
+                        "(16 kHz mono, little-endian) to stdout while decoding one input")
     p.add_argument("-t", "--to", choices=sorted({*WRITE_SUFFIXES, *TOKEN_SUFFIXES}), default=None,
                    help="output suffix in directory mode (default: .soc for audio inputs, .wav for tokens)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HuBERT/vocoder precision; float16/bfloat16 on CUDA only (default: float32)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     model.add_argument("--no-download", action="store_true", help="never download missing weights")
+    model.add_argument("--batch-size", type=int, default=1, metavar="N",
+                       help="run up to N files of similar length through the model together (default: 1)")
     codec = p.add_argument_group("coding")
     codec.add_argument("--streams", type=int, default=None, metavar="K",
                        help="decode with the first K streams only (1-4): 117 bit/s per stream")
@@ -88,7 +92,7 @@ def info_main(argv: list[str]) -> int:
         try:
             summary = load_codes(path).summary()
         except SoCodecError as exc:
-            log.error("%s", exc)
+            log.error("%s", one_line(exc))
             status = 1
             continue
         summary["file"] = str(path)
@@ -130,10 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return _run(args)
     except KeyboardInterrupt:
-        log.error("interrupted")
+        log.error("interrupted; finished outputs are kept, run again with --skip-existing to resume")
         return 130
     except SoCodecError as exc:
-        log.error("%s", exc)
+        log.error("%s", one_line(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: one line, no traceback
+        log.debug("unexpected error", exc_info=True)
+        log.error("unexpected error (%s: %s); run with -v for details", type(exc).__name__, one_line(exc))
         return 1
 
 
@@ -146,9 +154,19 @@ def _run(args: argparse.Namespace) -> int:
             log.error("--threads must be at least 1")
             return 2
         torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        log.error("--batch-size must be at least 1")
+        return 2
+    if str(args.output) == "-":
+        from socodec.pcm_stream import stream_pcm
+
+        return stream_pcm(args)
     jobs = plan_jobs(args.inputs, args.output, to=args.to)
     if args.skip_existing:
-        jobs = [job for job in jobs if not job.output.exists()]
+        todo = [job for job in jobs if not job.output.exists()]
+        if len(todo) < len(jobs):
+            log.info("skipping %d of %d files: their output exists", len(jobs) - len(todo), len(jobs))
+        jobs = todo
     return run_jobs(jobs, args)
 
 

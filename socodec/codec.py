@@ -13,20 +13,24 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from socodec.audio import to_model_input
+from socodec.batching import decode_batch, encode_batch
 from socodec.checkpoints import file_fingerprint, load_strict, read_safetensors
 from socodec.codes import Codes
 from socodec.config import LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError, CodesError, SoCodecError
+from socodec.longform import ChunkConfig, PaddedSignal, encode_long
 from socodec.mel import MelSpectrogram
 from socodec.nn.analyzer import HUBERT_PREFIX, Analyzer, load_analyzer
 from socodec.nn.hubert import HubertFeatures, build_hubert, fairseq_to_hf, load_hubert_weights
 from socodec.nn.vocoder import Vocoder
+from socodec.streaming import SynthesisStream, synthesize_long, trim_range
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,8 @@ class SoCodec(torch.nn.Module):
     """HuBERT -> causal encoder -> product VQ  |  VQ decode -> mel decoders -> vocoder.
 
     Build it with :meth:`from_pretrained` or :meth:`from_files`; the constructor
-    takes ready modules.
+    takes ready modules. ``chunks`` (:class:`~socodec.longform.ChunkConfig`, settable
+    attribute) sets the chunk sizes that bound memory on long inputs.
     """
 
     def __init__(
@@ -67,8 +72,10 @@ class SoCodec(torch.nn.Module):
         vocoder: Vocoder,
         identity: dict[str, str] | None = None,
         dtype: torch.dtype = torch.float32,
+        chunks: ChunkConfig | None = None,
     ) -> None:
         super().__init__()
+        self.chunks = chunks if chunks is not None else ChunkConfig()
         self.hubert = hubert
         self.analyzer = analyzer
         self.vocoder = vocoder
@@ -86,8 +93,13 @@ class SoCodec(torch.nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cache_dir: str | Path | None = None,
+        analyzer_config: str | Path | AnalyzerConfig | None = None,
+        vocoder_config: str | Path | VocoderConfig | None = None,
     ) -> "SoCodec":
-        """Load the three released files (their released names) from ``ckpt_dir``."""
+        """Load the three released files (their released names) from ``ckpt_dir``.
+
+        ``analyzer_config``/``vocoder_config`` describe other model sizes (default: released).
+        """
         paths = CheckpointPaths.in_dir(ckpt_dir)
         missing = paths.missing()
         if missing:
@@ -96,7 +108,10 @@ class SoCodec(torch.nn.Module):
                 f"(get them from Hugging Face: {HUBERT_FILE} from TencentGameMate/chinese-hubert-large, "
                 f"the two .safetensors from hhguo/SoCodec)"
             )
-        return cls.from_files(paths.hubert, paths.analyzer, paths.vocoder, device=device, dtype=dtype, cache_dir=cache_dir)
+        return cls.from_files(
+            paths.hubert, paths.analyzer, paths.vocoder, analyzer_config=analyzer_config,
+            vocoder_config=vocoder_config, device=device, dtype=dtype, cache_dir=cache_dir,
+        )
 
     @classmethod
     def from_files(
@@ -171,32 +186,60 @@ class SoCodec(torch.nn.Module):
 
     # ------------------------------------------------------------------ analysis
     @torch.inference_mode()
-    def encode(self, wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE, lead: bool = True) -> Codes:
-        """Audio -> :class:`Codes`.
+    def encode(
+        self,
+        wav: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+        sample_rate: int = SAMPLE_RATE,
+        lead: bool = True,
+    ) -> Codes | list[Codes]:
+        """Audio -> :class:`Codes`; a list of clips -> a list of Codes (one batch).
 
         Args:
-            wav: ``[N]`` mono or ``[C, N]`` multi-channel audio in [-1, 1] (averaged to mono).
+            wav: ``[N]`` mono or ``[C, N]`` multi-channel audio in [-1, 1] (averaged to mono),
+                or a list/tuple of such clips (all at ``sample_rate``), analysed as one padded
+                batch (:func:`socodec.batching.encode_batch`): each result equals the clip's own.
             sample_rate: rate of ``wav``; resampled to 16 kHz.
             lead: prepend 0.5 s of zeros like the published model (default).
         Returns:
             Codes with tokens ``[T, S]`` int64, speaker ``[D]`` float32, and the input
             length and lead, so :meth:`decode` returns exactly the input's duration.
+
+        Inputs longer than one HuBERT window (``chunks.hubert_span`` frames, 22.2 s by default)
+        are analysed window by window with bounded memory (:mod:`socodec.longform`).
         """
-        x = _as_mono_16k(wav, sample_rate)
-        lead_n = LEAD_SAMPLES if lead else 0
-        padded = self._pad(x, lead_n)[None].to(self.device)
-        tokens = self.analyzer.tokens(self._features(padded))[0]
-        speaker = self.analyzer.speaker(self.mel(padded))[0]
+        if isinstance(wav, (list, tuple)):
+            return encode_batch(self, list(wav), sample_rate, lead)
+        return self._encode_mono(self._mono(wav, sample_rate), LEAD_SAMPLES if lead else 0)
+
+    def _mono(self, wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Any accepted audio -> ``[N]`` float32 mono at 16 kHz (on CPU)."""
+        return _as_mono_16k(wav, sample_rate)
+
+    def _encode_mono(self, x: torch.Tensor, lead: int) -> Codes:
+        """``[N]`` 16 kHz mono -> Codes, whole or window by window depending on the length."""
+        total = self.padded_length(lead + x.numel())
+        if total // self.hop > self.chunks.hubert_span:
+            tokens, speaker = encode_long(self, PaddedSignal(x, lead, total))
+        else:
+            padded = self._pad(x, lead)[None].to(self.device)
+            tokens = self.analyzer.tokens(self._features(padded))[0]
+            speaker = self.analyzer.speaker(self.mel(padded))[0]
+        return self._codes(tokens, speaker, x.numel(), lead)
+
+    def _codes(self, tokens: torch.Tensor, speaker: torch.Tensor, num_samples: int, lead: int) -> Codes:
         return Codes(
             tokens=tokens.cpu(), speaker=speaker.float().cpu(), sample_rate=SAMPLE_RATE,
-            num_samples=int(x.numel()), lead=lead_n, model=dict(self.identity),
+            num_samples=int(num_samples), lead=lead, model=dict(self.identity),
         )
+
+    def padded_length(self, n: int) -> int:
+        """Samples L after right-padding ``n`` samples to the 1920-sample grid (at least one frame)."""
+        return self.hop * max(1, math.ceil(n / self.hop))
 
     def _pad(self, x: torch.Tensor, lead: int) -> torch.Tensor:
         """``[N]`` -> lead zeros + x + zeros up to a multiple of 1920 samples, ``[L]``."""
         n = lead + x.numel()
-        total = self.hop * max(1, math.ceil(n / self.hop))
-        return F.pad(x, (lead, total - n))
+        return F.pad(x, (lead, self.padded_length(n) - n))
 
     def _features(self, padded: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` padded audio -> HuBERT features ``[B, L/320, C]`` float32."""
@@ -204,17 +247,48 @@ class SoCodec(torch.nn.Module):
 
     # ------------------------------------------------------------------ synthesis
     @torch.inference_mode()
-    def decode(self, codes: Codes, streams: int | None = None, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """:class:`Codes` -> 16 kHz mono audio ``[N]`` float32 (on CPU).
+    def decode(
+        self,
+        codes: Codes | Sequence[Codes],
+        streams: int | None = None,
+        speaker: torch.Tensor | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """:class:`Codes` -> 16 kHz mono audio ``[N]`` float32 (on CPU); a list -> a list (one batch).
 
         Args:
-            codes: tokens ``[T, S]`` and speaker ``[D]``.
+            codes: tokens ``[T, S]`` and speaker ``[D]``, or a list/tuple of Codes decoded as
+                one padded batch (:func:`socodec.batching.decode_batch`): each result equals
+                the item's own decode.
             streams: decode only the first ``streams`` streams (default: all in ``codes``).
             speaker: optional ``[D]`` speaker vector replacing ``codes.speaker`` (voice swap).
         Returns:
             ``codes.num_samples`` samples when the codes know their lead and length,
             otherwise the full ``1920 * T``.
+
+        Codes longer than ``chunks.vocoder_chunk`` mel frames (10 s by default) are synthesised
+        in chunks (:func:`socodec.streaming.synthesize_long`), equal to the whole-sequence result.
         """
+        if isinstance(codes, (list, tuple)):
+            return decode_batch(self, list(codes), streams, speaker)
+        tokens, spk, k = self._decode_inputs(codes, streams, speaker)
+        if tokens.shape[1] * self.mel_frames_per_token > self.chunks.vocoder_chunk:
+            lead, num_samples = trim_range(codes)
+            return synthesize_long(
+                self, tokens[0], spk[0], k, lead, num_samples, self.chunks.decode_chunk, self.chunks.vocoder_chunk
+            )
+        mel = self.analyzer.decode_mel(tokens, spk, k)
+        wav = self.vocoder(mel.to(self.compute_dtype))[0].float().cpu()
+        return _trim(wav, codes)
+
+    @property
+    def mel_frames_per_token(self) -> int:
+        """Mel frames (10 ms) per token frame (120 ms): 12."""
+        return self.hop // self.vocoder.hop_length
+
+    def _decode_inputs(
+        self, codes: Codes, streams: int | None, speaker: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Validated ``(tokens [1, T, n_streams] long, speaker [1, D] float32, streams k)`` on the device."""
         self.check_codes(codes)
         k = codes.num_streams if streams is None else streams
         if not 1 <= k <= codes.num_streams:
@@ -225,9 +299,56 @@ class SoCodec(torch.nn.Module):
         tokens = codes.tokens.to(self.device, torch.long)[None]
         if codes.num_streams < self.num_streams:
             tokens = F.pad(tokens, (0, self.num_streams - codes.num_streams))
-        mel = self.analyzer.decode_mel(tokens, spk.to(self.device, torch.float32)[None], k)
-        wav = self.vocoder(mel.to(self.compute_dtype))[0].float().cpu()
-        return _trim(wav, codes)
+        return tokens, spk.to(self.device, torch.float32)[None], k
+
+    @torch.inference_mode()
+    def decode_stream(
+        self,
+        chunks: Iterable[torch.Tensor],
+        speaker: torch.Tensor | Codes,
+        streams: int | None = None,
+        *,
+        lead: int | None = None,
+        num_samples: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Streaming synthesis: token chunks ``[t_i, S]`` in as they arrive, audio chunks ``[n_i]`` out.
+
+        Args:
+            chunks: iterable of integer token tensors ``[t_i, S]`` (any t_i >= 0, same S throughout),
+                e.g. frames emitted one by one by a language model.
+            speaker: speaker vector ``[D]``, or a :class:`Codes` whose speaker vector, lead and
+                length are used (then the output equals ``decode(codes)`` when its tokens are fed).
+            streams: decode the first ``streams`` streams (default: all the chunks carry).
+            lead: samples dropped at the start (default 0, or the Codes' lead): 8000 removes the
+                published 0.5 s lead of zeros.
+            num_samples: stop after this many samples (after the lead); default: no limit.
+        Yields:
+            float32 audio chunks ``[n_i]`` (on CPU), only non-empty ones; concatenated they equal
+            the offline :meth:`decode` of all tokens (within 1e-4, ~1e-7 measured), trimmed as above.
+
+        Latency: the vocoder needs 14 mel frames (140 ms) of right context, so after T token frames
+        the audio is final up to sample 1920·T − 2240: the audio of token frame t is complete once
+        frame t + 2 has arrived. The decoders are causal and carry their state (no recomputation);
+        the vocoder recomputes 28 mel frames of context per chunk. The rest is flushed at the end.
+        """
+        if isinstance(speaker, Codes):
+            default_lead, default_num = trim_range(speaker)
+            speaker = speaker.speaker
+        else:
+            default_lead, default_num = 0, None
+        stream = SynthesisStream(
+            self, speaker, streams,
+            lead=default_lead if lead is None else lead,
+            num_samples=default_num if num_samples is None else num_samples,
+            vocoder_chunk_frames=self.chunks.vocoder_chunk,
+        )
+        for chunk in chunks:
+            audio = stream.push(torch.as_tensor(chunk))
+            if audio.numel():
+                yield audio
+        audio = stream.finish()
+        if audio.numel():
+            yield audio
 
     def check_codes(self, codes: Codes) -> None:
         """Raise :class:`CodesError` if ``codes`` cannot be decoded by this model."""

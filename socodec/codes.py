@@ -29,6 +29,7 @@ Writers are atomic (:func:`socodec.fileio.atomic_write`); readers raise
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from socodec.config import SAMPLE_RATE, SAMPLES_PER_TOKEN
-from socodec.errors import CodesError
+from socodec.errors import CodesError, unpickle_reason
 from socodec.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -245,10 +246,12 @@ def save_codes(codes: Codes, path: str | Path) -> Path:
                 "model": dict(codes.model),
                 "format": PT_FORMAT,
             }
-            atomic_write(p, lambda tmp: torch.save(payload, tmp))
+            buf = io.BytesIO()  # serialise in memory: a failing disk then raises the real OSError
+            torch.save(payload, buf)
+            data = buf.getvalue()
         else:
             data = _encode_soc(codes, tokens, speaker)
-            atomic_write(p, lambda tmp: tmp.write_bytes(data))
+        atomic_write(p, lambda tmp: tmp.write_bytes(data))
     except (OSError, CodesError) as exc:
         raise CodesError(f"{p}: cannot write token file ({exc})") from None
     logger.debug("saved %d frames x %d streams to %s", codes.num_frames, codes.num_streams, p)
@@ -283,8 +286,7 @@ def _load_pt(path: Path) -> Codes:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - untrusted input: every failure mode of the unpickler
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CodesError(f"cannot unpickle safely: {detail}") from None
+        raise CodesError(f"cannot unpickle safely: {unpickle_reason(exc)}") from None
     if not isinstance(obj, dict):
         raise CodesError(f"expected a dict with 'token' and 'speaker', got {type(obj).__name__}")
     for key in ("token", "speaker"):

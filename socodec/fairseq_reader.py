@@ -32,7 +32,7 @@ from torch import Tensor
 from torch import _weights_only_unpickler as _wou
 
 from socodec.config import HubertConfig
-from socodec.errors import CheckpointError, SoCodecError
+from socodec.errors import CheckpointError, SoCodecError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -341,8 +341,7 @@ def _unpickling_reason(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return one_line(exc)
 
 
 __all__: list[str] = [

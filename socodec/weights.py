@@ -22,11 +22,10 @@ def default_ckpt_dir() -> Path:
 
 
 def missing_weights_message(ckpt_dir: Path, reason: str) -> str:
-    files = ", ".join(f"{name} ({repo})" for name, repo in SOURCES.items())
-    return (
-        f"{ckpt_dir}: model weights missing and {reason}; download {files} from Hugging Face "
-        f"and put them in {ckpt_dir} (or pass --ckpt-dir)"
-    )
+    absent = [name for name in SOURCES if not (ckpt_dir / name).is_file()] or list(SOURCES)
+    files = ", ".join(f"{name} (Hugging Face {SOURCES[name]})" for name in absent)
+    return (f"{ckpt_dir}: model weights missing and {reason}; download {files} "
+            f"and put them in {ckpt_dir} (or pass --ckpt-dir)")
 
 
 def resolve_checkpoints(ckpt_dir: Path | None, allow_download: bool = True) -> CheckpointPaths:

@@ -24,12 +24,14 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from transformers import HubertConfig as HFHubertConfig
 from transformers import HubertModel
 
 from socodec.config import HUBERT_TAIL_SAMPLES, HubertConfig
 from socodec.errors import CheckpointError, SoCodecError
 from socodec.fairseq_reader import read_fairseq_checkpoint
+from socodec.nn.hubert_blocks import BlockwiseFeatureEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +183,13 @@ class HubertFeatures(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = HubertModel(hf_config(cfg))
+        self.model.feature_extractor = BlockwiseFeatureEncoder(
+            self.model.feature_extractor.conv_layers, cfg.hop, receptive_field(cfg)
+        )
         self.hop = cfg.hop
         self.mask_extra = receptive_field(cfg) - cfg.hop  # a mask over length+80 samples → length/320 frames
 
-    def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, wav: Tensor, lengths: Tensor | None = None, norm_stats: Tensor | None = None) -> Tensor:
         """Features of a batch of padded signals.
 
         Args:
@@ -192,6 +197,9 @@ class HubertFeatures(nn.Module):
                 ``wav[b, :lengths[b]]``, anything after it is ignored.
             lengths: [B] per-item lengths in samples, each a positive multiple of 320 and <= L;
                 None means every item has length L.
+            norm_stats: [B, 2] per-item ``(mean, sqrt(biased var + 1e-5))`` to standardise with
+                instead of the item's own (when the config normalises): a window of a long signal
+                is standardised with the whole signal's statistics (see :mod:`socodec.longform`).
 
         Returns:
             [B, L/320, C] features; frames at or beyond ``lengths[b]/320`` are zero.
@@ -211,7 +219,9 @@ class HubertFeatures(nn.Module):
         x = wav.new_zeros(batch, total, dtype=torch.float32)
         for b, n in enumerate(lengths.tolist()):
             item = F.pad(wav[b, :n].float(), (0, HUBERT_TAIL_SAMPLES))  # [n + 3200]
-            if self.cfg.normalize:
+            if self.cfg.normalize and norm_stats is not None:
+                item = (item - norm_stats[b, 0].float()) / norm_stats[b, 1].float()
+            elif self.cfg.normalize:
                 item = F.layer_norm(item, item.shape, eps=NORMALIZE_EPS)
             x[b, : n + HUBERT_TAIL_SAMPLES] = item
         samples = torch.arange(total, device=wav.device)
@@ -250,7 +260,19 @@ def build_hubert(cfg: HubertConfig, state: Mapping[str, Tensor], source: str | P
     module.model.load_state_dict(
         {k: v.to(device="cpu", dtype=wanted[k].dtype) for k, v in state.items()}, strict=True, assign=True
     )
+    _freeze_weight_norm(module.model)
     return module.eval().requires_grad_(False)
+
+
+def _freeze_weight_norm(model: nn.Module) -> None:
+    """Compute parametrised weights (the positional conv's weight norm) once, instead of every forward.
+
+    Same numbers: the stored weight is what the parametrization computes on each call.
+    """
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
 def default_cache_dir() -> Path:

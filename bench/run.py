@@ -1,0 +1,184 @@
+"""SoCodec speed benchmark: real-size random weights, CPU, one fresh process per phase and length.
+
+    python bench/run.py [--lengths 10 60 300] [--hour] [--runs 3] [--threads 2]
+                        [--ckpt-dir bench/.cache/ckpts] [--out bench/results-cpu.json]
+
+Creates the real-size random checkpoints (``scripts/make_random_checkpoints.py``)
+under ``--ckpt-dir`` if they are missing and converts the HuBERT cache once, then
+for every length runs analysis (encode) and synthesis (decode) in separate
+processes (``bench/worker.py``) and reports, per phase: median real-time factor
+(processing seconds / audio seconds) per stage and in total, the peak RSS of the
+process (``wait4``: load included), the codec's load time, FLOPs per audio second
+(``torch.utils.flop_counter``) and the ratio of the measured RTF to the compute
+floor (FLOPs / the float32 GEMM throughput measured in the same process).
+Writes everything to ``--out`` (JSON) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from stages import ANALYSIS_STAGES, SYNTHESIS_STAGES, loadavg, machine  # noqa: E402
+
+HOUR = 3600.0
+STAGES = {"analysis": ANALYSIS_STAGES, "synthesis": SYNTHESIS_STAGES}
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    return env
+
+
+def run_child(cmd: list[str], threads: int) -> tuple[dict[str, object], float]:
+    """Run a worker; returns (its JSON result, its peak RSS in MB from wait4)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=_child_env(threads), cwd=REPO, text=True)
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark worker failed ({proc.returncode}): {' '.join(cmd)}")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]), usage.ru_maxrss / 1024
+
+
+def ensure_checkpoints(ckpt_dir: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from socodec.codec import CheckpointPaths
+
+    if CheckpointPaths.in_dir(ckpt_dir).missing():
+        print(f"writing real-size random checkpoints to {ckpt_dir} ...", flush=True)
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_random_checkpoints.py"), str(ckpt_dir)], check=True)
+
+
+def summarize(result: dict[str, object], rss_mb: float) -> dict[str, object]:
+    """Medians and ratios of one worker result."""
+    phase = str(result["phase"])
+    seconds = float(result["seconds"])
+    runs = result["runs"]
+    gemm = statistics.median([r["matmul_gflops"] for r in runs] + [result["matmul_gflops_end"]])
+    stage_rtf = {}
+    for stage in STAGES[phase]:
+        stage_rtf[stage] = statistics.median([r["stages"].get(stage, 0.0) for r in runs]) / seconds
+    total = statistics.median([r["wall_s"] for r in runs]) / seconds
+    stage_rtf["other"] = max(0.0, total - sum(stage_rtf.values()))
+    flops = result["flops"]
+    flops_per_s = float(flops["total"]) / seconds
+    floor = flops_per_s / (gemm * 1e9)
+    return {
+        "rtf": total,
+        "rtf_runs": [r["wall_s"] / seconds for r in runs],
+        "cpu_s_per_audio_s": statistics.median([r["cpu_s"] for r in runs]) / seconds,
+        "stage_rtf": stage_rtf,
+        "gflop_per_audio_s": flops_per_s / 1e9,
+        "stage_gflop_per_audio_s": {k: v / seconds / 1e9 for k, v in flops["stages"].items()},
+        "gemm_gflops": gemm,
+        "floor_rtf": floor,
+        "ratio_to_floor": total / floor if floor else None,
+        "peak_rss_mb": rss_mb,
+        "load_s": result["load_s"],
+        "loadavg": [r["loadavg"][0] for r in runs if r["loadavg"]],
+    }
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    head = (f"{'length':>7} | {'HuBERT':>6} {'enc+VQ':>6} {'mel+spk':>7} {'other':>5} {'ANALYSIS':>8} {'xfloor':>6} "
+            f"{'RSS MB':>6} | {'decoders':>8} {'vocoder':>7} {'other':>5} {'SYNTH':>6} {'xfloor':>6} {'RSS MB':>6} | "
+            f"{'load s':>6} {'GEMM GF/s':>9} {'loadavg':>7}")
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        a, s = row["analysis"], row["synthesis"]
+        sa, ss = a["stage_rtf"], s["stage_rtf"]
+        load = statistics.median([a["load_s"], s["load_s"]])
+        gemm = statistics.median([a["gemm_gflops"], s["gemm_gflops"]])
+        la = max(a["loadavg"] + s["loadavg"] or [0.0])
+        print(f"{row['seconds']:>6.0f}s | {sa['hubert']:6.3f} {sa['encoder+quantiser']:6.3f} {sa['mel+speaker']:7.3f} "
+              f"{sa['other']:5.3f} {a['rtf']:8.3f} {a['ratio_to_floor']:6.2f} {a['peak_rss_mb']:6.0f} | "
+              f"{ss['decoders']:8.3f} {ss['vocoder']:7.3f} {ss['other']:5.3f} {s['rtf']:6.3f} "
+              f"{s['ratio_to_floor']:6.2f} {s['peak_rss_mb']:6.0f} | {load:6.2f} {gemm:9.1f} {la:7.2f}")
+    print("(stage columns and ANALYSIS/SYNTH: median real-time factor; xfloor: RTF / (FLOPs / GEMM throughput);"
+          " RSS: peak of the whole process)")
+
+
+def git_state() -> dict[str, object]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0, 300.0], help="seconds")
+    parser.add_argument("--hour", action="store_true", help="also a 1 h input (one run)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ckpt-dir", type=Path, default=BENCH / ".cache" / "ckpts")
+    parser.add_argument("--cache-dir", type=Path, default=BENCH / ".cache" / "hubert", help="converted HuBERT cache")
+    parser.add_argument("--out", type=Path, default=BENCH / "results-cpu.json")
+    args = parser.parse_args()
+    if args.runs < 1 or args.threads < 1:
+        parser.error("--runs and --threads must be positive")
+
+    ensure_checkpoints(args.ckpt_dir)
+    worker = [sys.executable, str(BENCH / "worker.py"), "--threads", str(args.threads),
+              "--ckpt-dir", str(args.ckpt_dir), "--cache-dir", str(args.cache_dir)]
+    first, _ = run_child(worker + ["--load-only"], args.threads)  # converts the HuBERT cache if needed
+    print(f"first load (converts the HuBERT cache if absent): {first['load_s']:.2f} s", flush=True)
+
+    lengths = list(args.lengths) + ([HOUR] if args.hour else [])
+    codes_dir = BENCH / ".cache" / "codes"
+    codes_dir.mkdir(parents=True, exist_ok=True)
+    rows, raw = [], []
+    for seconds in lengths:
+        runs = 1 if seconds >= HOUR else args.runs
+        codes = codes_dir / f"bench_{seconds:g}s.soc"
+        row: dict[str, object] = {"seconds": seconds}
+        for phase in ("analysis", "synthesis"):
+            print(f"{seconds:g} s {phase} ({runs} runs) ...", flush=True)
+            cmd = worker + ["--phase", phase, "--seconds", str(seconds), "--runs", str(runs), "--codes", str(codes)]
+            result, rss = run_child(cmd, args.threads)
+            result["peak_rss_mb"] = rss
+            raw.append(result)
+            row[phase] = summarize(result, rss)
+            print(f"  RTF {row[phase]['rtf']:.3f} (floor ratio {row[phase]['ratio_to_floor']:.2f}), "
+                  f"peak RSS {rss:.0f} MB", flush=True)
+        rows.append(row)
+
+    print()
+    print_table(rows)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": machine(),
+        "git": git_state(),
+        "threads": args.threads,
+        "runs": args.runs,
+        "first_load_s": first["load_s"],
+        "loadavg_end": loadavg(),
+        "results": rows,
+        "raw": raw,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Long inputs with bounded memory and linear time: chunk sizes and the chunked analysis.
+
+Analysis of a padded signal of T token frames (L = 1920·T samples) longer than one
+HuBERT window (:attr:`ChunkConfig.hubert_window` + 2 · :attr:`ChunkConfig.hubert_context`
+frames) runs as follows; shorter inputs take the whole-signal path, unchanged.
+
+* **HuBERT over windows.** The kept ranges split the T frames evenly into
+  ceil(T / hubert_window) windows on the 1920-sample grid; each window also sees
+  ``hubert_context`` frames of real signal on each side (less at the signal ends).
+  The standardisation statistics (mean, biased variance over the whole L + 3200
+  samples, as the unchunked model) are computed once and applied to every window
+  (:class:`~socodec.nn.hubert.HubertFeatures` ``norm_stats``). Each window is then
+  run like an utterance of its own: its 3200-sample tail is appended, masked and
+  zeroed, so only the last window — which ends where the signal ends — sees the
+  true tail, exactly as the unchunked model does. The features of the kept ranges
+  are stitched in order. Attention no longer spans the whole file, so the features
+  differ slightly from full attention (the windowed model sees at least
+  ``hubert_context`` frames = 1.08 s of context around every kept frame); on the
+  tiny test model ≥ 95 % of tokens agree over 60 s with 4 s windows.
+* **Encoder** (causal): consumes the stitched features window by window through
+  :class:`~socodec.causal_stream.CausalStreamer` — exact; the features of the whole
+  file are never held at once.
+* **Mel / speaker**: the log-mel is computed in blocks straight from the (virtually)
+  padded signal, and the speaker encoder's :meth:`forward_long` bounds its activations.
+
+The padded signal itself is never materialised: :class:`PaddedSignal` serves slices of
+``lead zeros + audio + zero padding``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from socodec.causal_stream import CausalStreamer
+from socodec.config import HUBERT_TAIL_SAMPLES
+from socodec.errors import SoCodecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from socodec.codec import SoCodec
+    from socodec.mel import MelSpectrogram
+
+__all__ = [
+    "ChunkConfig", "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel",
+]
+
+log = logging.getLogger(__name__)
+
+NORMALIZE_EPS = 1e-5
+_STATS_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Chunk sizes for long inputs (``SoCodec.chunks``). Frames are 120 ms tokens unless noted.
+
+    Defaults keep the activations of the real-size model to roughly 200-300 MB whatever the
+    input length (measured on CPU, float32; see the README).
+
+    Attributes:
+        hubert_window: token frames kept per HuBERT window (167 = 20.04 s).
+        hubert_context: token frames of context on each side of a window (9 = 1.08 s).
+            Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole.
+        decode_chunk: token frames per decoder step when synthesising long inputs (250 = 30 s).
+        vocoder_chunk: mel frames (10 ms) per vocoder call (1000 = 10 s), plus 14 frames of
+            context on each side. Inputs of at most this many mel frames are synthesised whole.
+        mel_chunk: mel frames per block of the long-input log-mel (6000 = 60 s).
+    """
+
+    hubert_window: int = 167
+    hubert_context: int = 9
+    decode_chunk: int = 250
+    vocoder_chunk: int = 1000
+    mel_chunk: int = 6000
+
+    def __post_init__(self) -> None:
+        for name in ("hubert_window", "decode_chunk", "vocoder_chunk", "mel_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SoCodecError(f"ChunkConfig.{name} must be a positive integer, got {value!r}")
+        ctx = self.hubert_context
+        if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0:
+            raise SoCodecError(f"ChunkConfig.hubert_context must be a non-negative integer, got {ctx!r}")
+
+    @property
+    def hubert_span(self) -> int:
+        """Largest input (token frames) analysed in one piece."""
+        return self.hubert_window + 2 * self.hubert_context
+
+
+class PaddedSignal:
+    """``lead`` zeros + ``audio`` + zeros up to ``length`` samples, served by slices (never materialised).
+
+    Args:
+        audio: ``[n]`` float32 mono 16 kHz samples.
+        lead: zeros before the audio.
+        length: total length L (>= lead + n).
+    """
+
+    def __init__(self, audio: Tensor, lead: int, length: int) -> None:
+        if audio.dim() != 1 or lead < 0 or length < lead + audio.shape[0]:
+            raise ValueError(f"bad padded signal: audio {list(audio.shape)}, lead {lead}, length {length}")
+        self.audio = audio
+        self.lead = lead
+        self.length = length
+
+    def segment(self, start: int, stop: int) -> Tensor:
+        """Samples ``[start, stop)`` (0 <= start <= stop <= length) as a new ``[stop - start]`` tensor."""
+        out = self.audio.new_zeros(stop - start)
+        lo, hi = max(start, self.lead), min(stop, self.lead + self.audio.shape[0])
+        if hi > lo:
+            out[lo - start : hi - start] = self.audio[lo - self.lead : hi - self.lead]
+        return out
+
+    def reflect_segment(self, start: int, stop: int) -> Tensor:
+        """Samples ``[start, stop)`` of the signal reflect-padded at both ends (``torch`` 'reflect')."""
+        if start >= 0 and stop <= self.length:
+            return self.segment(start, stop)
+        index = torch.arange(start, stop)
+        index = index.abs()
+        last = self.length - 1
+        index = torch.where(index > last, 2 * last - index, index)
+        lo, hi = int(index.min()), int(index.max()) + 1
+        return self.segment(lo, hi)[index - lo]
+
+    def norm_stats(self, tail: int = HUBERT_TAIL_SAMPLES) -> Tensor:
+        """HuBERT standardisation over the signal plus ``tail`` zeros: ``[mean, sqrt(var + 1e-5)]``.
+
+        The biased variance over ``length + tail`` samples, as ``F.layer_norm`` of the whole
+        signal; accumulated in float64, block by block.
+        """
+        total = self.length + tail
+        s1 = 0.0
+        for start in range(0, self.audio.shape[0], _STATS_BLOCK):
+            s1 += float(self.audio[start : start + _STATS_BLOCK].double().sum())
+        mean = s1 / total
+        m2 = (total - self.audio.shape[0]) * mean * mean  # the zeros
+        for start in range(0, self.audio.shape[0], _STATS_BLOCK):
+            m2 += float((self.audio[start : start + _STATS_BLOCK].double() - mean).pow(2).sum())
+        return torch.tensor([mean, math.sqrt(m2 / total + NORMALIZE_EPS)], dtype=torch.float32)
+
+
+def hubert_windows(frames: int, window: int, context: int) -> list[tuple[int, int, int, int]]:
+    """Split ``frames`` token frames into windows: ``(keep_lo, keep_hi, in_lo, in_hi)`` each.
+
+    The kept ranges ``[keep_lo, keep_hi)`` tile ``[0, frames)`` in ``ceil(frames / window)``
+    near-equal parts; ``[in_lo, in_hi)`` adds ``context`` frames each side, clipped to the signal.
+    """
+    count = max(1, math.ceil(frames / window))
+    bounds = [round(i * frames / count) for i in range(count + 1)]
+    return [
+        (lo, hi, max(0, lo - context), min(frames, hi + context))
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+        if hi > lo
+    ]
+
+
+@torch.inference_mode()
+def windowed_features(codec: SoCodec, signal: PaddedSignal) -> Iterator[Tensor]:
+    """HuBERT features of ``signal`` window by window: yields ``[1, 6 * (keep_hi - keep_lo), C]`` float32.
+
+    Concatenated in order they give the stitched feature sequence ``[1, L/320, C]``.
+    """
+    hop = codec.hop
+    per_token = hop // codec.hubert.hop
+    frames = signal.length // hop
+    cfg = codec.chunks
+    stats = signal.norm_stats()[None].to(codec.device) if codec.hubert.cfg.normalize else None
+    for keep_lo, keep_hi, in_lo, in_hi in hubert_windows(frames, cfg.hubert_window, cfg.hubert_context):
+        wav = signal.segment(in_lo * hop, in_hi * hop)[None].to(codec.device, codec.compute_dtype)
+        feats = codec.hubert(wav, norm_stats=stats).float()  # [1, 6 * (in_hi - in_lo), C]
+        log.debug("HuBERT window: frames %d-%d (input %d-%d) of %d", keep_lo, keep_hi, in_lo, in_hi, frames)
+        yield feats[:, (keep_lo - in_lo) * per_token : (keep_hi - in_lo) * per_token]
+
+
+@torch.inference_mode()
+def encode_long(codec: SoCodec, signal: PaddedSignal) -> tuple[Tensor, Tensor]:
+    """Tokens ``[T, S]`` and speaker ``[D]`` of a long padded signal (see the module docstring)."""
+    tokens = stream_tokens(codec, windowed_features(codec, signal))
+    mel = long_mel(codec.mel, signal, codec.chunks.mel_chunk).to(codec.device)
+    speaker = codec.analyzer.speaker(mel[None])[0]
+    return tokens, speaker
+
+
+@torch.inference_mode()
+def stream_tokens(codec: SoCodec, features: Iterable[Tensor]) -> Tensor:
+    """Consecutive feature chunks ``[1, 6 t_i, C]`` -> tokens ``[sum t_i, S]``, through the causal encoder.
+
+    Exact: equals ``analyzer.tokens`` of the concatenated features; only one chunk is held at a time.
+    """
+    streamer = CausalStreamer()
+    pieces = []
+    for feats in features:
+        frames = streamer.encoder(codec.analyzer.encoder, feats)  # [1, t_i, D]
+        pieces.append(codec.analyzer.vq.encode(frames)[0])
+    return torch.cat(pieces)
+
+
+@torch.inference_mode()
+def long_mel(mel: MelSpectrogram, signal: PaddedSignal, chunk_frames: int) -> Tensor:
+    """Log-mel ``[L/160, n_mels]`` of the padded signal, block by block (same numbers as ``mel(signal)``)."""
+    hop, n_fft, pad = mel.hop_length, mel.n_fft, mel.reflect_pad
+    frames = mel.num_frames(signal.length)
+    if signal.length <= pad:
+        raise SoCodecError(f"signal of {signal.length} samples is too short for the mel front end")
+    out = torch.empty(frames, mel.n_mels)
+    for start in range(0, frames, chunk_frames):
+        stop = min(frames, start + chunk_frames)
+        segment = signal.reflect_segment(start * hop - pad, (stop - 1) * hop + n_fft - pad)
+        block = mel._log_mel(segment[None].to(mel.mel_basis.device))  # [1, n_mels, stop - start]
+        out[start:stop] = block[0].t().cpu()
+    return out

@@ -1,0 +1,239 @@
+"""Long inputs: windowed HuBERT, exact chunked encoder / mel / synthesis (tiny golden models)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import GOLDEN, assert_close_golden
+from socodec import SoCodec
+from socodec.causal_stream import CausalStreamer, causal_context
+from socodec.errors import SoCodecError
+from socodec.longform import (
+    ChunkConfig,
+    PaddedSignal,
+    hubert_windows,
+    long_mel,
+    stream_tokens,
+    windowed_features,
+)
+
+LEAD = 8000
+HOP = 1920
+
+
+def tiny_codec(cache) -> SoCodec:
+    return SoCodec.from_files(
+        GOLDEN / "hubert_tiny_fairseq.pt", GOLDEN / "analyzer_tiny.safetensors", GOLDEN / "vocoder_tiny.safetensors",
+        GOLDEN / "analyzer_tiny.json", GOLDEN / "vocoder_tiny.json", cache_dir=cache,
+    )
+
+
+@pytest.fixture(scope="module")
+def codec(tmp_path_factory) -> SoCodec:
+    return tiny_codec(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def small_chunks(codec):
+    """Tiny chunk sizes for the duration of one test."""
+    saved = codec.chunks
+    codec.chunks = ChunkConfig(hubert_window=34, hubert_context=9, decode_chunk=7, vocoder_chunk=50, mel_chunk=100)
+    yield codec.chunks
+    codec.chunks = saved
+
+
+def speechlike(seconds: float, seed: int = 0) -> torch.Tensor:
+    """Gliding two-partial tone, syllable-like envelope and pauses, light noise: ``[16000 * seconds]``."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * 16000)
+    t = torch.arange(n) / 16000
+    f0 = 200 + 150 * torch.sin(2 * math.pi * 0.3 * t) + 80 * torch.sin(2 * math.pi * 1.7 * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000
+    gates = (torch.rand(int(seconds * 4) + 1, generator=g) > 0.2).float().repeat_interleave(4000)[:n]
+    env = (0.5 + 0.5 * torch.sin(2 * math.pi * 3.1 * t)) * gates
+    return 0.3 * env * (torch.sin(phase) + 0.5 * torch.sin(2.03 * phase)) + 0.02 * torch.randn(n, generator=g)
+
+
+def test_chunk_config_validates():
+    assert ChunkConfig().hubert_span == 167 + 18
+    with pytest.raises(SoCodecError, match="hubert_window"):
+        ChunkConfig(hubert_window=0)
+    with pytest.raises(SoCodecError, match="hubert_context"):
+        ChunkConfig(hubert_context=-1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ChunkConfig().decode_chunk = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("frames", [1, 33, 34, 35, 100, 505])
+def test_hubert_windows_tile_the_grid(frames):
+    windows = hubert_windows(frames, 34, 9)
+    assert len(windows) == math.ceil(frames / 34)
+    assert windows[0][0] == 0 and windows[-1][1] == frames
+    for (lo, hi, in_lo, in_hi), nxt in zip(windows, windows[1:] + [None]):
+        assert hi - lo <= 34 and in_lo == max(0, lo - 9) and in_hi == min(frames, hi + 9)
+        if nxt is not None:
+            assert nxt[0] == hi
+
+
+def test_padded_signal_slices_stats_and_reflection():
+    x = torch.randn(5000)
+    sig = PaddedSignal(x, LEAD, 7 * HOP)
+    full = F.pad(x, (LEAD, 7 * HOP - LEAD - 5000))
+    assert torch.equal(sig.segment(0, sig.length), full)
+    assert torch.equal(sig.segment(7990, 8020), full[7990:8020])
+    reflected = F.pad(full[None, None], (432, 432), mode="reflect")[0, 0]
+    assert torch.equal(sig.reflect_segment(-432, 1000), reflected[:1432])
+    assert torch.equal(sig.reflect_segment(sig.length - 900, sig.length + 432), reflected[-1332:])
+    mean, std = sig.norm_stats().tolist()
+    with_tail = F.pad(full, (0, 3200))
+    assert mean == pytest.approx(with_tail.double().mean().item(), abs=1e-9)
+    assert std == pytest.approx(math.sqrt(with_tail.double().var(unbiased=False).item() + 1e-5), rel=1e-6)
+
+
+def test_short_input_is_analysed_whole_golden_unchanged(codec, monkeypatch):
+    import socodec.codec as codec_mod
+    from safetensors.torch import load_file
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("short inputs must not take the windowed path")
+
+    monkeypatch.setattr(codec_mod, "encode_long", refuse)
+    case = load_file(str(GOLDEN / "golden_ground_truth.safetensors"))
+    codes = codec.encode(case["input_wav"])
+    assert torch.equal(codes.tokens, case["tokens"])
+    assert_close_golden(codes.speaker, case["speaker"])
+    # one window over the whole signal (global statistics, true tail) equals the unchunked features
+    sig = PaddedSignal(case["input_wav"], LEAD, case["padded_wav"].numel())
+    with torch.inference_mode():
+        feats = torch.cat(list(windowed_features(codec, sig)), dim=1)[0]
+    assert_close_golden(feats, case["hubert_features"])
+
+
+def test_windowed_hubert_close_to_full_attention(codec, small_chunks):
+    """60 s, 4 s windows with 1.08 s context: tokens agree on >= 95 % of frames in every stream."""
+    x = speechlike(60.0)
+    with torch.inference_mode():
+        padded = codec._pad(x, LEAD)[None]
+        full_feats = codec._features(padded)
+        full_tokens = codec.analyzer.tokens(full_feats)[0]
+        pieces = list(windowed_features(codec, PaddedSignal(x, LEAD, padded.shape[1])))
+        tokens = stream_tokens(codec, pieces)
+    feats = torch.cat(pieces, dim=1)
+    assert len(pieces) == math.ceil(padded.shape[1] / HOP / small_chunks.hubert_window)
+    assert feats.shape == full_feats.shape
+    assert tokens.shape == full_tokens.shape == (padded.shape[1] // HOP, 4)
+    agreement = (tokens == full_tokens).float().mean(dim=0)
+    assert (agreement >= 0.95).all(), agreement
+    rel = ((feats - full_feats).norm() / full_feats.norm()).item()
+    assert rel < 0.02, rel
+    # the chunked causal encoder is exact: the stitched features through the whole-sequence encoder
+    assert torch.equal(codec.analyzer.tokens(feats)[0], tokens)
+
+
+def test_long_encode_takes_the_windowed_path(codec, small_chunks, monkeypatch):
+    import socodec.codec as codec_mod
+
+    calls = []
+    real = codec_mod.encode_long
+    monkeypatch.setattr(codec_mod, "encode_long", lambda c, sig: calls.append(sig.length) or real(c, sig))
+    x = speechlike(7.0, seed=4)
+    codes = codec.encode(x)
+    total = codec.padded_length(LEAD + x.numel())
+    assert calls == [total] and codes.num_frames == total // HOP > small_chunks.hubert_span
+    assert (codes.num_samples, codes.lead) == (x.numel(), LEAD)
+    with torch.inference_mode():
+        speaker = codec.analyzer.speaker(codec.mel(codec._pad(x, LEAD)[None]))[0]
+    assert torch.allclose(codes.speaker, speaker, atol=1e-5, rtol=0)
+
+
+def test_causal_streamer_equals_whole_sequence(codec):
+    a = codec.analyzer
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        feats = torch.randn(2, 6 * 37, 64)
+        whole = a.encoder(feats)
+        streamer = CausalStreamer()
+        sizes = [1, 5, 6, 7, 0, 13, 60, 130]
+        parts, pos = [], 0
+        for n in sizes:
+            parts.append(streamer.encoder(a.encoder, feats[:, pos : pos + n]))
+            pos += n
+        assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=0)
+        x = torch.randn(2, 40, 64)
+        whole = a.decoder_2.project(a.decoder_2(a.decoder_1(x)))
+        streamer, parts, pos = CausalStreamer(), [], 0
+        for n in [1, 1, 3, 0, 10, 25]:
+            h = streamer.decoder_body(a.decoder_2, streamer.decoder_body(a.decoder_1, x[:, pos : pos + n]))
+            parts.append(streamer.decoder_project(a.decoder_2, h))
+            pos += n
+        assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=0)
+    assert causal_context(a.encoder) == 51  # HuBERT frames of left context of one token frame
+
+
+def test_long_mel_equals_whole(codec):
+    x = speechlike(7.3, seed=1)
+    total = codec.padded_length(LEAD + x.numel())
+    with torch.inference_mode():
+        whole = codec.mel(codec._pad(x, LEAD)[None])[0]
+        chunked = long_mel(codec.mel, PaddedSignal(x, LEAD, total), 97)
+    assert torch.allclose(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_blockwise_hubert_extractor_is_exact(codec):
+    extractor = codec.hubert.model.feature_extractor
+    wav = torch.randn(2, 160 * 320 + 80)
+    with torch.inference_mode():
+        whole = extractor._run(wav)
+        saved = extractor.block_frames
+        extractor.block_frames = 7
+        try:
+            blocks = extractor(wav)
+        finally:
+            extractor.block_frames = saved
+    assert blocks.shape == whole.shape == (2, 32, 160)
+    assert torch.allclose(blocks, whole, atol=1e-6, rtol=0)
+
+
+def test_chunked_decode_equals_whole(codec, small_chunks, tmp_path):
+    """Chunked decoders + vocoder == whole sequence: ~1e-14 in float64, float32 within the golden 1e-4."""
+    codes = dataclasses.replace(codec.encode(speechlike(1.5, seed=2)), lead=None, num_samples=None)
+    assert codes.num_frames * 12 > small_chunks.vocoder_chunk
+    chunked = codec.decode(codes)
+    codec.chunks = ChunkConfig()
+    whole = codec.decode(codes)
+    assert chunked.shape == whole.shape == (codes.num_frames * HOP,)
+    assert_close_golden(chunked, whole)
+    # the mel decoders alone are exact in float32 too
+    with torch.inference_mode():
+        tokens, spk = codes.tokens[None], codes.speaker[None, None]
+        whole_mel = codec.analyzer.decode_mel(tokens, codes.speaker[None])
+        streamer, parts = CausalStreamer(), []
+        for start in range(0, codes.num_frames, 3):
+            x = codec.analyzer.vq.decode(tokens[:, start : start + 3]) + spk
+            h = streamer.decoder_body(codec.analyzer.decoder_1, x) + spk
+            h = streamer.decoder_body(codec.analyzer.decoder_2, h)
+            parts.append(streamer.decoder_project(codec.analyzer.decoder_2, h))
+    assert (torch.cat(parts, dim=1) - whole_mel).abs().max().item() < 1e-5
+    # float64: the algorithm is exact; float32 differences are rounding noise of the random vocoder
+    c64 = tiny_codec(tmp_path).double()
+    c64.compute_dtype = torch.float64
+    short = dataclasses.replace(codes, tokens=codes.tokens[:5], speaker=codes.speaker.double())
+    whole64 = c64.decode(short)
+    c64.chunks = ChunkConfig(decode_chunk=2, vocoder_chunk=20)
+    chunked64 = c64.decode(short)
+    assert chunked64.shape == (5 * HOP,)
+    assert (chunked64 - whole64).abs().max().item() < 1e-10
+
+
+def test_chunked_decode_trims_like_whole(codec, small_chunks):
+    codes = codec.encode(speechlike(1.3, seed=3))
+    chunked = codec.decode(codes, streams=2)
+    codec.chunks = ChunkConfig()
+    whole = codec.decode(codes, streams=2)
+    assert chunked.shape == whole.shape == (codes.num_samples,)
+    assert_close_golden(chunked, whole)
