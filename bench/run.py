@@ -81,6 +81,7 @@ def summarize(result: dict[str, object], rss_mb: float) -> dict[str, object]:
         "rtf": total,
         "rtf_runs": [r["wall_s"] / seconds for r in runs],
         "cpu_s_per_audio_s": statistics.median([r["cpu_s"] for r in runs]) / seconds,
+        "cores_used": statistics.median([r["cpu_s"] / r["wall_s"] for r in runs]),
         "stage_rtf": stage_rtf,
         "gflop_per_audio_s": flops_per_s / 1e9,
         "stage_gflop_per_audio_s": {k: v / seconds / 1e9 for k, v in flops["stages"].items()},
@@ -96,7 +97,7 @@ def summarize(result: dict[str, object], rss_mb: float) -> dict[str, object]:
 def print_table(rows: list[dict[str, object]]) -> None:
     head = (f"{'length':>7} | {'HuBERT':>6} {'enc+VQ':>6} {'mel+spk':>7} {'other':>5} {'ANALYSIS':>8} {'xfloor':>6} "
             f"{'RSS MB':>6} | {'decoders':>8} {'vocoder':>7} {'other':>5} {'SYNTH':>6} {'xfloor':>6} {'RSS MB':>6} | "
-            f"{'load s':>6} {'GEMM GF/s':>9} {'loadavg':>7}")
+            f"{'load s':>6} {'GEMM GF/s':>9} {'cores':>5} {'loadavg':>7}")
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -105,12 +106,14 @@ def print_table(rows: list[dict[str, object]]) -> None:
         load = statistics.median([a["load_s"], s["load_s"]])
         gemm = statistics.median([a["gemm_gflops"], s["gemm_gflops"]])
         la = max(a["loadavg"] + s["loadavg"] or [0.0])
+        cores = statistics.median([a["cores_used"], s["cores_used"]])
         print(f"{row['seconds']:>6.0f}s | {sa['hubert']:6.3f} {sa['encoder+quantiser']:6.3f} {sa['mel+speaker']:7.3f} "
               f"{sa['other']:5.3f} {a['rtf']:8.3f} {a['ratio_to_floor']:6.2f} {a['peak_rss_mb']:6.0f} | "
               f"{ss['decoders']:8.3f} {ss['vocoder']:7.3f} {ss['other']:5.3f} {s['rtf']:6.3f} "
-              f"{s['ratio_to_floor']:6.2f} {s['peak_rss_mb']:6.0f} | {load:6.2f} {gemm:9.1f} {la:7.2f}")
+              f"{s['ratio_to_floor']:6.2f} {s['peak_rss_mb']:6.0f} | {load:6.2f} {gemm:9.1f} {cores:5.2f} {la:7.2f}")
     print("(stage columns and ANALYSIS/SYNTH: median real-time factor; xfloor: RTF / (FLOPs / GEMM throughput);"
-          " RSS: peak of the whole process)")
+          " RSS: peak of the whole process; cores: CPU seconds / wall seconds, < threads when the machine is"
+          " shared; loadavg: highest 1-min load average seen)")
 
 
 def git_state() -> dict[str, object]:

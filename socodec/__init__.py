@@ -11,7 +11,11 @@ def __getattr__(name: str):
         from socodec.codec import SoCodec
 
         return SoCodec
+    if name == "ChunkConfig":
+        from socodec.longform import ChunkConfig
+
+        return ChunkConfig
     raise AttributeError(name)
 
 
-__all__ = ["SoCodec", "Codes", "SoCodecError", "__version__"]
+__all__ = ["SoCodec", "ChunkConfig", "Codes", "SoCodecError", "__version__"]

@@ -111,3 +111,40 @@ def test_bad_speaker_and_streams(codec, codes):
         list(codec.decode_stream([codes.tokens], codes.speaker[:10]))
     with pytest.raises(CodesError, match="streams must be between 1 and 4"):
         list(codec.decode_stream([codes.tokens], codes.speaker, streams=5))
+
+
+def test_cli_dash_streams_raw_pcm16_to_stdout(codec, codes, tmp_path, monkeypatch):
+    """``socodec tokens.soc -``: headerless s16le at 16 kHz, equal to the decoded audio."""
+    import io
+    import logging
+    import sys
+    import types
+
+    from socodec.cli import main
+    from socodec.codec import RELEASED_FILES
+    from socodec.codes import save_codes
+
+    monkeypatch.setenv("SOCODEC_CACHE_DIR", str(tmp_path / "cache"))
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for name, target in zip(RELEASED_FILES, ("hubert_tiny_fairseq.pt", "analyzer_tiny.safetensors",
+                                             "vocoder_tiny.safetensors")):
+        (ckpts / name).symlink_to(GOLDEN / target)
+    save_codes(codes, tmp_path / "gt.soc")
+    sink = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(buffer=sink, isatty=lambda: False))
+    root = logging.getLogger()
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    try:
+        status = main([str(tmp_path / "gt.soc"), "-", "--ckpt-dir", str(ckpts), "--no-download", "-q", "--streams", "3",
+                       "--analyzer-config", str(GOLDEN / "analyzer_tiny.json"),
+                       "--vocoder-config", str(GOLDEN / "vocoder_tiny.json")])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+    assert status == 0
+    pcm = torch.frombuffer(bytearray(sink.getvalue()), dtype=torch.int16)
+    expected = codec.decode(codes, streams=3)
+    assert pcm.shape == expected.shape == (codes.num_samples,)
+    assert (pcm.float() - (expected.clamp(-1, 1) * 32767).round()).abs().max().item() <= 1

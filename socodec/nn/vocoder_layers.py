@@ -221,7 +221,7 @@ class Activation1d(nn.Module):
         self.act = SnakeBeta(channels)
         self.upsample = _FilterBuffer()
         self.downsample = _Downsample()
-        self._cache: tuple[tuple[object, ...], tuple[Tensor, Tensor, Tensor]] | None = None
+        self._cache: tuple[tuple[object, ...], tuple[Tensor, Tensor, Tensor] | None] | None = None
 
     def _geometry(self) -> tuple[int, int, int, int]:
         """(up replicate pad, up crop, down left pad, down right pad); 12-tap filters: (5, 15, 5, 6)."""
@@ -243,18 +243,21 @@ class Activation1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         alpha, beta = self.act.alpha, self.act.beta
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, beta))
-        if grad or bool(alpha.abs().max() > _MAX_LOG_FREQ):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, beta)):
+            filters = None
+        else:
+            filters = self._filters(x.dtype)
+        if filters is None:
             return self.reference(x) if x.dim() == 3 else channels_last_1d(self.reference(x.squeeze(2)))
         if x.dim() == 3:
-            return self._fast(channels_last_1d(x)).squeeze(2).contiguous()
-        return self._fast(x)
+            return self._fast(channels_last_1d(x), filters).squeeze(2).contiguous()
+        return self._fast(x, filters)
 
-    def _fast(self, x: Tensor) -> Tensor:
-        """Channels-last [B, C, 1, T] -> [B, C, 1, T] (inference only)."""
+    def _fast(self, x: Tensor, filters: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """Channels-last [B, C, 1, T] -> [B, C, 1, T] (inference only), with :meth:`_filters`."""
         b, c, _, t = x.shape
         pad, crop, left, right = self._geometry()
-        up_w, down_w, gain = self._filters(x.dtype)
+        up_w, down_w, gain = filters
         u = F.conv_transpose2d(
             F.pad(x, (pad, pad, 0, 0), mode="replicate"), up_w, stride=(1, 2), padding=(0, crop), groups=c
         )  # [B, C, 1, 2t] = exp(alpha) * upsampled x
@@ -268,19 +271,26 @@ class Activation1d(nn.Module):
         zp[..., left + 2 * t :] = z[..., -1:]
         return F.conv2d(zp, down_w, stride=(1, 2), groups=c)
 
-    def _filters(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """(up filter * a, down filter / a, channels-last [C, 1, 1, k]; gain g [1, C, 1, 1]), cached."""
+    def _filters(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(up filter * a, down filter / a as channels-last [C, 1, 1, k]; gain g [1, C, 1, 1]), cached.
+
+        None when some ``|alpha|`` is beyond :data:`_MAX_LOG_FREQ` (``exp(alpha)`` near float limits).
+        """
         alpha, beta = self.act.alpha, self.act.beta
         f_up, f_down = self.upsample.filter, self.downsample.lowpass.filter
         key = tuple((id(p), p._version, p.data_ptr(), p.device) for p in (alpha, beta, f_up, f_down)) + (dtype,)
         if self._cache is None or self._cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():
-                c = alpha.numel()
-                freq = alpha.exp().to(dtype).view(c, 1, 1, 1)
-                gain = (freq / (beta.exp().to(dtype).view(c, 1, 1, 1) + _SNAKE_EPS)).view(1, c, 1, 1)
-                up_w = (2.0 * f_up.to(dtype).view(1, 1, 1, -1) * freq).contiguous(memory_format=torch.channels_last)
-                down_w = (f_down.to(dtype).view(1, 1, 1, -1) / freq).contiguous(memory_format=torch.channels_last)
-            self._cache = (key, (up_w, down_w, gain))
+                filters: tuple[Tensor, Tensor, Tensor] | None = None
+                if not bool(alpha.abs().max() > _MAX_LOG_FREQ):
+                    c = alpha.numel()
+                    freq = alpha.exp().to(dtype).view(c, 1, 1, 1)
+                    gain = (freq / (beta.exp().to(dtype).view(c, 1, 1, 1) + _SNAKE_EPS)).view(1, c, 1, 1)
+                    up_w = 2.0 * f_up.to(dtype).view(1, 1, 1, -1) * freq
+                    down_w = f_down.to(dtype).view(1, 1, 1, -1) / freq
+                    cl = torch.channels_last
+                    filters = (up_w.contiguous(memory_format=cl), down_w.contiguous(memory_format=cl), gain)
+            self._cache = (key, filters)
         return self._cache[1]
 
 
