@@ -22,7 +22,9 @@ CASES = ("ground_truth", "chirp", "edge")
 if not (GOLDEN / "README.md").is_file():
     raise pytest.UsageError(f"golden reference data not found at {REFERENCE}: the tests need ../shared/reference")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (-n 2) each worker gets one thread: the tiny models gain nothing
+# from more, and two workers then share the two cores without contention.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 def assert_close_golden(actual: torch.Tensor, expected: torch.Tensor) -> float:
