@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 from transformers import HubertConfig as HFHubertConfig
 from transformers import HubertModel
 
+from socodec.checkpoints import load_strict
 from socodec.config import HUBERT_TAIL_SAMPLES, HubertConfig
 from socodec.errors import CheckpointError, SoCodecError
 from socodec.fairseq_reader import read_fairseq_checkpoint
@@ -242,24 +243,7 @@ def build_hubert(cfg: HubertConfig, state: Mapping[str, Tensor], source: str | P
     """
     with torch.device("meta"):
         module = HubertFeatures(cfg)
-    wanted = module.model.state_dict()
-    missing = [k for k in wanted if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"{source}: missing HuBERT key '{missing[0]}' (expected shape {list(wanted[missing[0]].shape)})"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
-    unexpected = [k for k in state if k not in wanted]
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected HuBERT key '{unexpected[0]}'")
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(wanted[key].shape):
-            raise CheckpointError(
-                f"{source}: HuBERT key '{key}' has shape {list(tensor.shape)}, expected {list(wanted[key].shape)}"
-            )
-    module.model.load_state_dict(
-        {k: v.to(device="cpu", dtype=wanted[k].dtype) for k, v in state.items()}, strict=True, assign=True
-    )
+    load_strict(module.model, {k: v.to("cpu") for k, v in state.items()}, source=source)
     _freeze_weight_norm(module.model)
     return module.eval().requires_grad_(False)
 
