@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -177,9 +176,8 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("transformers", "huggingface_hub", "urllib3", "filelock"):
+    for noisy in ("huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 __all__ = ["main", "build_parser", "Job", "AUDIO_SUFFIXES"]

@@ -2,7 +2,7 @@
 console script in subprocesses, on real files, with the tiny golden models under the
 released file names.
 
-Starting the command costs a few seconds (importing torch and transformers) while the
+Starting the command costs a few seconds (importing torch) while the
 tiny models do their work in well under a second, so the session fixture starts every
 invocation up front, two at a time, and each test waits for the one it checks.
 """
@@ -26,10 +26,10 @@ import soxr
 import torch
 from safetensors.torch import load_file
 
-from conftest import GOLDEN, REPO, assert_close_golden
+from conftest import GOLDEN, REPO, assert_close_golden, tiny_ckpt_dir
 from socodec import Codes, SoCodec
 from socodec.audio import load_audio
-from socodec.codec import ANALYZER_FILE, HUBERT_FILE, RELEASED_FILES, VOCODER_FILE
+from socodec.codec import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE
 from socodec.codes import load_codes, save_codes
 
 LEAD = 8000
@@ -115,10 +115,7 @@ def _golden(name: str) -> dict[str, torch.Tensor]:
 
 
 def _make_workspace(root: Path) -> Workspace:
-    ckpts = root / "ckpts"
-    ckpts.mkdir()
-    for name, target in zip(RELEASED_FILES, ("hubert_tiny_fairseq.pt", "analyzer_tiny.safetensors", "vocoder_tiny.safetensors")):
-        (ckpts / name).symlink_to(GOLDEN / target)
+    ckpts = tiny_ckpt_dir(root / "ckpts")
     configs = ["--analyzer-config", str(GOLDEN / "analyzer_tiny.json"), "--vocoder-config", str(GOLDEN / "vocoder_tiny.json")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCODEC_")}
     env.update(SOCODEC_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))

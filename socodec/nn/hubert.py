@@ -1,10 +1,12 @@
-"""HuBERT feature extraction (SPEC §3) on top of ``transformers.HubertModel``.
+"""HuBERT feature extraction (SPEC §3): checkpoint mapping, caching, and the call SoCodec makes.
 
-* :func:`hf_config` — the ``transformers`` config that reproduces fairseq HuBERT bit for bit.
-* :func:`fairseq_to_hf` — fairseq state-dict names → ``HubertModel`` names, strictly checked.
+The network itself is :class:`~socodec.nn.hubert_blocks.HubertNetwork` (no ``transformers``
+needed); its parameter names are those of ``transformers``' ``HubertModel`` ("HF names").
+
+* :func:`fairseq_to_hf` — fairseq state-dict names → HF names, strictly checked.
   Also usable on an analyzer file's ``ssl_extractor.model.*`` keys once the prefix is stripped.
 * :class:`HubertFeatures` — padded waveform [B, L] → features [B, L/320, C], as SoCodec calls HuBERT.
-* :func:`load_hubert_weights` — a ``.pt`` → (config, ``HubertModel`` state dict), converted once to a
+* :func:`load_hubert_weights` — a ``.pt`` → (config, state dict with HF names), converted once to a
   memory-mapped safetensors cache; :func:`build_hubert` — strict load into :class:`HubertFeatures`.
 """
 
@@ -25,14 +27,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from transformers import HubertConfig as HFHubertConfig
-from transformers import HubertModel
 
 from socodec.checkpoints import load_strict
 from socodec.config import HUBERT_TAIL_SAMPLES, HubertConfig
 from socodec.errors import CheckpointError, SoCodecError
 from socodec.fairseq_reader import read_fairseq_checkpoint
-from socodec.nn.hubert_blocks import BlockwiseFeatureEncoder
+from socodec.nn.hubert_blocks import HubertNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -47,39 +47,6 @@ _SIGNATURE_BYTES = 1 << 20
 def is_ignored_fairseq_key(key: str) -> bool:
     """True for training-only fairseq keys (``mask_emb``, ``label_embs_concat``, ``final_proj.*``)."""
     return key in IGNORED_FAIRSEQ_KEYS or key.startswith(IGNORED_FAIRSEQ_PREFIXES)
-
-
-def hf_config(cfg: HubertConfig) -> HFHubertConfig:
-    """The ``transformers`` config giving bit-exact parity with fairseq (SPEC §3 'Verified here')."""
-    hf = HFHubertConfig(
-        hidden_size=cfg.embed_dim,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.ffn_dim,
-        hidden_act="gelu",
-        hidden_dropout=0.0,
-        activation_dropout=0.0,
-        attention_dropout=0.0,
-        feat_proj_dropout=0.0,
-        final_dropout=0.0,
-        layerdrop=0.0,
-        layer_norm_eps=1e-5,
-        feat_extract_norm="layer",
-        feat_extract_activation="gelu",
-        feat_proj_layer_norm=True,
-        conv_dim=[d for d, _, _ in cfg.conv_layers],
-        conv_kernel=[k for _, k, _ in cfg.conv_layers],
-        conv_stride=[s for _, _, s in cfg.conv_layers],
-        conv_bias=cfg.conv_bias,
-        num_conv_pos_embeddings=cfg.conv_pos,
-        num_conv_pos_embedding_groups=cfg.conv_pos_groups,
-        do_stable_layer_norm=True,
-        apply_spec_augment=False,
-        mask_time_prob=0.0,
-        mask_feature_prob=0.0,
-    )
-    hf._attn_implementation = "sdpa"
-    return hf
 
 
 def fairseq_layout(cfg: HubertConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -124,7 +91,7 @@ def fairseq_layout(cfg: HubertConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
 def fairseq_to_hf(
     state: Mapping[str, Tensor], cfg: HubertConfig, *, source: str | Path = "<state dict>"
 ) -> dict[str, Tensor]:
-    """Rename a fairseq HuBERT state dict to ``HubertModel`` names, checking every key and shape.
+    """Rename a fairseq HuBERT state dict to HF names, checking every key and shape.
 
     ``mask_emb``, ``label_embs_concat`` and ``final_proj.*`` are ignored. Without ``post_extract_proj``
     (fairseq omits it when the extractor and model widths are equal) an identity projection is used.
@@ -183,12 +150,9 @@ class HubertFeatures(nn.Module):
     def __init__(self, cfg: HubertConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = HubertModel(hf_config(cfg))
-        self.model.feature_extractor = BlockwiseFeatureEncoder(
-            self.model.feature_extractor.conv_layers, cfg.hop, receptive_field(cfg)
-        )
+        self.model = HubertNetwork(cfg, receptive_field(cfg))
         self.hop = cfg.hop
-        self.mask_extra = receptive_field(cfg) - cfg.hop  # a mask over length+80 samples → length/320 frames
+        self.mask_extra = receptive_field(cfg) - cfg.hop  # length + 80 samples → length/320 frames
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None, norm_stats: Tensor | None = None) -> Tensor:
         """Features of a batch of padded signals.
@@ -225,19 +189,18 @@ class HubertFeatures(nn.Module):
             elif self.cfg.normalize:
                 item = F.layer_norm(item, item.shape, eps=NORMALIZE_EPS)
             x[b, : n + HUBERT_TAIL_SAMPLES] = item
-        samples = torch.arange(total, device=wav.device)
-        mask = (samples[None, :] < (lengths.to(wav.device) + self.mask_extra)[:, None]).long()  # [B, N]
-
-        dtype = next(self.model.parameters()).dtype
-        hidden = self.model(x.to(dtype), attention_mask=mask).last_hidden_state  # [B, L/320 + 9, C]
+        # Frames from item b's end on are padding: HuBERT zeroes them and never attends to them, so the
+        # last frame kept needs only mask_extra samples of the (standardised) tail.
         frames = length // self.hop
-        hidden = hidden[:, :frames]
         valid = torch.arange(frames, device=wav.device)[None, :] < (lengths.to(wav.device) // self.hop)[:, None]
+        dtype = next(self.model.parameters()).dtype
+        x = x[:, : length + self.mask_extra].to(dtype)
+        hidden = self.model(x, None if bool(valid.all()) else valid)  # [B, L/320, C]
         return hidden.masked_fill(~valid[..., None], 0.0)
 
 
 def build_hubert(cfg: HubertConfig, state: Mapping[str, Tensor], source: str | Path) -> HubertFeatures:
-    """A :class:`HubertFeatures` in eval mode holding ``state`` (``HubertModel`` names), strictly checked.
+    """A :class:`HubertFeatures` in eval mode holding ``state`` (HF names), strictly checked.
 
     The module is built on the meta device and the tensors are assigned (no random init, no copy).
     """
@@ -289,7 +252,7 @@ def cache_path(pt_path: Path, cache_dir: Path) -> Path:
 def load_hubert_weights(
     pt_path: str | Path, cache_dir: Path | None = None
 ) -> tuple[HubertConfig, dict[str, Tensor]]:
-    """HuBERT config and ``HubertModel`` state dict from a fairseq ``.pt``, via a safetensors cache.
+    """HuBERT config and state dict (HF names) from a fairseq ``.pt``, via a safetensors cache.
 
     The first call converts the checkpoint and writes ``cache_dir`` (default :func:`default_cache_dir`)
     atomically; later calls memory-map the cached file as long as the source's size, mtime and

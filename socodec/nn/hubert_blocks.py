@@ -1,21 +1,45 @@
-"""HuBERT's convolutional feature extractor over blocks of frames (bounded memory, same numbers)."""
+"""HuBERT-large's network (fairseq ``layer_norm_first`` variant, SPEC §3), written for inference.
+
+Submodule names follow ``transformers``' ``HubertModel`` (the converted weight cache uses
+them), but nothing here imports ``transformers``. Shapes: B batch, N samples, T frames
+(20 ms), C extractor channels (512), E model width (1024).
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["BlockwiseFeatureEncoder"]
+from socodec.config import HubertConfig
+
+__all__ = ["BlockwiseFeatureEncoder", "HubertNetwork"]
+
+LAYER_NORM_EPS = 1e-5
+
+
+class ConvLayer(nn.Module):
+    """Conv1d → LayerNorm over channels (per frame) → GELU: ``[B, C_in, N] -> [B, C_out, N']``."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
+        self.layer_norm = nn.LayerNorm(out_dim, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer_norm(self.conv(x).transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
 
 
 class BlockwiseFeatureEncoder(nn.Module):
     """HuBERT's conv feature extractor run over blocks of output frames: same numbers, bounded memory.
 
-    Holds the ``transformers`` extractor's ``conv_layers`` (same state-dict keys). Every extractor
-    frame i depends only on samples [320 i, 320 i + 400) (convs, then LayerNorm over channels per
-    frame), so blocks of ``block_frames`` frames, each computed from its own samples, reproduce the
-    whole-signal output while the 512-channel activations at 3.2 kHz (~20 MB per second of audio
-    for the real model) never exceed one block. ``[B, N] -> [B, C, (N - 400) // 320 + 1]``.
+    Every extractor frame i depends only on samples [320 i, 320 i + 400) (convs, then LayerNorm
+    over channels per frame), so blocks of ``block_frames`` frames, each computed from its own
+    samples, reproduce the whole-signal output while the 512-channel activations at 3.2 kHz
+    (~20 MB per second of audio for the real model) never exceed one block.
+    ``[B, N] -> [B, C, (N - 400) // 320 + 1]``.
     """
 
     def __init__(self, conv_layers: nn.ModuleList, hop: int, field: int, block_frames: int = 150) -> None:
@@ -29,12 +53,138 @@ class BlockwiseFeatureEncoder(nn.Module):
             h = layer(h)
         return h
 
-    def forward(self, input_values: Tensor) -> Tensor:
-        frames = (input_values.shape[-1] - self.field) // self.hop + 1
+    def forward(self, wav: Tensor) -> Tensor:
+        frames = (wav.shape[-1] - self.field) // self.hop + 1
         if frames <= self.block_frames:
-            return self._run(input_values)
+            return self._run(wav)
         blocks = []
         for start in range(0, frames, self.block_frames):
             stop = min(frames, start + self.block_frames)
-            blocks.append(self._run(input_values[:, start * self.hop : (stop - 1) * self.hop + self.field]))
+            blocks.append(self._run(wav[:, start * self.hop : (stop - 1) * self.hop + self.field]))
         return torch.cat(blocks, dim=2)
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm(C) → Linear(C, E): ``[B, T, C] -> [B, T, E]``."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_dim, eps=LAYER_NORM_EPS)
+        self.projection = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projection(self.layer_norm(x))
+
+
+class PositionalConv(nn.Module):
+    """Grouped conv over time (weight-normalised, dim 2) → drop the last frame if the kernel is even → GELU.
+
+    ``[B, T, E] -> [B, T, E]``.
+    """
+
+    def __init__(self, dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.conv = weight_norm(nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups), name="weight", dim=2)
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x.transpose(1, 2))
+        if self.trim:
+            h = h[..., : -self.trim]
+        return F.gelu(h).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: ``[B, T, E]`` (+ key mask ``[B, 1, 1, T]`` bool, True = attend) -> ``[B, T, E]``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        batch, frames, dim = x.shape
+
+        def split(t: Tensor) -> Tensor:  # [B, T, E] -> [B, H, T, E/H]
+            return t.view(batch, frames, self.heads, dim // self.heads).transpose(1, 2)
+
+        h = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
+                                           attn_mask=mask)
+        return self.out_proj(h.transpose(1, 2).reshape(batch, frames, dim))
+
+
+class FeedForward(nn.Module):
+    """Linear(E, F) → GELU → Linear(F, E): ``[B, T, E] -> [B, T, E]``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(dim, hidden)
+        self.output_dense = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm transformer layer: ``x + attn(LN(x))``, then ``+ ffn(LN(.))``. ``[B, T, E] -> [B, T, E]``."""
+
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attention = SelfAttention(dim, heads)
+        self.final_layer_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.feed_forward = FeedForward(dim, hidden)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.layer_norm(x), mask)
+        return x + self.feed_forward(self.final_layer_norm(x))
+
+
+class Encoder(nn.Module):
+    """Positional conv added to the input, the layers, a final LayerNorm: ``[B, T, E] -> [B, T, E]``."""
+
+    def __init__(self, cfg: HubertConfig) -> None:
+        super().__init__()
+        self.pos_conv_embed = PositionalConv(cfg.embed_dim, cfg.conv_pos, cfg.conv_pos_groups)
+        self.layers = nn.ModuleList(
+            EncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim) for _ in range(cfg.num_layers)
+        )
+        self.layer_norm = nn.LayerNorm(cfg.embed_dim, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``valid``: ``[B, T]`` bool, False for padding frames (zeroed, and never attended to)."""
+        mask = None
+        if valid is not None:
+            x = x.masked_fill(~valid[..., None], 0.0)
+            mask = valid[:, None, None, :]
+        x = x + self.pos_conv_embed(x)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.layer_norm(x)
+
+
+class HubertNetwork(nn.Module):
+    """Standardised waveform ``[B, N]`` -> last-layer features ``[B, (N - 400) // 320 + 1, E]``.
+
+    Args:
+        cfg: the checkpoint's HuBERT configuration.
+        field: samples seen by one extractor frame (400).
+    """
+
+    def __init__(self, cfg: HubertConfig, field: int) -> None:
+        super().__init__()
+        layers, in_dim = nn.ModuleList(), 1
+        for dim, kernel, stride in cfg.conv_layers:
+            layers.append(ConvLayer(in_dim, dim, kernel, stride, cfg.conv_bias))
+            in_dim = dim
+        self.feature_extractor = BlockwiseFeatureEncoder(layers, cfg.hop, field)
+        self.feature_projection = FeatureProjection(cfg.extractor_dim, cfg.embed_dim)
+        self.encoder = Encoder(cfg)
+
+    def forward(self, wav: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``valid``: optional ``[B, T]`` bool frame mask (False: padding) for batches of unequal lengths."""
+        features = self.feature_extractor(wav).transpose(1, 2)  # [B, T, C]
+        return self.encoder(self.feature_projection(features), valid)
