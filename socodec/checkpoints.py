@@ -1,4 +1,4 @@
-"""Strict checkpoint loading for safetensors files.
+"""The released checkpoint files, and strict checkpoint loading for safetensors files.
 
 Every key a module needs must be present with the right shape; keys that a
 caller declares training-only are ignored; anything else fails with one
@@ -8,6 +8,7 @@ caller declares training-only are ignored; anything else fails with one
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -17,6 +18,28 @@ from safetensors.torch import load_file
 from torch import nn
 
 from socodec.errors import CheckpointError, one_line
+
+HUBERT_FILE = "chinese-hubert-large-fairseq-ckpt.pt"
+ANALYZER_FILE = "socodec_16384x4_120ms_16khz_chinese.safetensors"
+VOCODER_FILE = "mel_vocoder_80dim_10ms_16khz.safetensors"
+RELEASED_FILES = (HUBERT_FILE, ANALYZER_FILE, VOCODER_FILE)
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Where the three model files are."""
+
+    hubert: Path
+    analyzer: Path
+    vocoder: Path
+
+    @classmethod
+    def in_dir(cls, ckpt_dir: str | Path) -> "CheckpointPaths":
+        d = Path(ckpt_dir)
+        return cls(d / HUBERT_FILE, d / ANALYZER_FILE, d / VOCODER_FILE)
+
+    def missing(self) -> list[Path]:
+        return [p for p in (self.hubert, self.analyzer, self.vocoder) if not p.is_file()]
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

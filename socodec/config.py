@@ -107,6 +107,13 @@ class AnalyzerConfig:
     def from_json(cls, path: str | Path) -> "AnalyzerConfig":
         return cls.from_dict(_read_json(path))
 
+    @classmethod
+    def resolve(cls, cfg: "str | Path | AnalyzerConfig | None") -> "AnalyzerConfig":
+        """None -> the released config; a path -> :meth:`from_json`; a config -> itself."""
+        if cfg is None:
+            return cls.released()
+        return cfg if isinstance(cfg, cls) else cls.from_json(cfg)
+
     def validate(self) -> None:
         if len(self.upsample_scales) != 2:
             raise ConfigError("analyzer config: upsample_scales must have two groups (decoder_1, decoder_2)")
@@ -171,6 +178,13 @@ class VocoderConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "VocoderConfig":
         return cls.from_dict(_read_json(path))
+
+    @classmethod
+    def resolve(cls, cfg: "str | Path | VocoderConfig | None") -> "VocoderConfig":
+        """None -> the released config; a path -> :meth:`from_json`; a config -> itself."""
+        if cfg is None:
+            return cls.released()
+        return cfg if isinstance(cfg, cls) else cls.from_json(cfg)
 
     def validate(self) -> None:
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):

@@ -27,6 +27,20 @@ if not (GOLDEN / "README.md").is_file():
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
+TINY_FILES = ("hubert_tiny_fairseq.pt", "analyzer_tiny.safetensors", "vocoder_tiny.safetensors")
+TINY_CONFIGS = ("--analyzer-config", str(GOLDEN / "analyzer_tiny.json"), "--vocoder-config", str(GOLDEN / "vocoder_tiny.json"))
+
+
+def tiny_ckpt_dir(folder: Path) -> Path:
+    """``folder`` (created) holding the tiny golden models under the released file names, as links."""
+    from socodec.checkpoints import RELEASED_FILES
+
+    folder.mkdir(parents=True)
+    for name, target in zip(RELEASED_FILES, TINY_FILES):
+        (folder / name).symlink_to(GOLDEN / target)
+    return folder
+
+
 def assert_close_golden(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """The golden tolerance: max |a-b| <= 1e-4 * max(1, max|b|). Returns the error."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN, MANIFESTS, assert_close_golden
-from socodec.checkpoints import load_strict, read_safetensors
+from socodec.checkpoints import read_safetensors
 from socodec.config import AnalyzerConfig
 from socodec.errors import CheckpointError
 from socodec.nn.analyzer import Analyzer, is_unused_analyzer_key, load_analyzer
@@ -59,28 +59,22 @@ def _tiny_state() -> dict[str, torch.Tensor]:
     return read_safetensors(GOLDEN / "analyzer_tiny.safetensors")
 
 
-def test_missing_key_names_file_and_key():
+def _drop(state, key):
+    del state[key]
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda st: _drop(st, "encoder.layers.0.weight"),
+     r"x\.safetensors: missing key 'encoder\.layers\.0\.weight' \(expected shape \[64, 64, 3\]\)"),
+    (lambda st: st.__setitem__("decoder_2.layers.0.bias", torch.zeros(65)),
+     r"'decoder_2\.layers\.0\.bias' has shape \[65\], expected \[64\]"),
+    (lambda st: st.__setitem__("encoder.extra.weight", torch.zeros(1)), r"unexpected key 'encoder\.extra\.weight'"),
+], ids=["missing", "shape", "unknown"])
+def test_bad_state_names_file_key_and_shapes(spoil, message):
     state = _tiny_state()
-    del state["encoder.layers.0.weight"]
-    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
-    with pytest.raises(CheckpointError, match=r"x\.safetensors: missing key 'encoder\.layers\.0\.weight' \(expected shape \[64, 64, 3\]\)"):
-        load_analyzer(cfg, state, source="x.safetensors")
-
-
-def test_wrong_shape_names_both_shapes():
-    state = _tiny_state()
-    state["decoder_2.layers.0.bias"] = torch.zeros(65)
-    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
-    with pytest.raises(CheckpointError, match=r"'decoder_2\.layers\.0\.bias' has shape \[65\], expected \[64\]"):
-        load_analyzer(cfg, state, source="x.safetensors")
-
-
-def test_unknown_key_rejected():
-    state = _tiny_state()
-    state["encoder.extra.weight"] = torch.zeros(1)
-    cfg = AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json")
-    with pytest.raises(CheckpointError, match="unexpected key 'encoder.extra.weight'"):
-        load_analyzer(cfg, state, source="x.safetensors")
+    spoil(state)
+    with pytest.raises(CheckpointError, match=message):
+        load_analyzer(AnalyzerConfig.from_json(GOLDEN / "analyzer_tiny.json"), state, source="x.safetensors")
 
 
 def test_real_config_with_tiny_file_fails_cleanly():

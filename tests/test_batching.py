@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import GOLDEN, assert_close_golden
+from conftest import GOLDEN, assert_close_golden, tiny_ckpt_dir
 from socodec import Codes, SoCodec
 from socodec.batching import decode_batch, encode_batch, length_groups
 from socodec.errors import CodesError
@@ -122,15 +122,10 @@ def _run_cli(args: list) -> int:
 def test_cli_batch_size_matches_one_by_one(tmp_path, clips, monkeypatch):
     import soundfile as sf
 
-    from socodec.codec import RELEASED_FILES
     from socodec.codes import load_codes
 
     monkeypatch.setenv("SOCODEC_CACHE_DIR", str(tmp_path / "cache"))
-    ckpts = tmp_path / "ckpts"
-    ckpts.mkdir()
-    for name, target in zip(RELEASED_FILES, ("hubert_tiny_fairseq.pt", "analyzer_tiny.safetensors",
-                                             "vocoder_tiny.safetensors")):
-        (ckpts / name).symlink_to(GOLDEN / target)
+    ckpts = tiny_ckpt_dir(tmp_path / "ckpts")
     model = ["--ckpt-dir", ckpts, "--analyzer-config", GOLDEN / "analyzer_tiny.json",
              "--vocoder-config", GOLDEN / "vocoder_tiny.json", "--no-download", "-q"]
     src = tmp_path / "in"

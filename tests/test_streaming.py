@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import GOLDEN, assert_close_golden
+from conftest import GOLDEN, assert_close_golden, tiny_ckpt_dir
 from socodec import Codes, SoCodec
 from socodec.errors import CodesError
 from socodec.streaming import LOOKAHEAD_MEL_FRAMES, SynthesisStream
@@ -121,15 +121,10 @@ def test_cli_dash_streams_raw_pcm16_to_stdout(codec, codes, tmp_path, monkeypatc
     import types
 
     from socodec.cli import main
-    from socodec.codec import RELEASED_FILES
     from socodec.codes import save_codes
 
     monkeypatch.setenv("SOCODEC_CACHE_DIR", str(tmp_path / "cache"))
-    ckpts = tmp_path / "ckpts"
-    ckpts.mkdir()
-    for name, target in zip(RELEASED_FILES, ("hubert_tiny_fairseq.pt", "analyzer_tiny.safetensors",
-                                             "vocoder_tiny.safetensors")):
-        (ckpts / name).symlink_to(GOLDEN / target)
+    ckpts = tiny_ckpt_dir(tmp_path / "ckpts")
     save_codes(codes, tmp_path / "gt.soc")
     sink = io.BytesIO()
     monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(buffer=sink, isatty=lambda: False))
