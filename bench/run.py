@@ -1,7 +1,9 @@
 """SoCodec speed benchmark: real-size random weights, CPU, one fresh process per phase and length.
 
-    python bench/run.py [--lengths 10 60 300] [--hour] [--runs 3] [--threads 2]
+    python bench/run.py [--lengths 10 60 300] [--runs 3] [--threads 2]
                         [--ckpt-dir bench/.cache/ckpts] [--out bench/results-cpu.json]
+
+(The hour-long test runs the command line under /usr/bin/time: ``bench/hour.py``.)
 
 Creates the real-size random checkpoints (``scripts/make_random_checkpoints.py``)
 under ``--ckpt-dir`` if they are missing and converts the HuBERT cache once, then
@@ -31,7 +33,6 @@ sys.path.insert(0, str(BENCH))
 
 from stages import ANALYSIS_STAGES, SYNTHESIS_STAGES, loadavg, machine  # noqa: E402
 
-HOUR = 3600.0
 STAGES = {"analysis": ANALYSIS_STAGES, "synthesis": SYNTHESIS_STAGES}
 
 
@@ -145,7 +146,6 @@ def git_state() -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0, 300.0], help="seconds")
-    parser.add_argument("--hour", action="store_true", help="also a 1 h input (one run)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ckpt-dir", type=Path, default=BENCH / ".cache" / "ckpts")
@@ -165,12 +165,12 @@ def main() -> None:
     first, _ = run_child(worker + ["--load-only"], args.threads)  # converts the HuBERT cache if needed
     print(f"first load (converts the HuBERT cache if absent): {first['load_s']:.2f} s", flush=True)
 
-    lengths = list(args.lengths) + ([HOUR] if args.hour else [])
+    lengths = list(args.lengths)
     codes_dir = BENCH / ".cache" / "codes"
     codes_dir.mkdir(parents=True, exist_ok=True)
     rows, raw = [], []
     for seconds in lengths:
-        runs = 1 if seconds >= HOUR else args.runs
+        runs = args.runs
         codes = codes_dir / f"bench_{seconds:g}s.soc"
         row: dict[str, object] = {"seconds": seconds}
         for phase in ("analysis", "synthesis"):

@@ -7,9 +7,10 @@ appears under its final name only once it is complete.
 
 from __future__ import annotations
 
-import io
 import logging
+import math
 from pathlib import Path
+from typing import BinaryIO, Iterable
 
 import numpy as np
 import soundfile as sf
@@ -18,7 +19,7 @@ import torch
 
 from socodec.config import SAMPLE_RATE
 from socodec.errors import AudioError, one_line
-from socodec.fileio import atomic_write
+from socodec.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,18 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
     Raises :class:`AudioError` with one line naming the file for anything that is
     not a readable audio file.
+    """
+    p = Path(path)
+    with open_audio(p) as f:
+        data = read_block(f, p, -1)
+        return data, int(f.samplerate)
+
+
+def open_audio(path: str | Path) -> sf.SoundFile:
+    """Open an audio file for reading (libsndfile), after the checks :func:`read_audio` makes.
+
+    Raises :class:`AudioError` naming the file: missing, a folder, empty, a truncated wav,
+    an unsupported wav codec, or anything libsndfile cannot read.
     """
     p = Path(path)
     if not p.exists():
@@ -48,14 +61,24 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioError(f"{p}: truncated wav file: the header announces {announced} bytes of audio, "
                          f"only {present} are present")
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        return sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
         if tag is not None and tag not in _WAV_TAGS:
             raise AudioError(f"{p}: unsupported wav codec (format tag 0x{tag:04x}; readable: "
                              f"{', '.join(_WAV_TAGS.values())})") from None
-        detail = exc.error_string if isinstance(exc, sf.LibsndfileError) else _one_line(exc)
-        raise AudioError(f"{p}: not a readable audio file ({detail})") from None
-    return data, int(sr)
+        raise AudioError(f"{p}: not a readable audio file ({_read_error(exc)})") from None
+
+
+def read_block(f: sf.SoundFile, path: Path, frames: int) -> np.ndarray:
+    """The next ``frames`` frames (-1: all the rest) of an open file as float32 ``[n, C]``; AudioError on failure."""
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        raise AudioError(f"{path}: not a readable audio file ({_read_error(exc)})") from None
+
+
+def _read_error(exc: BaseException) -> str:
+    return exc.error_string if isinstance(exc, sf.LibsndfileError) else _one_line(exc)
 
 
 _WAV_TAGS = {1: "PCM", 2: "MS ADPCM", 3: "float", 6: "A-law", 7: "u-law", 0x11: "IMA ADPCM", 0x31: "GSM 6.10",
@@ -108,15 +131,25 @@ def to_model_input(data: np.ndarray | torch.Tensor, sample_rate: int, name: str 
         raise AudioError(f"{name}: invalid sample rate {sample_rate}")
     if arr.size == 0:
         raise AudioError(f"{name}: no audio samples")
-    if not np.isfinite(arr).all():
-        raise AudioError(f"{name}: audio contains NaN or infinite samples")
-    peak = float(np.abs(arr).max())
-    if peak > 1.0:
-        log.warning("%s: samples reach %.3g, outside [-1, 1]; the model expects [-1, 1] audio", name, peak,
-                    extra={"socodec_range_warning": True})
+    warn_out_of_range(name, checked_peak(arr, name))
     if sample_rate != SAMPLE_RATE:
         arr = soxr.resample(arr, sample_rate, SAMPLE_RATE, quality="VHQ").astype(np.float32, copy=False)
     return torch.from_numpy(arr)
+
+
+def checked_peak(arr: np.ndarray, name: str) -> float:
+    """Largest ``|sample|`` of ``arr``; :class:`AudioError` if any sample is NaN or infinite."""
+    peak = float(np.abs(arr).max()) if arr.size else 0.0
+    if not math.isfinite(peak):
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    return peak
+
+
+def warn_out_of_range(name: str, peak: float) -> None:
+    """Log one warning when the peak is outside [-1, 1] (the model expects [-1, 1] audio)."""
+    if peak > 1.0:
+        log.warning("%s: samples reach %.3g, outside [-1, 1]; the model expects [-1, 1] audio", name, peak,
+                    extra={"socodec_range_warning": True})
 
 
 def load_audio(path: str | Path) -> torch.Tensor:
@@ -126,10 +159,21 @@ def load_audio(path: str | Path) -> torch.Tensor:
 
 
 def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int = SAMPLE_RATE, sample_format: str = "pcm16") -> None:
-    """Write mono ``[N]`` audio atomically as wav or flac.
+    """Write mono ``[N]`` audio atomically as wav or flac (see :func:`save_audio_stream`)."""
+    save_audio_stream(path, [wav], sample_rate, sample_format)
 
-    ``sample_format`` is ``pcm16`` (default), ``pcm24`` or
-    ``float`` (wav only). Samples are clipped to [-1, 1] for PCM formats.
+
+def save_audio_stream(
+    path: str | Path, pieces: Iterable[torch.Tensor], sample_rate: int = SAMPLE_RATE, sample_format: str = "pcm16"
+) -> None:
+    """Write consecutive mono pieces ``[n_i]`` atomically as one wav or flac file.
+
+    Each piece is written as soon as it arrives, so the whole waveform is never held
+    (hours of audio in bounded memory). ``sample_format`` is ``pcm16`` (default), ``pcm24``
+    or ``float`` (wav only); samples are clipped to [-1, 1] for PCM formats. The file
+    appears under ``path`` only once complete; whatever fails (the pieces' producer
+    included) leaves no file behind. Disk errors are raised as :class:`AudioError`
+    carrying the system's message (e.g. "No space left on device").
     """
     p = Path(path)
     fmt = WRITE_SUFFIXES.get(p.suffix.lower())
@@ -140,17 +184,57 @@ def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int = SAMPLE_RA
         raise AudioError(f"unknown sample format '{sample_format}' (choose from {', '.join(SAMPLE_FORMATS)})")
     if fmt == "FLAC" and subtype == "FLOAT":
         raise AudioError(f"{p}: flac cannot hold float samples; use pcm16 or pcm24")
-    arr = wav.detach().to("cpu", torch.float32).numpy().reshape(-1)
-    if subtype != "FLOAT":
-        arr = np.clip(arr, -1.0, 1.0)
-
     try:
-        buf = io.BytesIO()  # encode in memory: a failing disk then raises the real OSError (ENOSPC, ...)
-        sf.write(buf, arr, sample_rate, format=fmt, subtype=subtype)
-        data = buf.getvalue()
-        atomic_write(p, lambda tmp: tmp.write_bytes(data))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        with atomic_path(p) as tmp, tmp.open("wb") as raw:
+            sink = _ErrorKeepingFile(raw)
+            try:
+                with sf.SoundFile(sink, "w", samplerate=sample_rate, channels=1, format=fmt, subtype=subtype) as out:
+                    for piece in pieces:
+                        arr = piece.detach().to("cpu", torch.float32).numpy().reshape(-1)
+                        out.write(arr if subtype == "FLOAT" else np.clip(arr, -1.0, 1.0))
+                        sink.check()
+            except (sf.LibsndfileError, RuntimeError, AssertionError):  # soundfile asserts on short writes
+                sink.check()
+                raise
+            sink.check()  # closing writes the header
+    except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as exc:
         raise AudioError(f"{p}: cannot write ({_one_line(exc)})") from None
+
+
+class _ErrorKeepingFile:
+    """A binary file for libsndfile's virtual I/O that keeps the first ``OSError`` of a write.
+
+    libsndfile would turn it into a generic "unspecified internal error" (and ``cffi`` would
+    print a traceback): instead the write reports 0 bytes and :meth:`check` re-raises the
+    original error (ENOSPC, EFBIG, ...) with its message.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            written = self.raw.write(data)
+        except OSError as exc:
+            self.error = exc
+            return 0
+        return len(data) if written is None else written
+
+    def read(self, size: int = -1) -> bytes:
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def _one_line(exc: BaseException) -> str:

@@ -19,9 +19,11 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from socodec.audio import AUDIO_SUFFIXES, WRITE_SUFFIXES, load_audio, save_audio
+from socodec.audio import AUDIO_SUFFIXES, WRITE_SUFFIXES, load_audio, save_audio, save_audio_stream
 from socodec.codes import TOKEN_SUFFIXES, Codes, load_codes, save_codes
+from socodec.config import SAMPLE_RATE
 from socodec.errors import SoCodecError, one_line
+from socodec.sources import file_duration
 
 log = logging.getLogger("socodec")
 
@@ -139,7 +141,7 @@ class Runner:
         if _is_tokens(src):
             self._speaker = load_codes(src).speaker
         elif _is_audio(src):
-            self._speaker = self.codec.encode(load_audio(src), lead=not self.args.no_lead).speaker
+            self._speaker = self.codec.encode(src, lead=not self.args.no_lead).speaker
         else:
             raise SoCodecError(f"{src}: --speaker needs a token file (.soc, .pt) or an audio file")
         return self._speaker
@@ -155,9 +157,7 @@ class Runner:
         elif _is_tokens(job.input):
             codes = load_codes(job.input)
         else:
-            wav = load_audio(job.input)  # warns about samples outside [-1, 1], naming the file
-            with _without_range_warning():
-                codes = self.codec.encode(wav, lead=not self.args.no_lead)
+            codes = self.codec.encode(job.input, lead=not self.args.no_lead)  # long files stream from disk
         codes = self.adjust(codes)
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
@@ -166,8 +166,11 @@ class Runner:
         if _is_tokens(job.output):
             save_codes(codes, job.output)
         else:
-            wav = self._decoded.pop(job) if job in self._decoded else self.codec.decode(codes)
-            save_audio(job.output, wav, sample_format=self.args.sample_format)
+            fmt = self.args.sample_format
+            if job in self._decoded:
+                save_audio(job.output, self._decoded.pop(job), sample_format=fmt)
+            else:  # written piece by piece: hours of audio are never held whole
+                save_audio_stream(job.output, self.codec.decode_iter(codes), sample_format=fmt)
 
     def adjust(self, codes: Codes) -> Codes:
         """Apply ``--streams`` and ``--speaker`` to ``codes``."""
@@ -189,10 +192,13 @@ class Runner:
             return
         try:
             audio = {}
+            codec = self.codec
+            longest = codec.chunks.hubert_span * codec.hop / SAMPLE_RATE  # longer files stream alone in run()
             for job in todo:
                 if not _is_tokens(job.input):
                     try:
-                        audio[job] = load_audio(job.input)
+                        if file_duration(job.input) <= longest:
+                            audio[job] = load_audio(job.input)
                     except SoCodecError:
                         continue
             if len(audio) > 1:
@@ -203,9 +209,11 @@ class Runner:
             for job in todo:
                 if not _is_tokens(job.output) and (job in self._encoded or _is_tokens(job.input)):
                     try:
-                        decode[job] = self.adjust(self._encoded[job] if job in self._encoded else load_codes(job.input))
+                        codes = self.adjust(self._encoded[job] if job in self._encoded else load_codes(job.input))
                     except SoCodecError:
                         continue
+                    if codes.num_frames * codec.mel_frames_per_token <= codec.chunks.vocoder_chunk:
+                        decode[job] = codes  # longer ones are written piece by piece in run()
             if len(decode) > 1:
                 self._decoded.update(zip(decode, self.codec.decode(list(decode.values()))))
         except Exception as exc:  # noqa: BLE001 - the jobs then run one by one and report their own errors

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -19,9 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from socodec.audio import to_model_input
+from socodec.audio import load_audio, to_model_input
 from socodec.batching import decode_batch, encode_batch
-from socodec.checkpoints import file_fingerprint, load_strict, read_safetensors
+from socodec.checkpoints import (  # noqa: F401 - the file names are part of this module's API
+    ANALYZER_FILE, HUBERT_FILE, RELEASED_FILES, VOCODER_FILE, CheckpointPaths, file_fingerprint, load_strict,
+    read_safetensors,
+)
 from socodec.codes import Codes
 from socodec.config import LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError, CodesError, SoCodecError
@@ -30,32 +32,10 @@ from socodec.mel import MelSpectrogram
 from socodec.nn.analyzer import HUBERT_PREFIX, Analyzer, load_analyzer
 from socodec.nn.hubert import HubertFeatures, build_hubert, fairseq_to_hf, load_hubert_weights
 from socodec.nn.vocoder import Vocoder
-from socodec.streaming import SynthesisStream, synthesize_long, trim_range
+from socodec.sources import FileSource, file_duration
+from socodec.streaming import SynthesisStream, iter_synthesis, synthesize_long, trim_range
 
 log = logging.getLogger(__name__)
-
-HUBERT_FILE = "chinese-hubert-large-fairseq-ckpt.pt"
-ANALYZER_FILE = "socodec_16384x4_120ms_16khz_chinese.safetensors"
-VOCODER_FILE = "mel_vocoder_80dim_10ms_16khz.safetensors"
-RELEASED_FILES = (HUBERT_FILE, ANALYZER_FILE, VOCODER_FILE)
-
-
-@dataclass(frozen=True)
-class CheckpointPaths:
-    """Where the three model files are."""
-
-    hubert: Path
-    analyzer: Path
-    vocoder: Path
-
-    @classmethod
-    def in_dir(cls, ckpt_dir: str | Path) -> "CheckpointPaths":
-        d = Path(ckpt_dir)
-        return cls(d / HUBERT_FILE, d / ANALYZER_FILE, d / VOCODER_FILE)
-
-    def missing(self) -> list[Path]:
-        return [p for p in (self.hubert, self.analyzer, self.vocoder) if not p.is_file()]
-
 
 class SoCodec(torch.nn.Module):
     """HuBERT -> causal encoder -> product VQ  |  VQ decode -> mel decoders -> vocoder.
@@ -126,8 +106,8 @@ class SoCodec(torch.nn.Module):
         cache_dir: str | Path | None = None,
     ) -> "SoCodec":
         """Load from explicit paths; configs default to the released model's."""
-        a_cfg = _analyzer_config(analyzer_config)
-        v_cfg = _vocoder_config(vocoder_config)
+        a_cfg = AnalyzerConfig.resolve(analyzer_config)
+        v_cfg = VocoderConfig.resolve(vocoder_config)
         h_cfg, h_state = load_hubert_weights(Path(hubert), None if cache_dir is None else Path(cache_dir))
         a_state = read_safetensors(analyzer)
         override = {k[len(HUBERT_PREFIX):]: v for k, v in a_state.items() if k.startswith(HUBERT_PREFIX)}
@@ -188,7 +168,7 @@ class SoCodec(torch.nn.Module):
     @torch.inference_mode()
     def encode(
         self,
-        wav: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+        wav: torch.Tensor | np.ndarray | str | Path | Sequence[torch.Tensor | np.ndarray],
         sample_rate: int = SAMPLE_RATE,
         lead: bool = True,
     ) -> Codes | list[Codes]:
@@ -197,8 +177,11 @@ class SoCodec(torch.nn.Module):
         Args:
             wav: ``[N]`` mono or ``[C, N]`` multi-channel audio in [-1, 1] (averaged to mono),
                 or a list/tuple of such clips (all at ``sample_rate``), analysed as one padded
-                batch (:func:`socodec.batching.encode_batch`): each result equals the clip's own.
-            sample_rate: rate of ``wav``; resampled to 16 kHz.
+                batch (:func:`socodec.batching.encode_batch`): each result equals the clip's own;
+                or the path of an audio file (its own rate; same result as encoding
+                :func:`~socodec.audio.load_audio` of it). A long file is read from disk window
+                by window (:class:`~socodec.sources.FileSource`), never held whole.
+            sample_rate: rate of ``wav`` when it is samples; resampled to 16 kHz.
             lead: prepend 0.5 s of zeros like the published model (default).
         Returns:
             Codes with tokens ``[T, S]`` int64, speaker ``[D]`` float32, and the input
@@ -209,7 +192,20 @@ class SoCodec(torch.nn.Module):
         """
         if isinstance(wav, (list, tuple)):
             return encode_batch(self, list(wav), sample_rate, lead)
+        if isinstance(wav, (str, Path)):
+            return self._encode_file(Path(wav), LEAD_SAMPLES if lead else 0)
         return self._encode_mono(self._mono(wav, sample_rate), LEAD_SAMPLES if lead else 0)
+
+    def _encode_file(self, path: Path, lead: int) -> Codes:
+        """An audio file -> Codes; files longer than one HuBERT window stream from disk."""
+        if file_duration(path) * SAMPLE_RATE + lead <= self.chunks.hubert_span * self.hop:
+            return self._encode_mono(load_audio(path), lead)
+        with FileSource(path) as source:
+            total = self.padded_length(lead + source.num_samples)
+            if total // self.hop <= self.chunks.hubert_span:  # the header's duration was approximate
+                return self._encode_mono(source.read(0, source.num_samples), lead)
+            tokens, speaker = encode_long(self, PaddedSignal(source, lead, total))
+            return self._codes(tokens, speaker, source.num_samples, lead)
 
     def _mono(self, wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
         """Any accepted audio -> ``[N]`` float32 mono at 16 kHz (on CPU)."""
@@ -279,6 +275,27 @@ class SoCodec(torch.nn.Module):
         mel = self.analyzer.decode_mel(tokens, spk, k)
         wav = self.vocoder(mel.to(self.compute_dtype))[0].float().cpu()
         return _trim(wav, codes)
+
+    @torch.inference_mode()
+    def decode_iter(
+        self, codes: Codes, streams: int | None = None, speaker: torch.Tensor | None = None
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`decode` yielded piece by piece: audio chunks ``[n_i]`` float32 (on CPU), in order.
+
+        Concatenated, the pieces are exactly ``decode(codes, streams, speaker)``. Codes longer than
+        ``chunks.vocoder_chunk`` mel frames come out in pieces of ``chunks.decode_chunk`` token
+        frames, so a caller writing each piece out (e.g. :func:`socodec.audio.save_audio_stream`)
+        needs memory bounded by the chunk sizes, however long the audio; shorter codes come out
+        as one piece. The codes are checked before anything is yielded.
+        """
+        tokens, spk, k = self._decode_inputs(codes, streams, speaker)
+        if tokens.shape[1] * self.mel_frames_per_token <= self.chunks.vocoder_chunk:
+            yield self.decode(codes, streams, speaker)
+            return
+        lead, num_samples = trim_range(codes)
+        yield from iter_synthesis(
+            self, tokens[0], spk[0], k, lead, num_samples, self.chunks.decode_chunk, self.chunks.vocoder_chunk
+        )
 
     @property
     def mel_frames_per_token(self) -> int:
@@ -372,15 +389,3 @@ def _as_mono_16k(wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tens
     elif t.ndim != 1:
         raise SoCodecError(f"expected [N] or [C, N] audio, got shape {list(t.shape)}")
     return to_model_input(t.float(), sample_rate)
-
-
-def _analyzer_config(cfg: str | Path | AnalyzerConfig | None) -> AnalyzerConfig:
-    if cfg is None:
-        return AnalyzerConfig.released()
-    return cfg if isinstance(cfg, AnalyzerConfig) else AnalyzerConfig.from_json(cfg)
-
-
-def _vocoder_config(cfg: str | Path | VocoderConfig | None) -> VocoderConfig:
-    if cfg is None:
-        return VocoderConfig.released()
-    return cfg if isinstance(cfg, VocoderConfig) else VocoderConfig.from_json(cfg)

@@ -21,10 +21,13 @@ frames) runs as follows; shorter inputs take the whole-signal path, unchanged.
   :class:`~socodec.causal_stream.CausalStreamer` — exact; the features of the whole
   file are never held at once.
 * **Mel / speaker**: the log-mel is computed in blocks straight from the (virtually)
-  padded signal, and the speaker encoder's :meth:`forward_long` bounds its activations.
+  padded signal; above the speaker encoder's ``long_threshold`` (60 s) it is not even held:
+  :class:`LazyMel` recomputes it for each of the encoder's chunked passes
+  (:meth:`SpeakerEncoder.forward_frames`), which bound the activations.
 
 The padded signal itself is never materialised: :class:`PaddedSignal` serves slices of
-``lead zeros + audio + zero padding``.
+``lead zeros + audio + zero padding``, the audio coming from memory or, for
+``SoCodec.encode(path)``, from the file on disk (:mod:`socodec.sources`).
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ from torch import Tensor
 from socodec.causal_stream import CausalStreamer
 from socodec.config import HUBERT_TAIL_SAMPLES
 from socodec.errors import SoCodecError
+from socodec.sources import FileSource, TensorSource
 
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
     from socodec.mel import MelSpectrogram
 
 __all__ = [
-    "ChunkConfig", "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel",
+    "ChunkConfig", "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel", "mel_frames", "LazyMel",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,27 +98,32 @@ class ChunkConfig:
 
 
 class PaddedSignal:
-    """``lead`` zeros + ``audio`` + zeros up to ``length`` samples, served by slices (never materialised).
+    """``lead`` zeros + the samples of ``source`` + zeros up to ``length`` samples, served by slices.
+
+    Never materialised: the samples come from a :class:`~socodec.sources.TensorSource` (memory)
+    or a :class:`~socodec.sources.FileSource` (read from disk on demand).
 
     Args:
-        audio: ``[n]`` float32 mono 16 kHz samples.
+        source: ``[n]`` float32 mono 16 kHz samples (a tensor is wrapped in a TensorSource),
+            or any object with ``num_samples`` and ``read(start, stop) -> [stop - start]``.
         lead: zeros before the audio.
         length: total length L (>= lead + n).
     """
 
-    def __init__(self, audio: Tensor, lead: int, length: int) -> None:
-        if audio.dim() != 1 or lead < 0 or length < lead + audio.shape[0]:
-            raise ValueError(f"bad padded signal: audio {list(audio.shape)}, lead {lead}, length {length}")
-        self.audio = audio
+    def __init__(self, source: Tensor | TensorSource | FileSource, lead: int, length: int) -> None:
+        self.source = TensorSource(source) if isinstance(source, Tensor) else source
+        n = self.source.num_samples
+        if lead < 0 or length < lead + n:
+            raise ValueError(f"bad padded signal: {n} samples, lead {lead}, length {length}")
         self.lead = lead
         self.length = length
 
     def segment(self, start: int, stop: int) -> Tensor:
         """Samples ``[start, stop)`` (0 <= start <= stop <= length) as a new ``[stop - start]`` tensor."""
-        out = self.audio.new_zeros(stop - start)
-        lo, hi = max(start, self.lead), min(stop, self.lead + self.audio.shape[0])
+        out = torch.zeros(stop - start)
+        lo, hi = max(start, self.lead), min(stop, self.lead + self.source.num_samples)
         if hi > lo:
-            out[lo - start : hi - start] = self.audio[lo - self.lead : hi - self.lead]
+            out[lo - start : hi - start] = self.source.read(lo - self.lead, hi - self.lead)
         return out
 
     def reflect_segment(self, start: int, stop: int) -> Tensor:
@@ -134,14 +143,14 @@ class PaddedSignal:
         The biased variance over ``length + tail`` samples, as ``F.layer_norm`` of the whole
         signal; accumulated in float64, block by block.
         """
-        total = self.length + tail
+        total, n = self.length + tail, self.source.num_samples
         s1 = 0.0
-        for start in range(0, self.audio.shape[0], _STATS_BLOCK):
-            s1 += float(self.audio[start : start + _STATS_BLOCK].double().sum())
+        for start in range(0, n, _STATS_BLOCK):
+            s1 += float(self.source.read(start, min(n, start + _STATS_BLOCK)).double().sum())
         mean = s1 / total
-        m2 = (total - self.audio.shape[0]) * mean * mean  # the zeros
-        for start in range(0, self.audio.shape[0], _STATS_BLOCK):
-            m2 += float((self.audio[start : start + _STATS_BLOCK].double() - mean).pow(2).sum())
+        m2 = (total - n) * mean * mean  # the zeros
+        for start in range(0, n, _STATS_BLOCK):
+            m2 += float((self.source.read(start, min(n, start + _STATS_BLOCK)).double() - mean).pow(2).sum())
         return torch.tensor([mean, math.sqrt(m2 / total + NORMALIZE_EPS)], dtype=torch.float32)
 
 
@@ -182,9 +191,12 @@ def windowed_features(codec: SoCodec, signal: PaddedSignal) -> Iterator[Tensor]:
 def encode_long(codec: SoCodec, signal: PaddedSignal) -> tuple[Tensor, Tensor]:
     """Tokens ``[T, S]`` and speaker ``[D]`` of a long padded signal (see the module docstring)."""
     tokens = stream_tokens(codec, windowed_features(codec, signal))
-    mel = long_mel(codec.mel, signal, codec.chunks.mel_chunk).to(codec.device)
-    speaker = codec.analyzer.speaker(mel[None])[0]
-    return tokens, speaker
+    encoder = codec.analyzer.speaker_encoder
+    mel = LazyMel(codec.mel, signal)
+    if mel.shape[-1] > encoder.long_threshold:  # the log-mel is never held whole
+        return tokens, encoder.forward_frames(mel, encoder.chunk_frames)[0]
+    whole = long_mel(codec.mel, signal, codec.chunks.mel_chunk).to(codec.device)
+    return tokens, codec.analyzer.speaker(whole[None])[0]
 
 
 @torch.inference_mode()
@@ -201,17 +213,44 @@ def stream_tokens(codec: SoCodec, features: Iterable[Tensor]) -> Tensor:
     return torch.cat(pieces)
 
 
+def mel_frames(mel: MelSpectrogram, signal: PaddedSignal, start: int, stop: int) -> Tensor:
+    """Log-mel frames ``[start, stop)`` of the padded signal, ``[1, n_mels, stop - start]`` (as ``mel(signal)``)."""
+    hop, n_fft, pad = mel.hop_length, mel.n_fft, mel.reflect_pad
+    if signal.length <= pad:
+        raise SoCodecError(f"signal of {signal.length} samples is too short for the mel front end")
+    segment = signal.reflect_segment(start * hop - pad, (stop - 1) * hop + n_fft - pad)
+    return mel._log_mel(segment[None].to(mel.mel_basis.device))
+
+
 @torch.inference_mode()
 def long_mel(mel: MelSpectrogram, signal: PaddedSignal, chunk_frames: int) -> Tensor:
     """Log-mel ``[L/160, n_mels]`` of the padded signal, block by block (same numbers as ``mel(signal)``)."""
-    hop, n_fft, pad = mel.hop_length, mel.n_fft, mel.reflect_pad
     frames = mel.num_frames(signal.length)
-    if signal.length <= pad:
-        raise SoCodecError(f"signal of {signal.length} samples is too short for the mel front end")
     out = torch.empty(frames, mel.n_mels)
     for start in range(0, frames, chunk_frames):
         stop = min(frames, start + chunk_frames)
-        segment = signal.reflect_segment(start * hop - pad, (stop - 1) * hop + n_fft - pad)
-        block = mel._log_mel(segment[None].to(mel.mel_basis.device))  # [1, n_mels, stop - start]
-        out[start:stop] = block[0].t().cpu()
+        out[start:stop] = mel_frames(mel, signal, start, stop)[0].t().cpu()
     return out
+
+
+class LazyMel:
+    """The log-mel of a padded signal, channels first ``[1, n_mels, L/160]``, computed when sliced.
+
+    ``view[..., lo:hi]`` returns the tensor ``[1, n_mels, hi - lo]`` (same numbers as the whole
+    log-mel): the speaker encoder's chunked passes (:meth:`SpeakerEncoder.forward_frames`) read
+    it chunk by chunk, so an hour's log-mel (~115 MB) is never held; each pass recomputes it.
+    """
+
+    def __init__(self, mel: MelSpectrogram, signal: PaddedSignal) -> None:
+        self.mel, self.signal = mel, signal
+        self.shape = torch.Size([1, mel.n_mels, mel.num_frames(signal.length)])
+        self.dtype = torch.float32
+        self.device = mel.mel_basis.device
+
+    def __getitem__(self, index: tuple[object, slice]) -> Tensor:
+        if not (isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis and isinstance(index[1], slice)):
+            raise TypeError("LazyMel supports only view[..., lo:hi]")
+        lo, hi, step = index[1].indices(self.shape[-1])
+        if step != 1 or hi <= lo:
+            raise ValueError(f"LazyMel needs a non-empty contiguous range, got {index[1]}")
+        return mel_frames(self.mel, self.signal, lo, hi)

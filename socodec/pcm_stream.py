@@ -17,7 +17,6 @@ from typing import BinaryIO
 
 import torch
 
-from socodec.audio import load_audio
 from socodec.batch import Runner, _is_tokens
 from socodec.codes import load_codes
 from socodec.errors import SoCodecError
@@ -47,7 +46,7 @@ def stream_pcm(args: argparse.Namespace, out: BinaryIO | None = None) -> int:
     if out is None and sink.isatty():
         raise SoCodecError("refusing to write raw PCM to a terminal; pipe it into a player or a file")
     runner = Runner(args)
-    codes = load_codes(src) if _is_tokens(src) else runner.codec.encode(load_audio(src), lead=not args.no_lead)
+    codes = load_codes(src) if _is_tokens(src) else runner.codec.encode(src, lead=not args.no_lead)
     codes = runner.adjust(codes)
     runner.codec.check_codes(codes)
     written = 0

@@ -31,7 +31,7 @@ machinery in big chunks (:func:`synthesize_long`).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
     from socodec.nn.vocoder import Vocoder
 
-__all__ = ["SynthesisStream", "VocoderStream", "synthesize_long", "trim_range", "LOOKAHEAD_MEL_FRAMES"]
+__all__ = ["SynthesisStream", "VocoderStream", "iter_synthesis", "synthesize_long", "trim_range", "LOOKAHEAD_MEL_FRAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,34 @@ def trim_range(codes: Codes) -> tuple[int, int | None]:
 
 
 @torch.inference_mode()
+def iter_synthesis(
+    codec: SoCodec,
+    tokens: Tensor,
+    speaker: Tensor,
+    streams: int,
+    lead: int,
+    num_samples: int | None,
+    chunk_frames: int,
+    vocoder_chunk_frames: int,
+) -> Iterator[Tensor]:
+    """Offline synthesis of ``tokens [T, S]`` in chunks of ``chunk_frames`` token frames, piece by piece.
+
+    Yields the trimmed audio (``lead``/``num_samples`` as in :class:`SynthesisStream`) as
+    non-empty float32 pieces ``[n_i]``; concatenated they equal the whole-sequence decode
+    (within ~1e-6). Memory is bounded by the chunk sizes, whatever T: a caller that writes
+    each piece out (the command line) never holds the whole waveform.
+    """
+    stream = SynthesisStream(codec, speaker, streams, lead, num_samples, vocoder_chunk_frames)
+    for start in range(0, tokens.shape[0], chunk_frames):
+        piece = stream.push(tokens[start : start + chunk_frames])
+        log.debug("synthesis: %d of %d frames", min(tokens.shape[0], start + chunk_frames), tokens.shape[0])
+        if piece.numel():
+            yield piece
+    piece = stream.finish()
+    if piece.numel():
+        yield piece
+
+
 def synthesize_long(
     codec: SoCodec,
     tokens: Tensor,
@@ -226,26 +254,15 @@ def synthesize_long(
     chunk_frames: int,
     vocoder_chunk_frames: int,
 ) -> Tensor:
-    """Offline synthesis of ``tokens [T, S]`` in chunks of ``chunk_frames`` token frames.
-
-    Same result as the whole-sequence decode (within ~1e-6), with activations bounded by
-    the chunk sizes. Returns the trimmed audio ``[n]`` (``lead``/``num_samples`` as in
-    :class:`SynthesisStream`), written into one preallocated tensor.
-    """
-    stream = SynthesisStream(codec, speaker, streams, lead, num_samples, vocoder_chunk_frames)
+    """:func:`iter_synthesis` gathered into one preallocated tensor: the trimmed audio ``[n]``."""
     total = tokens.shape[0] * codec.hop
     length = max(0, total - lead) if num_samples is None else max(0, min(num_samples, total - lead))
     out = torch.empty(length)
     pos = 0
-    for start in range(0, tokens.shape[0], chunk_frames):
-        piece = stream.push(tokens[start : start + chunk_frames])
+    for piece in iter_synthesis(codec, tokens, speaker, streams, lead, num_samples, chunk_frames,
+                                vocoder_chunk_frames):
         out[pos : pos + piece.shape[0]] = piece
         pos += piece.shape[0]
-        log.debug("synthesis: %d of %d frames, %d samples out", min(tokens.shape[0], start + chunk_frames),
-                  tokens.shape[0], pos)
-    piece = stream.finish()
-    out[pos : pos + piece.shape[0]] = piece
-    pos += piece.shape[0]
     if pos != length:
         raise RuntimeError(f"chunked synthesis produced {pos} samples, expected {length}")
     return out

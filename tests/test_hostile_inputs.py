@@ -13,6 +13,7 @@ path without the ~5 s start-up of a new interpreter.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import signal
@@ -322,7 +323,18 @@ def test_disk_full(tmp_path: Path, run_main, model_args: list, speech_wav: Path,
         real_write(self, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    real_open = Path.open
+
+    class HalfThenFull(io.FileIO):
+        def write(self, data: bytes) -> int:  # the audio writer streams through Path.open
+            super().write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def open_failing(self: Path, mode: str = "r", *args, **kwargs):
+        return HalfThenFull(str(self), "wb") if "w" in mode else real_open(self, mode, *args, **kwargs)
+
     monkeypatch.setattr(Path, "write_bytes", write_half_then_fail)
+    monkeypatch.setattr(Path, "open", open_failing)
     before = snapshot(tmp_path)
     status, err = run_main(src, out, *model_args)
     assert status == 1

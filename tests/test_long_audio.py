@@ -237,3 +237,48 @@ def test_chunked_decode_trims_like_whole(codec, small_chunks):
     whole = codec.decode(codes, streams=2)
     assert chunked.shape == whole.shape == (codes.num_samples,)
     assert_close_golden(chunked, whole)
+
+
+def test_decode_iter_pieces_equal_decode(codec, small_chunks):
+    """Long codes come out in several pieces that concatenate to exactly ``decode``; short ones in one."""
+    codes = codec.encode(speechlike(1.3, seed=4))
+    pieces = list(codec.decode_iter(codes, streams=3))
+    assert len(pieces) > 2 and all(p.numel() for p in pieces)
+    assert torch.equal(torch.cat(pieces), codec.decode(codes, streams=3))
+    codec.chunks = ChunkConfig()
+    (whole,) = list(codec.decode_iter(codes))
+    assert torch.equal(whole, codec.decode(codes))
+
+
+def test_decode_iter_checks_codes_before_yielding(codec):
+    codes = codec.encode(speechlike(0.5, seed=5))
+    bad = dataclasses.replace(codes, tokens=codes.tokens.clone().fill_(1 << 20))
+    with pytest.raises(SoCodecError):
+        next(codec.decode_iter(bad))
+
+
+def test_save_audio_stream_equals_whole_write(tmp_path):
+    import soundfile as sf
+
+    from socodec.audio import save_audio, save_audio_stream
+
+    wav = speechlike(2.0, seed=6)
+    save_audio(tmp_path / "whole.wav", wav)
+    save_audio_stream(tmp_path / "pieces.wav", wav.split(3001))
+    save_audio_stream(tmp_path / "pieces.flac", iter(wav.split(4096)), sample_format="pcm24")
+    whole, rate = sf.read(tmp_path / "whole.wav", dtype="int16")
+    assert rate == 16000 and whole.shape == (wav.numel(),)
+    assert (sf.read(tmp_path / "pieces.wav", dtype="int16")[0] == whole).all()
+    assert abs(sf.read(tmp_path / "pieces.flac")[0] - wav.numpy()).max() < 2 ** -22
+
+
+def test_save_audio_stream_leaves_nothing_when_the_producer_fails(tmp_path):
+    from socodec.audio import save_audio_stream
+
+    def pieces():
+        yield torch.zeros(1000)
+        raise SoCodecError("model broke half way")
+
+    with pytest.raises(SoCodecError, match="half way"):
+        save_audio_stream(tmp_path / "out.wav", pieces())
+    assert list(tmp_path.iterdir()) == []

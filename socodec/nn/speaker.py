@@ -340,7 +340,18 @@ class SpeakerEncoder(nn.Module):
         Returns:
             speaker vector [B, out_dim].
         """
-        x = self._check_input(mel)
+        return self.forward_frames(self._check_input(mel), chunk_frames)
+
+    def forward_frames(self, x: Tensor, chunk_frames: int = 2000) -> Tensor:
+        """:meth:`forward_long` on a channels-first log-mel ``x`` [B, n_mels, frames].
+
+        ``x`` may also be any object with ``shape``, ``dtype`` and ``device`` that returns the
+        tensor ``[B, n_mels, hi - lo]`` for ``x[..., lo:hi]``: a log-mel computed on demand
+        (:class:`socodec.longform.LazyMel`) is never held whole.
+        """
+        if x.shape[1] != self.n_mels or x.shape[-1] < self.min_frames:
+            raise ValueError(f"speaker encoder expects [B, {self.n_mels}, >= {self.min_frames}] frames, "
+                             f"got {list(x.shape)}")
         if chunk_frames < self.halo:
             raise ValueError(f"chunk_frames must be at least {self.halo}, got {chunk_frames}")
         total = x.shape[-1]
