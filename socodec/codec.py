@@ -122,7 +122,8 @@ class SoCodec(torch.nn.Module):
             )
         hubert_model = build_hubert(h_cfg, h_state, source=h_source)
         analyzer_model = load_analyzer(a_cfg, a_state, source=analyzer)
-        vocoder_model = Vocoder(v_cfg)
+        with torch.device("meta"):  # no random initialisation: the file's tensors are assigned
+            vocoder_model = Vocoder(v_cfg)
         load_strict(vocoder_model, read_safetensors(vocoder), source=vocoder)
         identity = {
             "hubert": file_fingerprint(hubert),
@@ -218,8 +219,8 @@ class SoCodec(torch.nn.Module):
             tokens, speaker = encode_long(self, PaddedSignal(x, lead, total))
         else:
             padded = self._pad(x, lead)[None].to(self.device)
+            speaker = self.analyzer.speaker(self.mel(padded))[0]  # first: see longform.encode_long
             tokens = self.analyzer.tokens(self._features(padded))[0]
-            speaker = self.analyzer.speaker(self.mel(padded))[0]
         return self._codes(tokens, speaker, x.numel(), lead)
 
     def _codes(self, tokens: torch.Tensor, speaker: torch.Tensor, num_samples: int, lead: int) -> Codes:

@@ -190,13 +190,14 @@ def windowed_features(codec: SoCodec, signal: PaddedSignal) -> Iterator[Tensor]:
 @torch.inference_mode()
 def encode_long(codec: SoCodec, signal: PaddedSignal) -> tuple[Tensor, Tensor]:
     """Tokens ``[T, S]`` and speaker ``[D]`` of a long padded signal (see the module docstring)."""
-    tokens = stream_tokens(codec, windowed_features(codec, signal))
+    # The speaker first: HuBERT's 1.3 GB of weights are not paged in yet, so the two peaks do not add up.
     encoder = codec.analyzer.speaker_encoder
     mel = LazyMel(codec.mel, signal)
     if mel.shape[-1] > encoder.long_threshold:  # the log-mel is never held whole
-        return tokens, encoder.forward_frames(mel, encoder.chunk_frames)[0]
-    whole = long_mel(codec.mel, signal, codec.chunks.mel_chunk).to(codec.device)
-    return tokens, codec.analyzer.speaker(whole[None])[0]
+        speaker = encoder.forward_frames(mel, encoder.chunk_frames)[0]
+    else:
+        speaker = codec.analyzer.speaker(long_mel(codec.mel, signal, codec.chunks.mel_chunk).to(codec.device)[None])[0]
+    return stream_tokens(codec, windowed_features(codec, signal)), speaker
 
 
 @torch.inference_mode()

@@ -81,8 +81,12 @@ def is_unused_analyzer_key(key: str) -> bool:
 
 
 def load_analyzer(cfg: AnalyzerConfig, state: Mapping[str, torch.Tensor], source: str | Path) -> Analyzer:
-    """Build an :class:`Analyzer` and fill it strictly from ``state``."""
-    model = Analyzer(cfg)
+    """Build an :class:`Analyzer` and fill it strictly from ``state``.
+
+    Built on the meta device and the file's tensors assigned: no random initialisation, no copy.
+    """
+    with torch.device("meta"):
+        model = Analyzer(cfg)
     if not state:
         raise CheckpointError(f"{source}: the analyzer file holds no tensors")
     load_strict(model, state, source=source, ignore=is_unused_analyzer_key)

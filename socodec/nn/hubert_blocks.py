@@ -17,6 +17,7 @@ from socodec.config import HubertConfig
 __all__ = ["BlockwiseFeatureEncoder", "HubertNetwork"]
 
 LAYER_NORM_EPS = 1e-5
+FFN_BLOCK_FRAMES = 256
 
 
 class ConvLayer(nn.Module):
@@ -42,7 +43,7 @@ class BlockwiseFeatureEncoder(nn.Module):
     ``[B, N] -> [B, C, (N - 400) // 320 + 1]``.
     """
 
-    def __init__(self, conv_layers: nn.ModuleList, hop: int, field: int, block_frames: int = 150) -> None:
+    def __init__(self, conv_layers: nn.ModuleList, hop: int, field: int, block_frames: int = 50) -> None:
         super().__init__()
         self.conv_layers = conv_layers
         self.hop, self.field, self.block_frames = hop, field, block_frames
@@ -140,7 +141,11 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.attention(self.layer_norm(x), mask)
-        return x + self.feed_forward(self.final_layer_norm(x))
+        h = self.final_layer_norm(x)
+        # frame-wise: blocks of frames bound the [B, T, 4096] intermediate (same numbers per frame)
+        for start in range(0, h.shape[1], FFN_BLOCK_FRAMES):
+            x[:, start : start + FFN_BLOCK_FRAMES] += self.feed_forward(h[:, start : start + FFN_BLOCK_FRAMES])
+        return x
 
 
 class Encoder(nn.Module):
