@@ -16,7 +16,6 @@ writes JSON to ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -31,8 +30,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from run import _child_env, ensure_checkpoints, git_state  # noqa: E402
-from stages import loadavg, machine  # noqa: E402
+from run import _child_env, ensure_checkpoints  # noqa: E402
+from stages import loadavg, report_header  # noqa: E402
 from worker import speech_like  # noqa: E402
 
 TIME = Path("/usr/bin/time")
@@ -115,11 +114,7 @@ def main() -> None:
               f"cores {r['cores_used']:.2f}", flush=True)
     decoded = sf.info(str(out))
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": machine(),
-        "git": git_state(),
-        "threads": args.threads,
+        **report_header(args.threads),
         "seconds": args.seconds,
         "input": {"rate": args.rate, "channels": 1 if args.rate == 16000 else 2, "bytes": wav.stat().st_size},
         "output": {"seconds": decoded.duration, "bytes": out.stat().st_size},

@@ -19,7 +19,6 @@ Writes everything to ``--out`` (JSON) and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from stages import ANALYSIS_STAGES, SYNTHESIS_STAGES, loadavg, machine  # noqa: E402
+from stages import ANALYSIS_STAGES, SYNTHESIS_STAGES, loadavg, report_header  # noqa: E402
 
 STAGES = {"analysis": ANALYSIS_STAGES, "synthesis": SYNTHESIS_STAGES}
 
@@ -133,16 +132,6 @@ def resummarize(path: Path) -> None:
     print_table(report["results"])
 
 
-def git_state() -> dict[str, object]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0, 300.0], help="seconds")
@@ -188,11 +177,7 @@ def main() -> None:
     print()
     print_table(rows)
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": machine(),
-        "git": git_state(),
-        "threads": args.threads,
+        **report_header(args.threads),
         "runs": args.runs,
         "first_load_s": first["load_s"],
         "loadavg_end": loadavg(),

@@ -12,7 +12,10 @@ codec takes.
 
 from __future__ import annotations
 
+import datetime
 import os
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -232,4 +235,27 @@ def machine() -> dict[str, object]:
         "nproc": os.cpu_count(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def git_state() -> dict[str, object]:
+    """The repository's commit and whether tracked files differ from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def report_header(threads: int) -> dict[str, object]:
+    """What every results file starts with: date, command, machine, git state, threads."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": machine(),
+        "git": git_state(),
+        "threads": threads,
     }

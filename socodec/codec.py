@@ -33,7 +33,7 @@ from socodec.nn.analyzer import HUBERT_PREFIX, Analyzer, load_analyzer
 from socodec.nn.hubert import HubertFeatures, build_hubert, fairseq_to_hf, load_hubert_weights
 from socodec.nn.vocoder import Vocoder
 from socodec.sources import FileSource, file_duration
-from socodec.streaming import SynthesisStream, iter_synthesis, synthesize_long, trim_range
+from socodec.streaming import SynthesisStream, gather, iter_synthesis, trim_range, trimmed_length
 
 log = logging.getLogger(__name__)
 
@@ -263,16 +263,15 @@ class SoCodec(torch.nn.Module):
             otherwise the full ``1920 * T``.
 
         Codes longer than ``chunks.vocoder_chunk`` mel frames (10 s by default) are synthesised
-        in chunks (:func:`socodec.streaming.synthesize_long`), equal to the whole-sequence result.
+        in chunks (:func:`socodec.streaming.iter_synthesis`), equal to the whole-sequence result.
         """
         if isinstance(codes, (list, tuple)):
             return decode_batch(self, list(codes), streams, speaker)
         tokens, spk, k = self._decode_inputs(codes, streams, speaker)
         if tokens.shape[1] * self.mel_frames_per_token > self.chunks.vocoder_chunk:
             lead, num_samples = trim_range(codes)
-            return synthesize_long(
-                self, tokens[0], spk[0], k, lead, num_samples, self.chunks.decode_chunk, self.chunks.vocoder_chunk
-            )
+            length = trimmed_length(tokens.shape[1] * self.hop, lead, num_samples)
+            return gather(self._pieces(tokens, spk, k, lead, num_samples), length)
         mel = self.analyzer.decode_mel(tokens, spk, k)
         wav = self.vocoder(mel.to(self.compute_dtype))[0].float().cpu()
         return _trim(wav, codes)
@@ -293,10 +292,14 @@ class SoCodec(torch.nn.Module):
         if tokens.shape[1] * self.mel_frames_per_token <= self.chunks.vocoder_chunk:
             yield self.decode(codes, streams, speaker)
             return
-        lead, num_samples = trim_range(codes)
-        yield from iter_synthesis(
-            self, tokens[0], spk[0], k, lead, num_samples, self.chunks.decode_chunk, self.chunks.vocoder_chunk
-        )
+        yield from self._pieces(tokens, spk, k, *trim_range(codes))
+
+    def _pieces(
+        self, tokens: torch.Tensor, spk: torch.Tensor, k: int, lead: int, num_samples: int | None
+    ) -> Iterator[torch.Tensor]:
+        """Chunked synthesis of ``tokens [1, T, S]``, ``spk [1, D]``: trimmed audio pieces."""
+        chunks = self.chunks
+        return iter_synthesis(self, tokens[0], spk[0], k, lead, num_samples, chunks.decode_chunk, chunks.vocoder_chunk)
 
     @property
     def mel_frames_per_token(self) -> int:

@@ -25,13 +25,13 @@ work; chunks of a few frames amortise this.
 Concatenating everything :class:`SynthesisStream` yields equals
 :meth:`SoCodec.decode` of the same tokens (within 1e-4; measured ~1e-7 on the
 tiny test model). Offline decoding of long token sequences reuses the same
-machinery in big chunks (:func:`synthesize_long`).
+machinery in big chunks (:func:`iter_synthesis`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
     from socodec.nn.vocoder import Vocoder
 
-__all__ = ["SynthesisStream", "VocoderStream", "iter_synthesis", "synthesize_long", "trim_range", "LOOKAHEAD_MEL_FRAMES"]
+__all__ = ["SynthesisStream", "VocoderStream", "iter_synthesis", "gather", "trimmed_length", "trim_range", "LOOKAHEAD_MEL_FRAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -244,25 +244,23 @@ def iter_synthesis(
         yield piece
 
 
-def synthesize_long(
-    codec: SoCodec,
-    tokens: Tensor,
-    speaker: Tensor,
-    streams: int,
-    lead: int,
-    num_samples: int | None,
-    chunk_frames: int,
-    vocoder_chunk_frames: int,
-) -> Tensor:
-    """:func:`iter_synthesis` gathered into one preallocated tensor: the trimmed audio ``[n]``."""
-    total = tokens.shape[0] * codec.hop
-    length = max(0, total - lead) if num_samples is None else max(0, min(num_samples, total - lead))
+def gather(pieces: Iterable[Tensor], length: int) -> Tensor:
+    """Consecutive pieces ``[n_i]`` -> one ``[length]`` tensor, written into place (no second copy).
+
+    Raises RuntimeError if the pieces do not add up to ``length`` samples.
+    """
     out = torch.empty(length)
     pos = 0
-    for piece in iter_synthesis(codec, tokens, speaker, streams, lead, num_samples, chunk_frames,
-                                vocoder_chunk_frames):
+    for piece in pieces:
+        if pos + piece.shape[0] > length:
+            raise RuntimeError(f"synthesis produced more than the {length} samples expected")
         out[pos : pos + piece.shape[0]] = piece
         pos += piece.shape[0]
     if pos != length:
-        raise RuntimeError(f"chunked synthesis produced {pos} samples, expected {length}")
+        raise RuntimeError(f"synthesis produced {pos} samples, expected {length}")
     return out
+
+
+def trimmed_length(total: int, lead: int, num_samples: int | None) -> int:
+    """Samples left of a ``total``-sample output once ``lead``/``num_samples`` are applied."""
+    return max(0, total - lead) if num_samples is None else max(0, min(num_samples, total - lead))
