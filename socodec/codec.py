@@ -122,8 +122,7 @@ class SoCodec(torch.nn.Module):
             )
         hubert_model = build_hubert(h_cfg, h_state, source=h_source)
         analyzer_model = load_analyzer(a_cfg, a_state, source=analyzer)
-        with torch.device("meta"):  # no random initialisation: the file's tensors are assigned
-            vocoder_model = Vocoder(v_cfg)
+        vocoder_model = Vocoder(v_cfg)  # on CPU: its normal_() init on meta would import torch._dynamo (~1.5 s)
         load_strict(vocoder_model, read_safetensors(vocoder), source=vocoder)
         identity = {
             "hubert": file_fingerprint(hubert),

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from socodec.checkpoints import load_strict
 from socodec.config import HUBERT_TAIL_SAMPLES, HubertConfig
@@ -66,13 +65,9 @@ def fairseq_layout(cfg: HubertConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
         out[f"layer_norm.{p}"] = (f"feature_projection.layer_norm.{p}", (c,))
     out["post_extract_proj.weight"] = ("feature_projection.projection.weight", (e, c))
     out["post_extract_proj.bias"] = ("feature_projection.projection.bias", (e,))
-    pos = "encoder.pos_conv_embed.conv"
-    out["encoder.pos_conv.0.weight_g"] = (f"{pos}.parametrizations.weight.original0", (1, 1, cfg.conv_pos))
-    out["encoder.pos_conv.0.weight_v"] = (
-        f"{pos}.parametrizations.weight.original1",
-        (e, e // cfg.conv_pos_groups, cfg.conv_pos),
-    )
-    out["encoder.pos_conv.0.bias"] = (f"{pos}.bias", (e,))
+    out["encoder.pos_conv.0.weight_g"] = (POS_CONV_G, (1, 1, cfg.conv_pos))
+    out["encoder.pos_conv.0.weight_v"] = (POS_CONV_V, (e, e // cfg.conv_pos_groups, cfg.conv_pos))
+    out["encoder.pos_conv.0.bias"] = (f"{POS_CONV}.bias", (e,))
     for n in range(cfg.num_layers):
         src, dst = f"encoder.layers.{n}", f"encoder.layers.{n}"
         for p in ("weight", "bias"):
@@ -199,27 +194,27 @@ class HubertFeatures(nn.Module):
         return hidden.masked_fill(~valid[..., None], 0.0)
 
 
+POS_CONV = "encoder.pos_conv_embed.conv"
+#: the positional conv's weight-norm factors in the cache (HF names): g [1, 1, K] and v [E, E/G, K]
+POS_CONV_G = f"{POS_CONV}.parametrizations.weight.original0"
+POS_CONV_V = f"{POS_CONV}.parametrizations.weight.original1"
+
+
 def build_hubert(cfg: HubertConfig, state: Mapping[str, Tensor], source: str | Path) -> HubertFeatures:
     """A :class:`HubertFeatures` in eval mode holding ``state`` (HF names), strictly checked.
 
     The module is built on the meta device and the tensors are assigned (no random init, no copy).
+    The positional conv's weight norm (g, v) is folded into one weight here, once: the numbers the
+    parametrisation would compute on every call.
     """
     with torch.device("meta"):
         module = HubertFeatures(cfg)
-    load_strict(module.model, {k: v.to("cpu") for k, v in state.items()}, source=source)
-    _freeze_weight_norm(module.model)
+    tensors = {k: v.to("cpu") for k, v in state.items()}
+    if POS_CONV_G in tensors and POS_CONV_V in tensors:
+        g, v = tensors.pop(POS_CONV_G), tensors.pop(POS_CONV_V)
+        tensors[f"{POS_CONV}.weight"] = torch._weight_norm(v, g, 2)
+    load_strict(module.model, tensors, source=source)
     return module.eval().requires_grad_(False)
-
-
-def _freeze_weight_norm(model: nn.Module) -> None:
-    """Compute parametrised weights (the positional conv's weight norm) once, instead of every forward.
-
-    Same numbers: the stored weight is what the parametrization computes on each call.
-    """
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
 def default_cache_dir() -> Path:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm
 
 from socodec.config import HubertConfig
 
 __all__ = ["BlockwiseFeatureEncoder", "HubertNetwork"]
 
 LAYER_NORM_EPS = 1e-5
-FFN_BLOCK_FRAMES = 256
+FFN_BLOCK_FRAMES = 512
 
 
 class ConvLayer(nn.Module):
@@ -78,14 +77,15 @@ class FeatureProjection(nn.Module):
 
 
 class PositionalConv(nn.Module):
-    """Grouped conv over time (weight-normalised, dim 2) → drop the last frame if the kernel is even → GELU.
+    """Grouped conv over time → drop the last frame if the kernel is even → GELU: ``[B, T, E] -> [B, T, E]``.
 
-    ``[B, T, E] -> [B, T, E]``.
+    The checkpoint stores its weight as a weight norm (g, v over dim 2); the loader folds it into
+    ``conv.weight`` once (:func:`socodec.nn.hubert.build_hubert`).
     """
 
     def __init__(self, dim: int, kernel: int, groups: int) -> None:
         super().__init__()
-        self.conv = weight_norm(nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups), name="weight", dim=2)
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
         self.trim = 1 if kernel % 2 == 0 else 0
 
     def forward(self, x: Tensor) -> Tensor:
