@@ -9,6 +9,8 @@ inspect stderr and the files left on disk.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import pickle
@@ -302,3 +304,35 @@ def build(folder: Path, cases: dict[str, tuple]) -> dict[str, Path]:
     for name, (builder, _) in cases.items():
         builder(folder / name)
     return {name: folder / name for name in cases}
+
+
+class _HalfThenFail(io.FileIO):
+    """A file whose first write stores half the bytes, then fails with ``errno_code``."""
+
+    errno_code = errno.ENOSPC
+
+    def write(self, data: bytes) -> int:
+        super().write(bytes(data)[: len(data) // 2])
+        raise OSError(self.errno_code, os.strerror(self.errno_code))
+
+
+def fail_writes_half_way(monkeypatch, errno_code: int) -> None:
+    """Make every file write in this process store half its bytes, then fail (e.g. disk full).
+
+    Covers ``Path.write_bytes`` (token files) and ``Path.open(..., "wb")`` (streamed audio).
+    """
+    real_write, real_open = Path.write_bytes, Path.open
+
+    def write_bytes(self: Path, data: bytes) -> int:
+        real_write(self, data[: len(data) // 2])
+        raise OSError(errno_code, os.strerror(errno_code))
+
+    def open_(self: Path, mode: str = "r", *args, **kwargs):
+        if "w" not in mode:
+            return real_open(self, mode, *args, **kwargs)
+        f = _HalfThenFail(str(self), "wb")
+        f.errno_code = errno_code
+        return f
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(Path, "open", open_)

@@ -13,7 +13,6 @@ path without the ~5 s start-up of a new interpreter.
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import signal
@@ -317,24 +316,7 @@ def test_disk_full(tmp_path: Path, run_main, model_args: list, speech_wav: Path,
                    source: str, target: str) -> None:
     src = speech_wav if source == "audio" else save_codes(hc.good_codes(), tmp_path / f"codes{source}")
     out = tmp_path / "out" / f"result{target}"
-    real_write = Path.write_bytes
-
-    def write_half_then_fail(self: Path, data: bytes) -> int:
-        real_write(self, data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    real_open = Path.open
-
-    class HalfThenFull(io.FileIO):
-        def write(self, data: bytes) -> int:  # the audio writer streams through Path.open
-            super().write(bytes(data)[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def open_failing(self: Path, mode: str = "r", *args, **kwargs):
-        return HalfThenFull(str(self), "wb") if "w" in mode else real_open(self, mode, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "write_bytes", write_half_then_fail)
-    monkeypatch.setattr(Path, "open", open_failing)
+    hc.fail_writes_half_way(monkeypatch, errno.ENOSPC)
     before = snapshot(tmp_path)
     status, err = run_main(src, out, *model_args)
     assert status == 1
