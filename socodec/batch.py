@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -193,12 +194,11 @@ class Runner:
         try:
             audio = {}
             codec = self.codec
-            longest = codec.chunks.hubert_span * codec.hop / SAMPLE_RATE  # longer files stream alone in run()
             for job in todo:
                 if not _is_tokens(job.input):
                     try:
-                        if file_duration(job.input) <= longest:
-                            audio[job] = load_audio(job.input)
+                        if codec.analysed_whole(math.ceil(file_duration(job.input) * SAMPLE_RATE)):
+                            audio[job] = load_audio(job.input)  # longer files stream alone in run()
                     except SoCodecError:
                         continue
             if len(audio) > 1:
@@ -212,7 +212,7 @@ class Runner:
                         codes = self.adjust(self._encoded[job] if job in self._encoded else load_codes(job.input))
                     except SoCodecError:
                         continue
-                    if codes.num_frames * codec.mel_frames_per_token <= codec.chunks.vocoder_chunk:
+                    if codec.decoded_whole(codes.num_frames):
                         decode[job] = codes  # longer ones are written piece by piece in run()
             if len(decode) > 1:
                 self._decoded.update(zip(decode, self.codec.decode(list(decode.values()))))

@@ -49,7 +49,7 @@ def encode_batch(codec: SoCodec, wavs: list[Any], sample_rate: int, lead: bool) 
     results: list[Codes | None] = [None] * len(clips)
     batch: list[int] = []
     for i, x in enumerate(clips):
-        if codec.padded_length(lead_n + x.numel()) // codec.hop > codec.chunks.hubert_span:
+        if not codec.analysed_whole(lead_n + x.numel()):
             results[i] = codec._encode_mono(x, lead_n)  # long: windowed, alone
         else:
             batch.append(i)
@@ -80,7 +80,7 @@ def decode_batch(
     per_token = codec.mel_frames_per_token
     for i, codes in enumerate(items):
         tokens, spk, k = codec._decode_inputs(codes, streams, speaker)
-        if tokens.shape[1] * per_token > codec.chunks.vocoder_chunk:
+        if not codec.decoded_whole(tokens.shape[1]):
             results[i] = codec.decode(codes, streams, speaker)  # long: chunked, alone
         else:
             groups.setdefault(k, []).append((i, tokens[0], spk[0]))

@@ -22,8 +22,7 @@ from socodec.audio import load_audio, to_model_input
 from socodec.batching import decode_batch, encode_batch
 from socodec.checkpoints import (  # noqa: F401 - the file names are part of this module's API
     ANALYZER_FILE, HUBERT_FILE, RELEASED_FILES, VOCODER_FILE, CheckpointPaths, file_fingerprint, load_strict,
-    read_safetensors,
-)
+    read_safetensors)
 from socodec.codes import Codes
 from socodec.config import LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError, CodesError, SoCodecError
@@ -198,24 +197,29 @@ class SoCodec(torch.nn.Module):
 
     def _encode_file(self, path: Path, lead: int) -> Codes:
         """An audio file -> Codes; files longer than one HuBERT window stream from disk."""
-        if file_duration(path) * SAMPLE_RATE + lead <= self.chunks.hubert_span * self.hop:
+        if self.analysed_whole(lead + math.ceil(file_duration(path) * SAMPLE_RATE)):
             return self._encode_mono(load_audio(path), lead)
         with FileSource(path) as source:
-            total = self.padded_length(lead + source.num_samples)
-            if total // self.hop <= self.chunks.hubert_span:  # the header's duration was approximate
+            if self.analysed_whole(lead + source.num_samples):  # the header's duration was approximate
                 return self._encode_mono(source.read(0, source.num_samples), lead)
+            total = self.padded_length(lead + source.num_samples)
             tokens, speaker = encode_long(self, PaddedSignal(source, lead, total))
             return self._codes(tokens, speaker, source.num_samples, lead)
 
-    def _mono(self, wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
-        """Any accepted audio -> ``[N]`` float32 mono at 16 kHz (on CPU)."""
-        return _as_mono_16k(wav, sample_rate)
+    @staticmethod
+    def _mono(wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Any accepted audio (``[N]`` or ``[C, N]``) -> ``[N]`` float32 mono at 16 kHz (on CPU)."""
+        t = torch.as_tensor(wav)
+        if t.ndim == 2:
+            t = t.t()  # [C, N] -> [N, C] for to_model_input
+        elif t.ndim != 1:
+            raise SoCodecError(f"expected [N] or [C, N] audio, got shape {list(t.shape)}")
+        return to_model_input(t.float(), sample_rate)
 
     def _encode_mono(self, x: torch.Tensor, lead: int) -> Codes:
         """``[N]`` 16 kHz mono -> Codes, whole or window by window depending on the length."""
-        total = self.padded_length(lead + x.numel())
-        if total // self.hop > self.chunks.hubert_span:
-            tokens, speaker = encode_long(self, PaddedSignal(x, lead, total))
+        if not self.analysed_whole(lead + x.numel()):
+            tokens, speaker = encode_long(self, PaddedSignal(x, lead, self.padded_length(lead + x.numel())))
         else:
             padded = self._pad(x, lead)[None].to(self.device)
             speaker = self.analyzer.speaker(self.mel(padded))[0]  # first: see longform.encode_long
@@ -227,6 +231,14 @@ class SoCodec(torch.nn.Module):
             tokens=tokens.cpu(), speaker=speaker.float().cpu(), sample_rate=SAMPLE_RATE,
             num_samples=int(num_samples), lead=lead, model=dict(self.identity),
         )
+
+    def analysed_whole(self, samples: int) -> bool:
+        """Whether ``samples`` (lead included) are analysed in one HuBERT pass, not window by window."""
+        return self.padded_length(samples) // self.hop <= self.chunks.hubert_span
+
+    def decoded_whole(self, frames: int) -> bool:
+        """Whether ``frames`` token frames are synthesised in one vocoder pass, not in chunks."""
+        return frames * self.mel_frames_per_token <= self.chunks.vocoder_chunk
 
     def padded_length(self, n: int) -> int:
         """Samples L after right-padding ``n`` samples to the 1920-sample grid (at least one frame)."""
@@ -267,7 +279,7 @@ class SoCodec(torch.nn.Module):
         if isinstance(codes, (list, tuple)):
             return decode_batch(self, list(codes), streams, speaker)
         tokens, spk, k = self._decode_inputs(codes, streams, speaker)
-        if tokens.shape[1] * self.mel_frames_per_token > self.chunks.vocoder_chunk:
+        if not self.decoded_whole(tokens.shape[1]):
             lead, num_samples = trim_range(codes)
             length = trimmed_length(tokens.shape[1] * self.hop, lead, num_samples)
             return gather(self._pieces(tokens, spk, k, lead, num_samples), length)
@@ -288,7 +300,7 @@ class SoCodec(torch.nn.Module):
         as one piece. The codes are checked before anything is yielded.
         """
         tokens, spk, k = self._decode_inputs(codes, streams, speaker)
-        if tokens.shape[1] * self.mel_frames_per_token <= self.chunks.vocoder_chunk:
+        if self.decoded_whole(tokens.shape[1]):
             yield self.decode(codes, streams, speaker)
             return
         yield from self._pieces(tokens, spk, k, *trim_range(codes))
@@ -383,12 +395,3 @@ def _trim(wav: torch.Tensor, codes: Codes) -> torch.Tensor:
     if codes.lead is None or codes.num_samples is None:
         return wav
     return wav[codes.lead : codes.lead + codes.num_samples]
-
-
-def _as_mono_16k(wav: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
-    t = torch.as_tensor(wav)
-    if t.ndim == 2:
-        t = t.t()  # [C, N] -> [N, C] for to_model_input
-    elif t.ndim != 1:
-        raise SoCodecError(f"expected [N] or [C, N] audio, got shape {list(t.shape)}")
-    return to_model_input(t.float(), sample_rate)
