@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from socodec.mel import MelSpectrogram
 
 __all__ = [
-    "ChunkConfig", "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel", "mel_frames", "LazyMel",
+    "ChunkConfig", "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel",
+    "mel_frames", "LazyMel",
 ]
 
 log = logging.getLogger(__name__)
