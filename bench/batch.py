@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_checkpoints(args.ckpt_dir)
     torch.set_num_threads(args.threads)
-    from socodec.codec import SoCodec
+    from socodec import SoCodec
 
     codec = SoCodec.from_pretrained(args.ckpt_dir, cache_dir=args.cache_dir)
     total = args.clips * args.clip_seconds

@@ -56,7 +56,7 @@ def run_child(cmd: list[str], threads: int) -> tuple[dict[str, object], float]:
 
 def ensure_checkpoints(ckpt_dir: Path) -> None:
     sys.path.insert(0, str(REPO))
-    from socodec.codec import CheckpointPaths
+    from socodec.loading.checkpoints import CheckpointPaths
 
     if CheckpointPaths.in_dir(ckpt_dir).missing():
         print(f"writing real-size random checkpoints to {ckpt_dir} ...", flush=True)

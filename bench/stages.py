@@ -66,7 +66,7 @@ class StageTimer:
         vq = codec.analyzer.vq
         self._wrap(vq, "encode", _QUANTISER)
         self._wrap(vq, "decode", _QUANTISER)
-        for name in ("forward", "_log_mel"):
+        for name in ("forward", "log_mel"):
             if hasattr(codec.mel, name):
                 self._wrap(codec.mel, name, "mel+speaker")
         self._restore: list[tuple[type, str, object]] = []
@@ -83,7 +83,7 @@ class StageTimer:
     def _wrap_streamer(self) -> None:
         """The causal streaming helper runs layers without calling their ``forward``: time its ``run``."""
         try:
-            from socodec.causal_stream import CausalStreamer
+            from socodec.inference.causal_stream import CausalStreamer
         except ImportError:
             return
         original = getattr(CausalStreamer, "run", None)

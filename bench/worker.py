@@ -58,7 +58,7 @@ def speech_like(seconds: float, seed: int = 0) -> tuple[np.ndarray, str]:
 def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    from socodec.codec import SoCodec
+    from socodec import SoCodec
     from socodec.codes import load_codes, save_codes
 
     import_s = time.perf_counter() - t0
@@ -130,7 +130,7 @@ def main() -> None:
         parser.error("--codes is required")
     if args.load_only:
         torch.set_num_threads(args.threads)
-        from socodec.codec import SoCodec
+        from socodec import SoCodec
 
         t0 = time.perf_counter()
         SoCodec.from_pretrained(args.ckpt_dir, cache_dir=args.cache_dir)

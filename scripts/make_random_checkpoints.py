@@ -22,10 +22,10 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from socodec.codec import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE  # noqa: E402
+from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE  # noqa: E402
 from socodec.config import AnalyzerConfig, HubertConfig, VocoderConfig  # noqa: E402
 from socodec.nn.analyzer import Analyzer  # noqa: E402
-from socodec.nn.hubert import fairseq_layout  # noqa: E402
+from socodec.loading.hubert import fairseq_layout  # noqa: E402
 from socodec.nn.vocoder import Vocoder  # noqa: E402
 
 log = logging.getLogger("make_random_checkpoints")

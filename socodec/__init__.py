@@ -1,21 +1,21 @@
 """SoCodec speech codec: 16 kHz speech <-> 4 token streams + a speaker vector."""
 
 from socodec.codes import Codes
-from socodec.errors import SoCodecError
+from socodec.config import ChunkConfig
+from socodec.errors import AudioError, CheckpointError, CodesError, ConfigError, SoCodecError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):
-    if name == "SoCodec":
+    if name == "SoCodec":  # lazy: `import socodec` stays light (token files need no model)
         from socodec.codec import SoCodec
 
         return SoCodec
-    if name == "ChunkConfig":
-        from socodec.longform import ChunkConfig
-
-        return ChunkConfig
     raise AttributeError(name)
 
 
-__all__ = ["SoCodec", "ChunkConfig", "Codes", "SoCodecError", "__version__"]
+__all__ = [
+    "SoCodec", "ChunkConfig", "Codes", "SoCodecError", "AudioError", "CheckpointError", "CodesError",
+    "ConfigError", "__version__",
+]

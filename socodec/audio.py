@@ -56,7 +56,7 @@ def open_audio(path: str | Path) -> sf.SoundFile:
     try:
         tag, announced, present = _wav_layout(p) or (None, None, 0)
     except OSError as exc:
-        raise AudioError(f"{p}: cannot read ({_one_line(exc)})") from None
+        raise AudioError(f"{p}: cannot read ({one_line(exc)})") from None
     if announced is not None and announced not in _UNKNOWN_SIZE and present < announced:
         raise AudioError(f"{p}: truncated wav file: the header announces {announced} bytes of audio, "
                          f"only {present} are present")
@@ -78,7 +78,7 @@ def read_block(f: sf.SoundFile, path: Path, frames: int) -> np.ndarray:
 
 
 def _read_error(exc: BaseException) -> str:
-    return exc.error_string if isinstance(exc, sf.LibsndfileError) else _one_line(exc)
+    return exc.error_string if isinstance(exc, sf.LibsndfileError) else one_line(exc)
 
 
 _WAV_TAGS = {1: "PCM", 2: "MS ADPCM", 3: "float", 6: "A-law", 7: "u-law", 0x11: "IMA ADPCM", 0x31: "GSM 6.10",
@@ -198,7 +198,7 @@ def save_audio_stream(
                 raise
             sink.check()  # closing writes the header
     except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as exc:
-        raise AudioError(f"{p}: cannot write ({_one_line(exc)})") from None
+        raise AudioError(f"{p}: cannot write ({one_line(exc)})") from None
 
 
 class _ErrorKeepingFile:
@@ -236,6 +236,3 @@ class _ErrorKeepingFile:
         if self.error is not None:
             raise self.error
 
-
-def _one_line(exc: BaseException) -> str:
-    return one_line(exc)

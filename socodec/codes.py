@@ -186,6 +186,12 @@ class Codes:
         _check_model(self.model)
         return self
 
+    def trim_range(self) -> tuple[int, int | None]:
+        """``(lead, num_samples)`` to cut from the full ``1920 * T`` decoded audio: ``(0, None)`` when unknown."""
+        if self.lead is None or self.num_samples is None:
+            return 0, None
+        return self.lead, self.num_samples
+
     def with_streams(self, k: int) -> Codes:
         """A copy keeping only the first ``k`` streams (tokens ``[T, k]``)."""
         if not _is_int(k) or not 1 <= k <= self.num_streams:

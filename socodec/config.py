@@ -24,6 +24,23 @@ HUBERT_HOP = 320
 MEL_HOP = 160
 LEAD_SAMPLES = 8000
 HUBERT_TAIL_SAMPLES = 3200
+#: epsilon of HuBERT's waveform standardisation (``F.layer_norm``); every path must use this one
+NORMALIZE_EPS = 1e-5
+
+
+class _FromJson:
+    """``from_json`` / ``resolve`` for configs that define ``released()`` and ``from_dict()``."""
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        return cls.from_dict(_read_json(path))  # type: ignore[attr-defined]
+
+    @classmethod
+    def resolve(cls, cfg: "str | Path | Any | None"):
+        """None -> the released config; a path -> :meth:`from_json`; a config -> itself."""
+        if cfg is None:
+            return cls.released()  # type: ignore[attr-defined]
+        return cfg if isinstance(cfg, cls) else cls.from_json(cfg)
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,7 @@ class MelConfig:
 
 
 @dataclass(frozen=True)
-class AnalyzerConfig:
+class AnalyzerConfig(_FromJson):
     """Encoder, quantiser, speaker encoder and mel decoders."""
 
     in_dim: int = 1024
@@ -103,17 +120,6 @@ class AnalyzerConfig:
         cfg.validate()
         return cfg
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "AnalyzerConfig":
-        return cls.from_dict(_read_json(path))
-
-    @classmethod
-    def resolve(cls, cfg: "str | Path | AnalyzerConfig | None") -> "AnalyzerConfig":
-        """None -> the released config; a path -> :meth:`from_json`; a config -> itself."""
-        if cfg is None:
-            return cls.released()
-        return cfg if isinstance(cfg, cls) else cls.from_json(cfg)
-
     def validate(self) -> None:
         if len(self.upsample_scales) != 2:
             raise ConfigError("analyzer config: upsample_scales must have two groups (decoder_1, decoder_2)")
@@ -130,7 +136,7 @@ class AnalyzerConfig:
 
 
 @dataclass(frozen=True)
-class VocoderConfig:
+class VocoderConfig(_FromJson):
     """BigVGAN-style generator."""
 
     num_mels: int = 80
@@ -174,17 +180,6 @@ class VocoderConfig:
             raise ConfigError(f"vocoder config: missing or invalid entry ({exc})") from None
         cfg.validate()
         return cfg
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "VocoderConfig":
-        return cls.from_dict(_read_json(path))
-
-    @classmethod
-    def resolve(cls, cfg: "str | Path | VocoderConfig | None") -> "VocoderConfig":
-        """None -> the released config; a path -> :meth:`from_json`; a config -> itself."""
-        if cfg is None:
-            return cls.released()
-        return cfg if isinstance(cfg, cls) else cls.from_json(cfg)
 
     def validate(self) -> None:
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
@@ -287,6 +282,44 @@ def _parse_conv_layers(spec: str) -> tuple[tuple[int, int, int], ...]:
             raise ValueError(f"conv_feature_layers entry is not (dim, kernel, stride): {layer!r}")
         out.append(layer)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Chunk sizes for long inputs (``SoCodec.chunks``). Frames are 120 ms tokens unless noted.
+
+    Defaults keep the activations of the real-size model to roughly 200-300 MB whatever the
+    input length (measured on CPU, float32; see the README).
+
+    Attributes:
+        hubert_window: token frames kept per HuBERT window (167 = 20.04 s).
+        hubert_context: token frames of context on each side of a window (9 = 1.08 s).
+            Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole.
+        decode_chunk: token frames per decoder step when synthesising long inputs (250 = 30 s).
+        vocoder_chunk: mel frames (10 ms) per vocoder call (1000 = 10 s), plus 14 frames of
+            context on each side. Inputs of at most this many mel frames are synthesised whole.
+        mel_chunk: mel frames per block of the long-input log-mel (6000 = 60 s).
+    """
+
+    hubert_window: int = 167
+    hubert_context: int = 9
+    decode_chunk: int = 250
+    vocoder_chunk: int = 1000
+    mel_chunk: int = 6000
+
+    def __post_init__(self) -> None:
+        for name in ("hubert_window", "decode_chunk", "vocoder_chunk", "mel_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"ChunkConfig.{name} must be a positive integer, got {value!r}")
+        ctx = self.hubert_context
+        if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0:
+            raise ConfigError(f"ChunkConfig.hubert_context must be a non-negative integer, got {ctx!r}")
+
+    @property
+    def hubert_span(self) -> int:
+        """Largest input (token frames) analysed in one piece."""
+        return self.hubert_window + 2 * self.hubert_context
 
 
 def _product(values: Any) -> int:

@@ -33,7 +33,7 @@ TINY_CONFIGS = ("--analyzer-config", str(GOLDEN / "analyzer_tiny.json"), "--voco
 
 def tiny_ckpt_dir(folder: Path) -> Path:
     """``folder`` (created) holding the tiny golden models under the released file names, as links."""
-    from socodec.checkpoints import RELEASED_FILES
+    from socodec.loading.checkpoints import RELEASED_FILES
 
     folder.mkdir(parents=True)
     for name, target in zip(RELEASED_FILES, TINY_FILES):

@@ -1,26 +1,21 @@
 """The analyzer: encoder, product quantiser, speaker encoder and mel decoders.
 
 Submodule names mirror the released ``socodec_16384x4_120ms_16khz_chinese.safetensors``
-so the file loads strictly into :class:`Analyzer` without renaming.
+so the file loads strictly into :class:`Analyzer` without renaming
+(:mod:`socodec.loading.analyzer`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Mapping
+from typing import Callable
 
 import torch
 from torch import nn
 
-from socodec.checkpoints import load_strict
 from socodec.config import AnalyzerConfig
-from socodec.errors import CheckpointError
 from socodec.nn.causal import Encoder, MelDecoder
-from socodec.nn.quantizer import ProductQuantizer, is_training_only
+from socodec.nn.quantizer import ProductQuantizer
 from socodec.nn.speaker import SpeakerEncoder
-
-HUBERT_PREFIX = "ssl_extractor.model."
-_DECODER1_AUX = "decoder_1.layers."
 
 
 class _QuantizerList(nn.Module):
@@ -60,34 +55,31 @@ class Analyzer(nn.Module):
         """Log-mel ``[B, 12T, n_mels]`` -> speaker vector ``[B, D]`` (every frame counts)."""
         return self.speaker_encoder(mel)
 
-    def decode_mel(self, tokens: torch.Tensor, speaker: torch.Tensor, n_streams: int | None = None) -> torch.Tensor:
-        """Tokens ``[B, T, S]`` + speaker ``[B, D]`` -> predicted log-mel ``[B, 12T, n_mels]``."""
+    def decode_mel(
+        self,
+        tokens: torch.Tensor,
+        speaker: torch.Tensor,
+        n_streams: int | None = None,
+        body: Callable[[MelDecoder, torch.Tensor], torch.Tensor] | None = None,
+        project: Callable[[MelDecoder, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Tokens ``[B, T, S]`` + speaker ``[B, D]`` -> predicted log-mel ``[B, 12T, n_mels]``.
+
+        ``body(decoder, x)`` / ``project(decoder, h)`` run a decoder's upsampling body
+        (``[B, t, D] -> [B, t * up, D]``) and its output projection (``[B, t, D] -> [B, t, n_mels]``);
+        by default the whole-sequence forward. Chunked synthesis passes a causal streamer's.
+        """
+        body = body or _whole_body
+        project = project or _whole_project
         spk = speaker[:, None, :]
         x = self.vq.decode(tokens, n_streams) + spk
-        h = self.decoder_1(x) + spk
-        return self.decoder_2.project(self.decoder_2(h))
+        h = body(self.decoder_1, x) + spk
+        return project(self.decoder_2, body(self.decoder_2, h))
 
 
-def is_unused_analyzer_key(key: str) -> bool:
-    """Keys of the released analyzer file that inference does not need."""
-    if key.startswith(HUBERT_PREFIX):
-        return True  # HuBERT weights, handled by the HuBERT loader
-    if key.startswith(_DECODER1_AUX):
-        index = key[len(_DECODER1_AUX):].split(".", 1)[0]
-        if index == "8":
-            return True  # auxiliary HuBERT-feature prediction head
-    prefix = "quantizer.quantizers.0."
-    return key.startswith(prefix) and is_training_only(key[len(prefix):])
+def _whole_body(decoder: MelDecoder, x: torch.Tensor) -> torch.Tensor:
+    return decoder(x)
 
 
-def load_analyzer(cfg: AnalyzerConfig, state: Mapping[str, torch.Tensor], source: str | Path) -> Analyzer:
-    """Build an :class:`Analyzer` and fill it strictly from ``state``.
-
-    Built on the meta device and the file's tensors assigned: no random initialisation, no copy.
-    """
-    with torch.device("meta"):
-        model = Analyzer(cfg)
-    if not state:
-        raise CheckpointError(f"{source}: the analyzer file holds no tensors")
-    load_strict(model, state, source=source, ignore=is_unused_analyzer_key)
-    return model.eval()
+def _whole_project(decoder: MelDecoder, h: torch.Tensor) -> torch.Tensor:
+    return decoder.project(h)

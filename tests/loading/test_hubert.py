@@ -24,17 +24,17 @@ from safetensors.torch import load_file
 from conftest import GOLDEN, MANIFESTS, REPO, assert_close_golden
 from socodec.config import HubertConfig
 from socodec.errors import CheckpointError
-from socodec.fairseq_reader import load_fairseq_pickle, read_fairseq_checkpoint
-from socodec.nn import hubert as hubert_mod
-from socodec.nn.hubert import (
+from socodec.loading.fairseq import load_fairseq_pickle, read_fairseq_checkpoint
+from socodec.loading import hubert as hubert_mod
+from socodec.loading.hubert import (
     POS_CONV_G,
     POS_CONV_V,
-    HubertFeatures,
     build_hubert,
     fairseq_to_hf,
     is_ignored_fairseq_key,
     load_hubert_weights,
 )
+from socodec.nn.hubert import HubertFeatures
 
 HUBERT_PT = GOLDEN / "hubert_tiny_fairseq.pt"
 
@@ -95,7 +95,7 @@ def test_loads_without_fairseq(tmp_path: Path) -> None:
     (shim / "__init__.py").write_text("raise ImportError('fairseq must not be imported')\n")
     code = (
         "import json, sys\n"
-        "from socodec.fairseq_reader import read_fairseq_checkpoint\n"
+        "from socodec.loading.fairseq import read_fairseq_checkpoint\n"
         f"state, cfg = read_fairseq_checkpoint({str(HUBERT_PT)!r})\n"
         "loaded = 'fairseq' in sys.modules\n"
         "try:\n    import fairseq\n    shim = False\nexcept ImportError:\n    shim = True\n"

@@ -18,7 +18,7 @@ frames) runs as follows; shorter inputs take the whole-signal path, unchanged.
   ``hubert_context`` frames = 1.08 s of context around every kept frame); on the
   tiny test model ≥ 95 % of tokens agree over 60 s with 4 s windows.
 * **Encoder** (causal): consumes the stitched features window by window through
-  :class:`~socodec.causal_stream.CausalStreamer` — exact; the features of the whole
+  :class:`~socodec.inference.causal_stream.CausalStreamer` — exact; the features of the whole
   file are never held at once.
 * **Mel / speaker**: the log-mel is computed in blocks straight from the (virtually)
   padded signal; above the speaker encoder's ``long_threshold`` (60 s) it is not even held:
@@ -34,68 +34,26 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from socodec.causal_stream import CausalStreamer
-from socodec.config import HUBERT_TAIL_SAMPLES
+from socodec.config import HUBERT_TAIL_SAMPLES, NORMALIZE_EPS
 from socodec.errors import SoCodecError
+from socodec.inference.causal_stream import CausalStreamer
+from socodec.inference.core import CodecCore
+from socodec.nn.mel import MelSpectrogram
 from socodec.sources import FileSource, TensorSource
 
-if TYPE_CHECKING:  # pragma: no cover
-    from socodec.codec import SoCodec
-    from socodec.mel import MelSpectrogram
-
 __all__ = [
-    "ChunkConfig", "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel",
+    "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel",
     "mel_frames", "LazyMel",
 ]
 
 log = logging.getLogger(__name__)
 
-NORMALIZE_EPS = 1e-5
 _STATS_BLOCK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ChunkConfig:
-    """Chunk sizes for long inputs (``SoCodec.chunks``). Frames are 120 ms tokens unless noted.
-
-    Defaults keep the activations of the real-size model to roughly 200-300 MB whatever the
-    input length (measured on CPU, float32; see the README).
-
-    Attributes:
-        hubert_window: token frames kept per HuBERT window (167 = 20.04 s).
-        hubert_context: token frames of context on each side of a window (9 = 1.08 s).
-            Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole.
-        decode_chunk: token frames per decoder step when synthesising long inputs (250 = 30 s).
-        vocoder_chunk: mel frames (10 ms) per vocoder call (1000 = 10 s), plus 14 frames of
-            context on each side. Inputs of at most this many mel frames are synthesised whole.
-        mel_chunk: mel frames per block of the long-input log-mel (6000 = 60 s).
-    """
-
-    hubert_window: int = 167
-    hubert_context: int = 9
-    decode_chunk: int = 250
-    vocoder_chunk: int = 1000
-    mel_chunk: int = 6000
-
-    def __post_init__(self) -> None:
-        for name in ("hubert_window", "decode_chunk", "vocoder_chunk", "mel_chunk"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SoCodecError(f"ChunkConfig.{name} must be a positive integer, got {value!r}")
-        ctx = self.hubert_context
-        if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0:
-            raise SoCodecError(f"ChunkConfig.hubert_context must be a non-negative integer, got {ctx!r}")
-
-    @property
-    def hubert_span(self) -> int:
-        """Largest input (token frames) analysed in one piece."""
-        return self.hubert_window + 2 * self.hubert_context
 
 
 class PaddedSignal:
@@ -171,38 +129,38 @@ def hubert_windows(frames: int, window: int, context: int) -> list[tuple[int, in
 
 
 @torch.inference_mode()
-def windowed_features(codec: SoCodec, signal: PaddedSignal) -> Iterator[Tensor]:
+def windowed_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]:
     """HuBERT features of ``signal`` window by window: yields ``[1, 6 * (keep_hi - keep_lo), C]`` float32.
 
     Concatenated in order they give the stitched feature sequence ``[1, L/320, C]``.
     """
-    hop = codec.hop
-    per_token = hop // codec.hubert.hop
+    hop = core.hop
+    per_token = hop // core.hubert.hop
     frames = signal.length // hop
-    cfg = codec.chunks
-    stats = signal.norm_stats()[None].to(codec.device) if codec.hubert.cfg.normalize else None
+    cfg = core.chunks
+    stats = signal.norm_stats()[None].to(core.device) if core.hubert.cfg.normalize else None
     for keep_lo, keep_hi, in_lo, in_hi in hubert_windows(frames, cfg.hubert_window, cfg.hubert_context):
-        wav = signal.segment(in_lo * hop, in_hi * hop)[None].to(codec.device, codec.compute_dtype)
-        feats = codec.hubert(wav, norm_stats=stats).float()  # [1, 6 * (in_hi - in_lo), C]
+        wav = signal.segment(in_lo * hop, in_hi * hop)[None].to(core.device, core.compute_dtype)
+        feats = core.hubert(wav, norm_stats=stats).float()  # [1, 6 * (in_hi - in_lo), C]
         log.debug("HuBERT window: frames %d-%d (input %d-%d) of %d", keep_lo, keep_hi, in_lo, in_hi, frames)
         yield feats[:, (keep_lo - in_lo) * per_token : (keep_hi - in_lo) * per_token]
 
 
 @torch.inference_mode()
-def encode_long(codec: SoCodec, signal: PaddedSignal) -> tuple[Tensor, Tensor]:
+def encode_long(core: CodecCore, signal: PaddedSignal) -> tuple[Tensor, Tensor]:
     """Tokens ``[T, S]`` and speaker ``[D]`` of a long padded signal (see the module docstring)."""
     # The speaker first: HuBERT's 1.3 GB of weights are not paged in yet, so the two peaks do not add up.
-    encoder = codec.analyzer.speaker_encoder
-    mel = LazyMel(codec.mel, signal)
+    encoder = core.analyzer.speaker_encoder
+    mel = LazyMel(core.mel, signal)
     if mel.shape[-1] > encoder.long_threshold:  # the log-mel is never held whole
         speaker = encoder.forward_frames(mel, encoder.chunk_frames)[0]
     else:
-        speaker = codec.analyzer.speaker(long_mel(codec.mel, signal, codec.chunks.mel_chunk).to(codec.device)[None])[0]
-    return stream_tokens(codec, windowed_features(codec, signal)), speaker
+        speaker = core.analyzer.speaker(long_mel(core.mel, signal, core.chunks.mel_chunk).to(core.device)[None])[0]
+    return stream_tokens(core, windowed_features(core, signal)), speaker
 
 
 @torch.inference_mode()
-def stream_tokens(codec: SoCodec, features: Iterable[Tensor]) -> Tensor:
+def stream_tokens(core: CodecCore, features: Iterable[Tensor]) -> Tensor:
     """Consecutive feature chunks ``[1, 6 t_i, C]`` -> tokens ``[sum t_i, S]``, through the causal encoder.
 
     Exact: equals ``analyzer.tokens`` of the concatenated features; only one chunk is held at a time.
@@ -210,8 +168,8 @@ def stream_tokens(codec: SoCodec, features: Iterable[Tensor]) -> Tensor:
     streamer = CausalStreamer()
     pieces = []
     for feats in features:
-        frames = streamer.encoder(codec.analyzer.encoder, feats)  # [1, t_i, D]
-        pieces.append(codec.analyzer.vq.encode(frames)[0])
+        frames = streamer.encoder(core.analyzer.encoder, feats)  # [1, t_i, D]
+        pieces.append(core.analyzer.vq.encode(frames)[0])
     return torch.cat(pieces)
 
 
@@ -221,7 +179,7 @@ def mel_frames(mel: MelSpectrogram, signal: PaddedSignal, start: int, stop: int)
     if signal.length <= pad:
         raise SoCodecError(f"signal of {signal.length} samples is too short for the mel front end")
     segment = signal.reflect_segment(start * hop - pad, (stop - 1) * hop + n_fft - pad)
-    return mel._log_mel(segment[None].to(mel.mel_basis.device))
+    return mel.log_mel(segment[None].to(mel.mel_basis.device))
 
 
 @torch.inference_mode()

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from socodec.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE, CheckpointPaths
+from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE, CheckpointPaths
 from socodec.errors import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ import torch
 
 from conftest import GOLDEN, assert_close_golden, tiny_ckpt_dir
 from socodec import Codes, SoCodec
-from socodec.batching import decode_batch, encode_batch, length_groups
+from socodec.inference.batching import decode_batch, encode_batch, length_groups
 from socodec.errors import CodesError
-from socodec.longform import ChunkConfig
+from socodec.config import ChunkConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from conftest import GOLDEN, assert_close_golden
 from socodec import SoCodec
-from socodec.causal_stream import CausalStreamer, causal_context
+from socodec.inference.causal_stream import CausalStreamer, causal_context
 from socodec.errors import SoCodecError
-from socodec.longform import (
-    ChunkConfig,
+from socodec.config import ChunkConfig
+from socodec.inference.longform import (
     PaddedSignal,
     hubert_windows,
     long_mel,
@@ -118,8 +118,8 @@ def test_windowed_hubert_close_to_full_attention(codec, small_chunks):
     """60 s, 4 s windows with 1.08 s context: tokens agree on >= 95 % of frames in every stream."""
     x = speechlike(60.0)
     with torch.inference_mode():
-        padded = codec._pad(x, LEAD)[None]
-        full_feats = codec._features(padded)
+        padded = codec.pad(x, LEAD)[None]
+        full_feats = codec.features(padded)
         full_tokens = codec.analyzer.tokens(full_feats)[0]
         pieces = list(windowed_features(codec, PaddedSignal(x, LEAD, padded.shape[1])))
         tokens = stream_tokens(codec, pieces)
@@ -147,7 +147,7 @@ def test_long_encode_takes_the_windowed_path(codec, small_chunks, monkeypatch):
     assert calls == [total] and codes.num_frames == total // HOP > small_chunks.hubert_span
     assert (codes.num_samples, codes.lead) == (x.numel(), LEAD)
     with torch.inference_mode():
-        speaker = codec.analyzer.speaker(codec.mel(codec._pad(x, LEAD)[None]))[0]
+        speaker = codec.analyzer.speaker(codec.mel(codec.pad(x, LEAD)[None]))[0]
     assert torch.allclose(codes.speaker, speaker, atol=1e-5, rtol=0)
 
 
@@ -179,7 +179,7 @@ def test_long_mel_equals_whole(codec):
     x = speechlike(7.3, seed=1)
     total = codec.padded_length(LEAD + x.numel())
     with torch.inference_mode():
-        whole = codec.mel(codec._pad(x, LEAD)[None])[0]
+        whole = codec.mel(codec.pad(x, LEAD)[None])[0]
         chunked = long_mel(codec.mel, PaddedSignal(x, LEAD, total), 97)
     assert torch.allclose(chunked, whole, atol=1e-5, rtol=0)
 

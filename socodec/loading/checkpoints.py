@@ -52,7 +52,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(p), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{p}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{p}: not a readable safetensors file ({one_line(exc)})") from None
 
 
 def load_strict(
@@ -102,9 +102,6 @@ def load_strict(
     # call never uses (the vocoder during encode, say) are never paged into memory.
     module.load_state_dict({k: v.to(wanted[k].dtype) for k, v in found.items()}, strict=True, assign=True)
 
-
-def _first_line(exc: BaseException) -> str:
-    return one_line(exc)
 
 
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from conftest import GOLDEN, MANIFESTS, REPO
-from socodec.codec import SoCodec
+from socodec import SoCodec
 from socodec.config import AnalyzerConfig, HubertConfig, VocoderConfig
 
 sys.path.insert(0, str(REPO / "scripts"))

@@ -173,12 +173,12 @@ class MelSpectrogram(nn.Module):
         for start in range(0, frames, self.chunk_frames):
             stop = min(start + self.chunk_frames, frames)
             segment = x[:, start * self.hop_length : (stop - 1) * self.hop_length + self.n_fft]
-            blocks.append(self._log_mel(segment))
+            blocks.append(self.log_mel(segment))
         logmel = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
         logmel = logmel[..., :frames].transpose(1, 2).contiguous()
         return logmel.squeeze(0) if squeeze else logmel
 
-    def _log_mel(self, x: Tensor) -> Tensor:
+    def log_mel(self, x: Tensor) -> Tensor:
         """Reflect-padded samples [B, (n - 1)·hop + n_fft] → log-mel [B, n_mels, n] (no centring)."""
         spec = torch.stft(
             x,

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import GOLDEN, assert_close_golden
 from socodec import Codes, SoCodec
-from socodec.codec import ANALYZER_FILE, HUBERT_FILE, RELEASED_FILES, VOCODER_FILE
+from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, RELEASED_FILES, VOCODER_FILE
 from socodec.codes import load_codes
 from socodec.errors import CheckpointError, SoCodecError
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import GOLDEN, MANIFESTS, assert_close_golden
-from socodec.checkpoints import load_strict, read_safetensors
+from socodec.loading.checkpoints import load_strict, read_safetensors
 from socodec.config import AnalyzerConfig, MelConfig
-from socodec.mel import MelSpectrogram, slaney_mel_filterbank
+from socodec.nn.mel import MelSpectrogram, slaney_mel_filterbank
 from socodec.nn.speaker import MomentAccumulator, SpeakerEncoder, chunk_bounds
 
 logger = logging.getLogger(__name__)

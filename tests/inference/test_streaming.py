@@ -10,7 +10,7 @@ import torch
 from conftest import GOLDEN, assert_close_golden, tiny_ckpt_dir
 from socodec import Codes, SoCodec
 from socodec.errors import CodesError
-from socodec.streaming import LOOKAHEAD_MEL_FRAMES, SynthesisStream
+from socodec.inference.synthesis import LOOKAHEAD_MEL_FRAMES, SynthesisStream
 
 HOP = 1920
 LATENCY = 14 * 160  # samples of vocoder look-ahead

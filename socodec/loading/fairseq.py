@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch import _weights_only_unpickler as _wou
+from torch import _weights_only_unpickler as _wou  # noqa: PLC2701 - torch's own allow-list hook
 
 from socodec.config import HubertConfig
 from socodec.errors import CheckpointError, SoCodecError, one_line
@@ -168,7 +168,7 @@ def _scan_globals(path: Path) -> tuple[set[str], bool]:
     except ValueError:
         pass  # not a zip checkpoint: legacy format, a raw pickle, or garbage
     except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({one_line(exc)})") from None
     allowed = set(_wou._get_allowed_globals())
     found: set[str] = set()
     with path.open("rb") as f:
@@ -181,7 +181,7 @@ def _scan_globals(path: Path) -> tuple[set[str], bool]:
         except (pickle.UnpicklingError, ValueError, IndexError, UnicodeDecodeError) as exc:
             if found - allowed:
                 break  # report the unsafe global rather than the parse error
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({one_line(exc)})") from None
     return found - allowed, False
 
 
@@ -211,7 +211,7 @@ def load_fairseq_pickle(path: str | Path) -> dict[str, Any]:
             raise _refuse(p, match.group(1)) from None
         raise CheckpointError(f"{p}: not a loadable checkpoint ({_unpickling_reason(exc)})") from None
     except Exception as exc:  # torch/zip/pickle raise many types for corrupt or truncated files
-        raise CheckpointError(f"{p}: not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{p}: not a readable torch checkpoint ({one_line(exc)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{p}: not a fairseq checkpoint (top level is {type(ckpt).__name__}, not a dict)")
     return ckpt
@@ -339,9 +339,6 @@ def _unpickling_reason(exc: BaseException) -> str:
             return ln
     return lines[0] if lines else type(exc).__name__
 
-
-def _first_line(exc: BaseException) -> str:
-    return one_line(exc)
 
 
 __all__: list[str] = [

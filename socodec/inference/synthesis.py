@@ -4,7 +4,7 @@ The use case is a language model emitting SoCodec tokens frame by frame.
 :class:`SynthesisStream` keeps per-utterance state:
 
 * the mel decoders are causal, so they run on each new chunk of tokens with
-  :class:`~socodec.causal_stream.CausalStreamer` carrying their left context
+  :class:`~socodec.inference.causal_stream.CausalStreamer` carrying their left context
   (no recomputation; the mel of a frame is final as soon as its token arrives);
 * the vocoder is not causal: the audio of mel frame m needs mel frames up to
   m + R, R = :meth:`Vocoder.receptive_field` = 14 (140 ms). :class:`VocoderStream`
@@ -31,20 +31,17 @@ machinery in big chunks (:func:`iter_synthesis`).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from socodec.causal_stream import CausalStreamer
-from socodec.codes import Codes
 from socodec.errors import CodesError
+from socodec.inference.causal_stream import CausalStreamer
+from socodec.inference.core import CodecCore, DecodeInputs
+from socodec.nn.vocoder import Vocoder
 
-if TYPE_CHECKING:  # pragma: no cover
-    from socodec.codec import SoCodec
-    from socodec.nn.vocoder import Vocoder
-
-__all__ = ["SynthesisStream", "VocoderStream", "iter_synthesis", "gather", "trimmed_length", "trim_range", "LOOKAHEAD_MEL_FRAMES"]
+__all__ = ["SynthesisStream", "VocoderStream", "iter_synthesis", "gather", "trimmed_length", "LOOKAHEAD_MEL_FRAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +103,7 @@ class SynthesisStream:
     """Tokens ``[t, S]`` in, final audio out, for one utterance (see the module docstring).
 
     Args:
-        codec: the model.
+        core: the model.
         speaker: speaker vector ``[D]``.
         streams: decode the first ``streams`` streams (default: as many as the first chunk has).
         lead: drop this many samples at the start of the output (8000 for codes made with
@@ -117,14 +114,14 @@ class SynthesisStream:
 
     def __init__(
         self,
-        codec: SoCodec,
+        core: CodecCore,
         speaker: Tensor,
         streams: int | None = None,
         lead: int = 0,
         num_samples: int | None = None,
         vocoder_chunk_frames: int = 1000,
     ) -> None:
-        analyzer = codec.analyzer
+        analyzer = core.analyzer
         dim = analyzer.cfg.model_size
         if speaker.dim() != 1 or speaker.shape[0] != dim:
             raise CodesError(f"speaker vector has shape {list(speaker.shape)}, expected [{dim}]")
@@ -132,9 +129,9 @@ class SynthesisStream:
             raise CodesError("speaker vector holds NaN or infinite values")
         if lead < 0 or (num_samples is not None and num_samples < 0):
             raise CodesError(f"lead and num_samples must be non-negative, got {lead}, {num_samples}")
-        self.codec = codec
-        self.device = codec.device
-        self.speaker = speaker.to(self.device, torch.float32).view(1, 1, dim)
+        self.core = core
+        self.device = core.device
+        self.speaker = speaker.to(self.device, torch.float32).view(1, dim)
         self.streams = streams
         self.width: int | None = None
         self.lead = lead
@@ -142,7 +139,7 @@ class SynthesisStream:
         self.frames_in = 0
         self.samples_out = 0  # untrimmed samples produced so far
         self._decoders = CausalStreamer()
-        self._vocoder = VocoderStream(codec.vocoder, codec.compute_dtype, vocoder_chunk_frames)
+        self._vocoder = VocoderStream(core.vocoder, core.compute_dtype, vocoder_chunk_frames)
 
     @property
     def latency_samples(self) -> int:
@@ -164,7 +161,7 @@ class SynthesisStream:
 
     # ------------------------------------------------------------------ internals
     def _check(self, tokens: Tensor) -> None:
-        analyzer = self.codec.analyzer
+        analyzer = self.core.analyzer
         if tokens.dim() != 2 or tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise CodesError(f"token chunks must be integer tensors [frames, streams], got {tokens.dtype} "
                              f"{list(tokens.shape)}")
@@ -184,18 +181,18 @@ class SynthesisStream:
 
     def _mel(self, tokens: Tensor) -> Tensor:
         """Token frames ``[t, S]`` -> their (final) log-mel ``[1, 12t, n_mels]``."""
-        analyzer = self.codec.analyzer
+        analyzer = self.core.analyzer
         tok = tokens.to(self.device, torch.long)[None]
         if tok.shape[-1] < analyzer.cfg.n_streams:
             tok = torch.nn.functional.pad(tok, (0, analyzer.cfg.n_streams - tok.shape[-1]))
-        x = analyzer.vq.decode(tok, self.streams) + self.speaker
-        h = self._decoders.decoder_body(analyzer.decoder_1, x) + self.speaker
-        h = self._decoders.decoder_body(analyzer.decoder_2, h)
         self.frames_in += tokens.shape[0]
-        return self._decoders.decoder_project(analyzer.decoder_2, h)
+        return analyzer.decode_mel(
+            tok, self.speaker, self.streams,
+            body=self._decoders.decoder_body, project=self._decoders.decoder_project,
+        )
 
     def _empty_mel(self) -> Tensor:
-        return torch.zeros(1, 0, self.codec.analyzer.cfg.out_dim, device=self.device)
+        return torch.zeros(1, 0, self.core.analyzer.cfg.out_dim, device=self.device)
 
     def _trim(self, wav: Tensor) -> Tensor:
         """Keep the part of ``wav`` (untrimmed samples [samples_out, samples_out + n)) inside the output."""
@@ -208,32 +205,20 @@ class SynthesisStream:
         return wav[lo - start : hi - start].cpu()
 
 
-def trim_range(codes: Codes) -> tuple[int, int | None]:
-    """``(lead, num_samples)`` to cut from the full ``1920 * T`` output of ``codes``: (0, None) when unknown."""
-    if codes.lead is None or codes.num_samples is None:
-        return 0, None
-    return codes.lead, codes.num_samples
-
-
 @torch.inference_mode()
-def iter_synthesis(
-    codec: SoCodec,
-    tokens: Tensor,
-    speaker: Tensor,
-    streams: int,
-    lead: int,
-    num_samples: int | None,
-    chunk_frames: int,
-    vocoder_chunk_frames: int,
-) -> Iterator[Tensor]:
-    """Offline synthesis of ``tokens [T, S]`` in chunks of ``chunk_frames`` token frames, piece by piece.
+def iter_synthesis(core: CodecCore, item: DecodeInputs) -> Iterator[Tensor]:
+    """Offline synthesis of one validated item in chunks of ``core.chunks.decode_chunk`` token frames.
 
-    Yields the trimmed audio (``lead``/``num_samples`` as in :class:`SynthesisStream`) as
-    non-empty float32 pieces ``[n_i]``; concatenated they equal the whole-sequence decode
+    Yields the trimmed audio (``item.lead`` / ``item.num_samples`` as in :class:`SynthesisStream`)
+    as non-empty float32 pieces ``[n_i]``; concatenated they equal the whole-sequence decode
     (within ~1e-6). Memory is bounded by the chunk sizes, whatever T: a caller that writes
     each piece out (the command line) never holds the whole waveform.
     """
-    stream = SynthesisStream(codec, speaker, streams, lead, num_samples, vocoder_chunk_frames)
+    chunk_frames = core.chunks.decode_chunk
+    tokens = item.tokens[0]
+    stream = SynthesisStream(
+        core, item.speaker[0], item.streams, item.lead, item.num_samples, core.chunks.vocoder_chunk
+    )
     for start in range(0, tokens.shape[0], chunk_frames):
         piece = stream.push(tokens[start : start + chunk_frames])
         log.debug("synthesis: %d of %d frames", min(tokens.shape[0], start + chunk_frames), tokens.shape[0])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import GOLDEN, MANIFESTS, assert_close_golden
-from socodec.checkpoints import load_strict, read_safetensors
+from socodec.loading.checkpoints import load_strict, read_safetensors
 from socodec.config import VocoderConfig
 from socodec.errors import CheckpointError
 from socodec.nn.vocoder import Activation1d, Vocoder, WNConv1d, kaiser_sinc_filter

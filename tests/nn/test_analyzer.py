@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import GOLDEN, MANIFESTS, assert_close_golden
-from socodec.checkpoints import read_safetensors
+from socodec.loading.checkpoints import read_safetensors
 from socodec.config import AnalyzerConfig
 from socodec.errors import CheckpointError
-from socodec.nn.analyzer import Analyzer, is_unused_analyzer_key, load_analyzer
+from socodec.loading.analyzer import is_unused_analyzer_key, load_analyzer
+from socodec.nn.analyzer import Analyzer
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,248 @@
+"""The codec core: the three model stages and the public steps every inference path is made of.
+
+:class:`CodecCore` holds HuBERT, the analyzer, the vocoder and the mel front end, and exposes
+the steps (as public methods) that the paths in this package compose: whole-signal analysis
+and synthesis here; long inputs in :mod:`~socodec.inference.longform`, chunked and streaming
+synthesis in :mod:`~socodec.inference.synthesis`, lists in :mod:`~socodec.inference.batching`.
+Which path a call takes is decided by :class:`socodec.codec.SoCodec`, the front.
+
+Shapes: audio ``[N]`` float32 at 16 kHz; padded batches ``[B, L]``; HuBERT features
+``[B, L/320, C]``; tokens ``[B, T, S]`` int64 (``T = L/1920``); speaker ``[B, D]``;
+log-mel ``[B, 12T, n_mels]``; synthesised audio ``[B, 1920 T]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from socodec.audio import to_model_input
+from socodec.codes import Codes
+from socodec.config import SAMPLE_RATE, ChunkConfig
+from socodec.errors import AudioError, CodesError, SoCodecError
+from socodec.nn.analyzer import Analyzer
+from socodec.nn.hubert import HubertFeatures
+from socodec.nn.mel import MelSpectrogram
+from socodec.nn.vocoder import Vocoder
+
+__all__ = ["CodecCore", "HubertSource", "DecodeInputs"]
+
+log = logging.getLogger(__name__)
+
+
+class HubertSource(Protocol):
+    """Something that loads HuBERT when called (see :class:`socodec.loading.modules.HubertLoader`)."""
+
+    def __call__(self) -> HubertFeatures: ...
+
+    def check(self) -> None: ...
+
+    def fingerprint(self) -> str: ...
+
+
+class DecodeInputs:
+    """Validated decoder inputs for one item: tokens ``[1, T, S_model]`` long, speaker ``[1, D]``
+    float32 (on the device), the streams ``k`` to decode and the output trim ``(lead, num_samples)``."""
+
+    __slots__ = ("tokens", "speaker", "streams", "lead", "num_samples")
+
+    def __init__(self, tokens: Tensor, speaker: Tensor, streams: int, lead: int, num_samples: int | None) -> None:
+        self.tokens, self.speaker, self.streams = tokens, speaker, streams
+        self.lead, self.num_samples = lead, num_samples
+
+    @property
+    def frames(self) -> int:
+        return self.tokens.shape[1]
+
+
+class CodecCore(nn.Module):
+    """HuBERT -> causal encoder -> product VQ  |  VQ decode -> mel decoders -> vocoder.
+
+    Args:
+        hubert: the HuBERT module, or a :class:`HubertSource` that loads it on first use
+            (decoding never needs HuBERT).
+        analyzer: encoder, quantiser, speaker encoder and mel decoders.
+        vocoder: log-mel -> 16 kHz audio.
+        identity: fingerprints of the weight files (stored in the codes it makes).
+        dtype: HuBERT / vocoder compute dtype (see :meth:`to_device`).
+        chunks: chunk sizes bounding memory on long inputs (settable attribute).
+    """
+
+    def __init__(
+        self,
+        hubert: HubertFeatures | HubertSource,
+        analyzer: Analyzer,
+        vocoder: Vocoder,
+        identity: dict[str, str] | None = None,
+        dtype: torch.dtype = torch.float32,
+        chunks: ChunkConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.chunks = chunks if chunks is not None else ChunkConfig()
+        self._hubert_source: HubertSource | None = None
+        if isinstance(hubert, nn.Module):
+            self._modules["hubert"] = hubert
+        else:
+            self._hubert_source = hubert
+        self.analyzer = analyzer
+        self.vocoder = vocoder
+        self.mel = MelSpectrogram(analyzer.cfg.mel)
+        self.identity = dict(identity or {})
+        self.compute_dtype = dtype
+        self.hop = analyzer.cfg.samples_per_token
+        self.eval()
+
+    # ------------------------------------------------------------------ stages and placement
+    @property
+    def hubert(self) -> HubertFeatures:
+        """The HuBERT module, loaded now if it was deferred (``CheckpointError`` if it cannot be)."""
+        module = self._modules.get("hubert")
+        if module is None:
+            assert self._hubert_source is not None
+            source = self._hubert_source
+            log.debug("loading HuBERT on first use")
+            module = source()
+            self.identity.setdefault("hubert", source.fingerprint())
+            module.to(self.device, self.compute_dtype)
+            self._modules["hubert"] = module
+            self._hubert_source = None
+        return module  # type: ignore[return-value]
+
+    def check_analysis(self) -> None:
+        """Raise now (``CheckpointError``) if analysis would fail because HuBERT cannot be loaded."""
+        if self._hubert_source is not None:
+            self._hubert_source.check()
+
+    def to_device(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "CodecCore":
+        """Move to ``device``; HuBERT and the vocoder run in ``dtype`` (float16/bfloat16 on CUDA).
+
+        The quantiser, encoder and decoders always run in float32 so tokens stay exact.
+        """
+        dev = torch.device(device)
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise SoCodecError(f"unsupported dtype {dtype}")
+        if dtype != torch.float32 and dev.type == "cpu":
+            raise SoCodecError("float16/bfloat16 are only supported on CUDA; use float32 on CPU")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SoCodecError(f"device {dev} requested but this torch build has no CUDA device available")
+        self.to(dev)
+        if "hubert" in self._modules:
+            self._modules["hubert"].to(dtype)
+        self.vocoder.to(dtype)
+        self.compute_dtype = dtype
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.analyzer.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.hop
+
+    @property
+    def num_streams(self) -> int:
+        return self.analyzer.cfg.n_streams
+
+    @property
+    def mel_frames_per_token(self) -> int:
+        """Mel frames (10 ms) per token frame (120 ms): 12."""
+        return self.hop // self.vocoder.hop_length
+
+    # ------------------------------------------------------------------ analysis steps
+    @staticmethod
+    def mono(wav: Tensor | np.ndarray, sample_rate: int) -> Tensor:
+        """Any accepted audio (``[N]`` or ``[C, N]``) -> ``[N]`` float32 mono at 16 kHz (on CPU)."""
+        t = torch.as_tensor(wav)
+        if t.ndim == 2:
+            t = t.t()  # [C, N] -> [N, C] for to_model_input
+        elif t.ndim != 1:
+            raise AudioError(f"expected [N] or [C, N] audio, got shape {list(t.shape)}")
+        return to_model_input(t.float(), sample_rate)
+
+    def analysed_whole(self, samples: int) -> bool:
+        """Whether ``samples`` (lead included) are analysed in one HuBERT pass, not window by window."""
+        return self.padded_length(samples) // self.hop <= self.chunks.hubert_span
+
+    def decoded_whole(self, frames: int) -> bool:
+        """Whether ``frames`` token frames are synthesised in one vocoder pass, not in chunks."""
+        return frames * self.mel_frames_per_token <= self.chunks.vocoder_chunk
+
+    def padded_length(self, n: int) -> int:
+        """Samples L after right-padding ``n`` samples to the 1920-sample grid (at least one frame)."""
+        return self.hop * max(1, math.ceil(n / self.hop))
+
+    def pad(self, x: Tensor, lead: int) -> Tensor:
+        """``[N]`` -> lead zeros + x + zeros up to a multiple of 1920 samples, ``[L]``."""
+        n = lead + x.numel()
+        return F.pad(x, (lead, self.padded_length(n) - n))
+
+    def features(self, padded: Tensor, lengths: Tensor | None = None, norm_stats: Tensor | None = None) -> Tensor:
+        """``[B, L]`` padded audio -> HuBERT features ``[B, L/320, C]`` float32 (see :class:`HubertFeatures`)."""
+        device = self.device
+        lengths = None if lengths is None else lengths.to(device)
+        return self.hubert(padded.to(device, self.compute_dtype), lengths, norm_stats).float()
+
+    def speaker_of(self, padded: Tensor) -> Tensor:
+        """``[L]`` padded audio -> speaker vector ``[D]`` (every mel frame counts, as published)."""
+        return self.analyzer.speaker(self.mel(padded[None].to(self.device)))[0]
+
+    def encode_whole(self, x: Tensor, lead: int) -> Codes:
+        """``[N]`` 16 kHz mono -> :class:`Codes` in one pass (short inputs: see :meth:`analysed_whole`)."""
+        padded = self.pad(x, lead)
+        speaker = self.speaker_of(padded)  # first: HuBERT's weights are not paged in yet (lower peak)
+        tokens = self.analyzer.tokens(self.features(padded[None]))[0]
+        return self.make_codes(tokens, speaker, x.numel(), lead)
+
+    def make_codes(self, tokens: Tensor, speaker: Tensor, num_samples: int, lead: int) -> Codes:
+        """Tokens ``[T, S]`` + speaker ``[D]`` -> :class:`Codes` on CPU carrying this model's identity."""
+        return Codes(
+            tokens=tokens.cpu(), speaker=speaker.float().cpu(), sample_rate=SAMPLE_RATE,
+            num_samples=int(num_samples), lead=lead, model=dict(self.identity),
+        )
+
+    # ------------------------------------------------------------------ synthesis steps
+    def check_codes(self, codes: Codes) -> None:
+        """Raise :class:`CodesError` if ``codes`` cannot be decoded by this model."""
+        codes.validate(
+            cardinality=self.analyzer.vq.cardinality,
+            max_streams=self.num_streams,
+            speaker_dim=self.analyzer.cfg.model_size,
+        )
+
+    def decode_inputs(self, codes: Codes, streams: int | None = None, speaker: Tensor | None = None) -> DecodeInputs:
+        """Validate ``codes`` (and the options) once: the decoder inputs on the device."""
+        self.check_codes(codes)
+        k = codes.num_streams if streams is None else streams
+        if not 1 <= k <= codes.num_streams:
+            raise CodesError(f"streams must be between 1 and {codes.num_streams}, got {k}")
+        spk = codes.speaker if speaker is None else speaker
+        if spk.shape != codes.speaker.shape:
+            raise CodesError(f"speaker vector has shape {list(spk.shape)}, expected {list(codes.speaker.shape)}")
+        tokens = codes.tokens.to(self.device, torch.long)[None]
+        if codes.num_streams < self.num_streams:
+            tokens = F.pad(tokens, (0, self.num_streams - codes.num_streams))
+        lead, num_samples = codes.trim_range()
+        return DecodeInputs(tokens, spk.to(self.device, torch.float32)[None], k, lead, num_samples)
+
+    def synthesize(self, mel: Tensor) -> Tensor:
+        """Log-mel ``[B, M, n_mels]`` -> audio ``[B, 160 M]`` float32 through the vocoder."""
+        return self.vocoder(mel.to(self.compute_dtype)).float()
+
+    def decode_whole(self, item: DecodeInputs) -> Tensor:
+        """One item in one pass: trimmed audio ``[n]`` float32 on CPU."""
+        mel = self.analyzer.decode_mel(item.tokens, item.speaker, item.streams)
+        wav = self.synthesize(mel)[0].cpu()
+        if item.num_samples is None:
+            return wav
+        return wav[item.lead : item.lead + item.num_samples]

@@ -1,0 +1,140 @@
+"""Build the three model stages and fill them from the released files: one explicit function.
+
+:func:`load_modules` constructs each module (HuBERT, analyzer, vocoder) with its config and
+assigns the file's tensors strictly. HuBERT is only needed for analysis (audio -> tokens):
+by default it is loaded on first use (:class:`HubertLoader`), so decoding tokens needs only
+the two ``.safetensors`` files.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from socodec.config import AnalyzerConfig, VocoderConfig
+from socodec.errors import CheckpointError
+from socodec.loading.analyzer import HUBERT_PREFIX, load_analyzer
+from socodec.loading.checkpoints import HUBERT_FILE, file_fingerprint, load_strict, read_safetensors
+from socodec.loading.hubert import build_hubert, fairseq_to_hf, load_hubert_weights
+from socodec.nn.analyzer import Analyzer
+from socodec.nn.hubert import HubertFeatures
+from socodec.nn.vocoder import Vocoder
+
+__all__ = ["HubertLoader", "LoadedModules", "load_modules", "load_vocoder"]
+
+log = logging.getLogger(__name__)
+
+
+class HubertLoader:
+    """Loads HuBERT when first called: from its ``.pt`` (via the conversion cache), with the
+    analyzer file's ``ssl_extractor.model.*`` weights overriding it when present.
+
+    Args:
+        path: the fairseq HuBERT checkpoint (None: only the analyzer file's weights, if any).
+        override: the analyzer file's HuBERT tensors, prefix stripped (fairseq names).
+        analyzer_source: the analyzer file, named in messages about ``override``.
+        in_dim: the analyzer's expected feature width.
+        cache_dir: folder of the conversion cache (None: the default).
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        override: Mapping[str, torch.Tensor],
+        analyzer_source: Path,
+        in_dim: int,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.path = path
+        self.override = dict(override)
+        self.analyzer_source = analyzer_source
+        self.in_dim = in_dim
+        self.cache_dir = cache_dir
+
+    def check(self) -> None:
+        """Raise :class:`CheckpointError` now if the HuBERT file is missing."""
+        if self.path is None or not self.path.is_file():
+            where = self.path if self.path is not None else HUBERT_FILE
+            raise CheckpointError(
+                f"{where}: HuBERT checkpoint not found; it is needed for analysis (audio -> tokens) "
+                f"(get {HUBERT_FILE} from Hugging Face TencentGameMate/chinese-hubert-large)"
+            )
+
+    def fingerprint(self) -> str:
+        self.check()
+        assert self.path is not None
+        return file_fingerprint(self.path)
+
+    def __call__(self) -> HubertFeatures:
+        self.check()
+        assert self.path is not None
+        cfg, state = load_hubert_weights(self.path, self.cache_dir)
+        source: Path = self.path
+        if self.override:
+            log.info("%s carries HuBERT weights; they override %s", self.analyzer_source, self.path)
+            state = fairseq_to_hf(self.override, cfg, source=self.analyzer_source)
+            source = self.analyzer_source
+        if cfg.embed_dim != self.in_dim:
+            raise CheckpointError(
+                f"{self.path}: HuBERT width {cfg.embed_dim} does not match the analyzer config's in_dim {self.in_dim}"
+            )
+        return build_hubert(cfg, state, source=source)
+
+
+@dataclass(frozen=True)
+class LoadedModules:
+    """The model stages, filled: ``hubert`` is a module, or a :class:`HubertLoader` (loaded on first use).
+
+    ``identity`` maps ``analyzer``/``vocoder`` (and ``hubert`` once known) to file fingerprints.
+    """
+
+    hubert: HubertFeatures | HubertLoader
+    analyzer: Analyzer
+    vocoder: Vocoder
+    identity: dict[str, str]
+
+
+def load_vocoder(cfg: VocoderConfig, path: str | Path) -> Vocoder:
+    """A :class:`Vocoder` filled strictly from ``path`` (legacy weight-norm names)."""
+    vocoder = Vocoder(cfg)  # on CPU: its normal_() init on meta would import torch._dynamo (~1.5 s)
+    load_strict(vocoder, read_safetensors(path), source=path)
+    return vocoder
+
+
+def load_modules(
+    hubert: str | Path | None,
+    analyzer: str | Path,
+    vocoder: str | Path,
+    analyzer_config: str | Path | AnalyzerConfig | None = None,
+    vocoder_config: str | Path | VocoderConfig | None = None,
+    cache_dir: str | Path | None = None,
+    lazy_hubert: bool = True,
+) -> LoadedModules:
+    """Construct and fill HuBERT (now, or on first use when ``lazy_hubert``), analyzer and vocoder.
+
+    Configs default to the released model's. Every key is checked (see
+    :func:`~socodec.loading.checkpoints.load_strict`); problems raise :class:`CheckpointError`
+    or :class:`~socodec.errors.ConfigError` naming the file.
+    """
+    a_cfg = AnalyzerConfig.resolve(analyzer_config)
+    v_cfg = VocoderConfig.resolve(vocoder_config)
+    a_path = Path(analyzer)
+    a_state = read_safetensors(a_path)
+    override = {k[len(HUBERT_PREFIX):]: v for k, v in a_state.items() if k.startswith(HUBERT_PREFIX)}
+    loader = HubertLoader(
+        None if hubert is None else Path(hubert), override, a_path, a_cfg.in_dim,
+        None if cache_dir is None else Path(cache_dir),
+    )
+    analyzer_model = load_analyzer(a_cfg, a_state, source=a_path)
+    vocoder_model = load_vocoder(v_cfg, vocoder)
+    identity = {"analyzer": file_fingerprint(a_path), "vocoder": file_fingerprint(vocoder)}
+    hubert_model: HubertFeatures | HubertLoader = loader
+    if not lazy_hubert:
+        hubert_model = loader()
+    if loader.path is not None and loader.path.is_file():
+        identity = {"hubert": loader.fingerprint(), **identity}
+    return LoadedModules(hubert_model, analyzer_model, vocoder_model, identity)
