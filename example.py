@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from socodec.cli import build_parser
 from socodec.cli import main as socodec_main
+from socodec.cli.parser import build_parser
 
 
 def _parser() -> argparse.ArgumentParser:

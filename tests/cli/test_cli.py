@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 from conftest import GOLDEN, REPO, assert_close_golden, tiny_ckpt_dir
 from socodec import Codes, SoCodec
 from socodec.audio import load_audio
-from socodec.codec import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE
 from socodec.codes import load_codes, save_codes
+from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE
 
 LEAD = 8000
 TIMEOUT_S = 300

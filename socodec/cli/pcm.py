@@ -9,7 +9,6 @@ is analysed first (analysis is not streamed), then synthesised the same way.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -17,7 +16,9 @@ from typing import BinaryIO
 
 import torch
 
-from socodec.batch import Runner, _is_tokens
+from socodec.cli.jobs import is_token_file
+from socodec.cli.options import ConvertOptions
+from socodec.cli.runner import Runner
 from socodec.codes import load_codes
 from socodec.errors import SoCodecError
 
@@ -35,18 +36,18 @@ def pcm16_bytes(wav: torch.Tensor) -> bytes:
     return pcm.numpy().astype("<i2", copy=False).tobytes()
 
 
-def stream_pcm(args: argparse.Namespace, out: BinaryIO | None = None) -> int:
-    """Decode ``args.inputs[0]`` (tokens or audio) to raw PCM on ``out`` (default stdout). Returns the exit status."""
-    if len(args.inputs) != 1:
+def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
+    """Decode ``opts.inputs[0]`` (tokens or audio) to raw PCM on ``out`` (default stdout). Returns the exit status."""
+    if len(opts.inputs) != 1:
         raise SoCodecError("'-' (raw PCM to stdout) takes exactly one input file")
-    src = args.inputs[0]
+    src = opts.inputs[0]
     if not src.is_file():
         raise SoCodecError(f"{src}: no such file")
     sink = out if out is not None else sys.stdout.buffer
     if out is None and sink.isatty():
         raise SoCodecError("refusing to write raw PCM to a terminal; pipe it into a player or a file")
-    runner = Runner(args)
-    codes = load_codes(src) if _is_tokens(src) else runner.codec.encode(src, lead=not args.no_lead)
+    runner = Runner(opts)
+    codes = load_codes(src) if is_token_file(src) else runner.encode(src)
     codes = runner.adjust(codes)
     runner.codec.check_codes(codes)
     written = 0

@@ -28,9 +28,9 @@ import hostile_cases as hc
 from hostile_cases import assert_one_error, build, error_lines, leftovers, lines_naming, snapshot
 from conftest import GOLDEN, REPO
 from socodec.cli import main
-from socodec.codec import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE
 from socodec.codes import load_codes, save_codes
 from socodec.fileio import atomic_write
+from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE
 
 GOLDEN_FILES = {HUBERT_FILE: "hubert_tiny_fairseq.pt", ANALYZER_FILE: "analyzer_tiny.safetensors",
                 VOCODER_FILE: "vocoder_tiny.safetensors"}

@@ -1,0 +1,45 @@
+"""The convert command, ``socodec IN... OUT``: routes by suffix, like the published tool.
+
+* audio -> audio   analysis-synthesis (``speech.wav out.wav``)
+* audio -> tokens  ``speech.wav tokens.soc`` / ``tokens.pt``
+* tokens -> audio  ``tokens.soc out.wav``
+* tokens -> tokens convert between ``.pt`` and ``.soc`` (no model needed)
+
+Several inputs, a directory (recursive, mirrored) or a glob go to an output
+directory; ``OUT`` = ``-`` streams raw PCM to stdout (:mod:`socodec.cli.pcm`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from socodec.cli.jobs import plan_jobs
+from socodec.cli.model import apply_threads
+from socodec.cli.options import ConvertOptions
+from socodec.cli.parser import parse_convert
+from socodec.cli.runner import run_jobs
+
+__all__ = ["main", "convert"]
+
+log = logging.getLogger("socodec")
+
+
+def main(argv: list[str]) -> int:
+    """Parse ``argv`` and convert; returns the exit status."""
+    return convert(parse_convert(argv))
+
+
+def convert(opts: ConvertOptions) -> int:
+    """Plan and run the jobs of ``opts``; returns the exit status (0 all done, 1 some failed)."""
+    apply_threads(opts.model)
+    if opts.to_stdout:
+        from socodec.cli.pcm import stream_pcm
+
+        return stream_pcm(opts)
+    jobs = plan_jobs(opts.inputs, opts.output, to=opts.to)
+    if opts.skip_existing:
+        todo = [job for job in jobs if not job.output.exists()]
+        if len(todo) < len(jobs):
+            log.info("skipping %d of %d files: their output exists", len(jobs) - len(todo), len(jobs))
+        jobs = todo
+    return run_jobs(jobs, opts)

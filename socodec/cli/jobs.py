@@ -1,0 +1,104 @@
+"""The convert command's work list: which input file becomes which output file.
+
+Routing is by suffix (audio or token file); a directory input is walked
+recursively and mirrored into the output directory, a glob is expanded here
+(quoted on the shell, ``**`` works). :mod:`socodec.cli.runner` then runs the jobs.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from socodec.audio import AUDIO_SUFFIXES, WRITE_SUFFIXES
+from socodec.codes import TOKEN_SUFFIXES
+from socodec.errors import SoCodecError
+
+__all__ = ["Job", "is_audio_file", "is_token_file", "plan_jobs"]
+
+GLOB_CHARS = frozenset("*?[")
+
+
+def is_token_file(path: Path) -> bool:
+    """``path`` has a token-file suffix (``.soc``, ``.pt``)."""
+    return path.suffix.lower() in TOKEN_SUFFIXES
+
+
+def is_audio_file(path: Path) -> bool:
+    """``path`` has an audio suffix socodec reads (``.wav``, ``.flac``, ...)."""
+    return path.suffix.lower() in AUDIO_SUFFIXES
+
+
+def is_glob(path: Path) -> bool:
+    """``path`` does not exist and holds glob characters: a pattern for socodec to expand."""
+    return not path.exists() and bool(GLOB_CHARS & set(str(path)))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the file it becomes."""
+
+    input: Path
+    output: Path
+
+    @property
+    def needs_model(self) -> bool:
+        """Everything but a token-file conversion runs the model."""
+        return not (is_token_file(self.input) and is_token_file(self.output))
+
+
+def _expand(item: Path) -> list[tuple[Path, Path]]:
+    """``(file, path relative to its root)`` pairs for a file, a directory (recursive) or a glob."""
+    if is_glob(item):
+        matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
+        if not matches:
+            raise SoCodecError(f"{item}: no files match")
+        return [(m, Path(m.name)) for m in matches]
+    if item.is_dir():
+        files = sorted(p for p in item.rglob("*") if p.is_file() and (is_audio_file(p) or is_token_file(p)))
+        if not files:
+            raise SoCodecError(f"{item}: no audio or token files in this directory")
+        return [(p, p.relative_to(item)) for p in files]
+    return [(item, Path(item.name))]
+
+
+def plan_jobs(inputs: list[Path] | tuple[Path, ...], output: Path, to: str | None = None) -> list[Job]:
+    """Pair inputs with outputs.
+
+    One input file and an output that is not a directory: one job. Otherwise
+    ``output`` is a directory, directory inputs are mirrored into it, and each
+    output gets suffix ``to`` (default ``.soc`` for audio, ``.wav`` for tokens).
+    """
+    single = len(inputs) == 1 and not inputs[0].is_dir() and not output.is_dir() and output.suffix != ""
+    if single and not is_glob(inputs[0]):
+        jobs = [Job(inputs[0], output)]
+    else:
+        if output.exists() and not output.is_dir():
+            raise SoCodecError(f"{output}: several inputs need an output directory, and this is a file")
+        jobs = []
+        for item in inputs:
+            for path, rel in _expand(item):
+                suffix = to or (".wav" if is_token_file(path) else ".soc")
+                jobs.append(Job(path, output / rel.with_suffix(suffix)))
+    writers: dict[Path, Path] = {}
+    for job in jobs:
+        _check_route(job)
+        other = writers.setdefault(job.output.resolve(), job.input)
+        if other != job.input:
+            raise SoCodecError(f"{job.output}: both {other} and {job.input} would be written to this file; "
+                               "rename one of them")
+    return jobs
+
+
+def _check_route(job: Job) -> None:
+    if not (is_audio_file(job.input) or is_token_file(job.input)):
+        raise SoCodecError(
+            f"{job.input}: unsupported input suffix '{job.input.suffix}' "
+            f"(audio: {' '.join(AUDIO_SUFFIXES)}; tokens: {' '.join(TOKEN_SUFFIXES)})"
+        )
+    if job.output.suffix.lower() not in WRITE_SUFFIXES and not is_token_file(job.output):
+        raise SoCodecError(
+            f"{job.output}: unsupported output suffix '{job.output.suffix}' "
+            f"(audio: {' '.join(WRITE_SUFFIXES)}; tokens: {' '.join(TOKEN_SUFFIXES)})"
+        )

@@ -1,0 +1,72 @@
+"""Typed, frozen options of the command line.
+
+The argparse ``Namespace`` is turned into these right after parsing (by
+:mod:`socodec.cli.model` and :mod:`socodec.cli.parser`) and never travels further:
+the job runner, the PCM writer and the subcommands only see these dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+#: ``--dtype`` names and the torch types they stand for.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from its ``--dtype`` name (a dtype is returned as is)."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{name}' (choose from {', '.join(DTYPES)})") from None
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model to load and how to run it (shared by every command that needs the model)."""
+
+    ckpt_dir: Path | None = None
+    analyzer_config: Path | None = None
+    vocoder_config: Path | None = None
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    threads: int | None = None
+    allow_download: bool = True
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
+
+
+@dataclass(frozen=True)
+class CodingOptions:
+    """How inputs are analysed and tokens decoded."""
+
+    streams: int | None = None
+    speaker: Path | None = None
+    lead: bool = True
+    sample_format: str = "pcm16"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """The convert command (``socodec IN... OUT``): what goes where, and how."""
+
+    inputs: tuple[Path, ...]
+    output: Path
+    to: str | None = None
+    force: bool = False
+    skip_existing: bool = False
+    quiet: bool = False
+    model: ModelOptions = field(default_factory=ModelOptions)
+    coding: CodingOptions = field(default_factory=CodingOptions)
+
+    @property
+    def to_stdout(self) -> bool:
+        """``OUT`` is ``-``: raw PCM on stdout."""
+        return str(self.output) == "-"

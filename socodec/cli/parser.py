@@ -1,0 +1,77 @@
+"""Arguments of the convert command (``socodec IN... OUT``) and their typed form.
+
+:func:`build_parser` describes the command line; :func:`parse_convert` parses it and
+returns a :class:`~socodec.cli.options.ConvertOptions`, the only thing the rest of
+the command sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from socodec import __version__
+from socodec.audio import SAMPLE_FORMATS, WRITE_SUFFIXES
+from socodec.cli.common import UsageError
+from socodec.cli.model import add_model_arguments, model_options
+from socodec.cli.options import CodingOptions, ConvertOptions
+from socodec.codes import TOKEN_SUFFIXES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="socodec",
+        description="SoCodec speech codec: 16 kHz speech <-> 4 x 16384-value token streams "
+        "(120 ms frames, 467 bit/s) + a speaker vector.",
+        epilog="Routes by suffix: audio->audio, audio->tokens (.soc/.pt), tokens->audio, tokens->tokens. "
+        "'socodec info FILE' describes a token file.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="audio or token files, directories or globs")
+    p.add_argument("output", type=Path, metavar="OUT",
+                   help="output file, or directory for several inputs; '-' streams raw 16-bit PCM "
+                        "(16 kHz mono, little-endian) to stdout while decoding one input")
+    p.add_argument("-t", "--to", choices=sorted({*WRITE_SUFFIXES, *TOKEN_SUFFIXES}), default=None,
+                   help="output suffix in directory mode (default: .soc for audio inputs, .wav for tokens)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    add_model_arguments(p)
+    coding = p.add_argument_group("coding")
+    coding.add_argument("--streams", type=int, default=None, metavar="K",
+                        help="decode with the first K streams only (1-4): 117 bit/s per stream")
+    coding.add_argument("--speaker", type=Path, default=None, metavar="FILE",
+                        help="decode with the speaker vector of this token or audio file (voice swap)")
+    coding.add_argument("--no-lead", action="store_true",
+                        help="skip the published model's 0.5 s lead of zeros before analysis")
+    coding.add_argument("--sample-format", choices=sorted(SAMPLE_FORMATS), default="pcm16",
+                        help="output wav sample format (default: pcm16)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"socodec {__version__}")
+    return p
+
+
+def coding_options(ns: argparse.Namespace) -> CodingOptions:
+    """The typed coding options of a namespace parsed by :func:`build_parser`."""
+    if ns.streams is not None and not 1 <= ns.streams <= 4:
+        raise UsageError("--streams must be between 1 and 4")
+    return CodingOptions(streams=ns.streams, speaker=ns.speaker, lead=not ns.no_lead, sample_format=ns.sample_format)
+
+
+def convert_options(ns: argparse.Namespace) -> ConvertOptions:
+    """The typed options of a namespace parsed by :func:`build_parser`."""
+    coding = coding_options(ns)
+    return ConvertOptions(
+        inputs=tuple(ns.inputs),
+        output=ns.output,
+        to=ns.to,
+        force=ns.force,
+        skip_existing=ns.skip_existing,
+        quiet=ns.quiet,
+        model=model_options(ns),
+        coding=coding,
+    )
+
+
+def parse_convert(argv: list[str]) -> ConvertOptions:
+    """Parse ``socodec IN... OUT [options]`` (argparse exits 2 on bad options)."""
+    return convert_options(build_parser().parse_args(argv))
