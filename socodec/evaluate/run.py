@@ -1,0 +1,201 @@
+"""Analysis-synthesis of every item at each stream count, and its metrics.
+
+Per group of ``batch_size`` items of similar length: one ``codec.encode(list)``, one
+``codec.decode(list, streams=k)`` per stream count, and one ``codec.encode(list)`` of all
+the resyntheses (their speaker vectors): the codec's own batch path, whose results equal
+the one-by-one results. A group that fails is retried item by item, so one bad file costs
+only itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+
+from socodec.config import SAMPLE_RATE
+from socodec.errors import SoCodecError, one_line
+from socodec.evaluate.inputs import EvalItem, read_item
+from socodec.evaluate.metrics import cosine_similarity, signal_metrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from socodec.codec import SoCodec
+
+__all__ = ["EvalConfig", "FileResult", "Example", "EvalRun", "evaluate", "ROW_METRICS", "worst_key"]
+
+log = logging.getLogger(__name__)
+
+ROW_METRICS = ("token_bitrate", "bitrate", "pesq", "stoi", "estoi", "mel_distance", "si_sdr", "mrstft",
+               "speaker_similarity")
+"""The numbers of one (file, stream count) row, in CSV order."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to run the evaluation.
+
+    Attributes:
+        streams: stream counts to decode with, e.g. ``(1, 2, 3, 4)``.
+        batch_size: items encoded/decoded together (similar lengths are grouped).
+        examples: how many of the worst files keep their audio for the report.
+        clip_seconds: the kept audio of each example is cut to this many seconds.
+        lead: prepend the published model's 0.5 s of zeros before analysis.
+    """
+
+    streams: tuple[int, ...] = (1, 2, 3, 4)
+    batch_size: int = 1
+    examples: int = 5
+    clip_seconds: float = 15.0
+    lead: bool = True
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The metrics of one item: ``rows[k]`` maps each name of :data:`ROW_METRICS` to a value."""
+
+    item: EvalItem
+    duration: float
+    rows: dict[int, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Example:
+    """Audio kept for the report: the first ``clip_seconds`` of the original and each resynthesis ``[n]``."""
+
+    result: FileResult
+    reference: np.ndarray
+    resyntheses: dict[int, np.ndarray]
+
+
+@dataclass
+class EvalRun:
+    """Everything a report needs: per-file results (input order), errors, the worst examples (worst first)."""
+
+    config: EvalConfig
+    results: list[FileResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    model: dict[str, str] = field(default_factory=dict)
+
+
+def worst_key(result: FileResult) -> tuple[float, float]:
+    """Sort key putting the worst file first: PESQ at the most streams, then log-mel distance.
+
+    Files whose PESQ cannot be measured (silence) come last.
+    """
+    row = result.rows[max(result.rows)]
+    pesq = row["pesq"]
+    mel = row["mel_distance"]
+    return (pesq if math.isfinite(pesq) else math.inf, -mel if math.isfinite(mel) else 0.0)
+
+
+def evaluate(
+    codec: SoCodec,
+    items: list[EvalItem],
+    config: EvalConfig,
+    on_done: Callable[[int], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> EvalRun:
+    """Measure every item; ``on_done(n)`` after each group of n items, ``on_error(line)`` per failure."""
+    run = EvalRun(config, model=dict(codec.identity))
+    for group in _groups(items, config.batch_size):
+        wavs: dict[EvalItem, torch.Tensor] = {}
+        for item in group:
+            try:
+                wavs[item] = read_item(item)
+            except SoCodecError as exc:
+                _fail(run, on_error, _naming(item, one_line(exc)))
+        results = None
+        if len(wavs) > 1:
+            try:
+                results = _measure(codec, list(wavs), list(wavs.values()), config)
+            except Exception:  # noqa: BLE001 - retried one by one below, where each failure is reported
+                log.debug("a batch of %d items failed; measuring them one by one", len(wavs), exc_info=True)
+        if results is None:
+            results = [r for pair in wavs.items() for r in _measure_alone(codec, run, pair, config, on_error)]
+        for result, example in results:
+            run.results.append(result)
+            _keep(run, example, config.examples)
+        if on_done is not None:
+            on_done(len(group))
+    order = {item: i for i, item in enumerate(items)}
+    run.results.sort(key=lambda r: order[r.item])
+    return run
+
+
+def _groups(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
+    """Items ``batch_size`` at a time, by similar length (duration, else file size) when batching."""
+    if batch_size <= 1:
+        return [[item] for item in items]
+
+    def size(item: EvalItem) -> float:
+        if item.duration is not None:
+            return item.duration * SAMPLE_RATE * 2
+        try:
+            return item.path.stat().st_size
+        except OSError:
+            return 0.0
+
+    ordered = sorted(items, key=size)
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def _measure_alone(codec, run, pair, config, on_error) -> list[tuple[FileResult, Example]]:
+    item, wav = pair
+    try:
+        return _measure(codec, [item], [wav], config)
+    except SoCodecError as exc:
+        _fail(run, on_error, _naming(item, one_line(exc)))
+    except Exception as exc:  # noqa: BLE001 - anything the libraries raise: one line, go on
+        log.debug("%s failed", item.path, exc_info=True)
+        _fail(run, on_error, f"{item.path}: failed ({type(exc).__name__}: {one_line(exc)})")
+    return []
+
+
+def _measure(
+    codec: SoCodec, items: list[EvalItem], wavs: list[torch.Tensor], config: EvalConfig
+) -> list[tuple[FileResult, Example]]:
+    """Encode the clips ``[N_i]`` once, decode at each stream count, re-encode the resyntheses, measure."""
+    codes = codec.encode(wavs, lead=config.lead)
+    resynth = {k: codec.decode(codes, streams=k) for k in config.streams}  # k -> [N_i] per item
+    flat = [resynth[k][i] for i in range(len(items)) for k in config.streams]
+    again = codec.encode(flat, lead=config.lead)  # the resyntheses' speaker vectors
+    clip = round(config.clip_seconds * SAMPLE_RATE)
+    out = []
+    for i, (item, wav) in enumerate(zip(items, wavs)):
+        rows = {}
+        for j, k in enumerate(config.streams):
+            kept = codes[i].with_streams(k)
+            row = {"token_bitrate": kept.bitrate(include_speaker=False), "bitrate": kept.bitrate()}
+            row.update(signal_metrics(wav, resynth[k][i]))
+            row["speaker_similarity"] = cosine_similarity(codes[i].speaker, again[i * len(config.streams) + j].speaker)
+            rows[k] = row
+        result = FileResult(item, wav.numel() / SAMPLE_RATE, rows)
+        example = Example(result, wav[:clip].numpy().copy(), {k: resynth[k][i][:clip].numpy().copy()
+                                                                 for k in config.streams})
+        out.append((result, example))
+    return out
+
+
+def _keep(run: EvalRun, example: Example, limit: int) -> None:
+    """Keep ``example`` if it is among the ``limit`` worst so far (memory stays bounded)."""
+    if limit <= 0:
+        return
+    run.examples.append(example)
+    run.examples.sort(key=lambda e: worst_key(e.result))
+    del run.examples[limit:]
+
+
+def _fail(run: EvalRun, on_error: Callable[[str], None] | None, line: str) -> None:
+    run.errors.append(line)
+    if on_error is not None:
+        on_error(line)
+
+
+def _naming(item: EvalItem, message: str) -> str:
+    """``message``, prefixed with the input file unless it already names it."""
+    return message if str(item.path) in message else f"{item.path}: {message}"

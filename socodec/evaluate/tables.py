@@ -1,0 +1,85 @@
+"""``metrics.csv`` (one row per file and stream count) and ``metrics.json`` (means with 95 % CIs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from socodec import __version__
+from socodec.evaluate.metrics import HIGHER_IS_BETTER
+from socodec.evaluate.run import ROW_METRICS, EvalRun
+from socodec.evaluate.stats import Summary, summarise
+from socodec.fileio import atomic_write
+
+__all__ = ["CSV_COLUMNS", "DEFINITIONS", "summaries", "csv_text", "json_document", "write_tables"]
+
+CSV_COLUMNS = ("id", "path", "offset", "duration", "streams", *ROW_METRICS)
+
+DEFINITIONS = {
+    "token_bitrate": "bit/s of the kept token streams (14 bits per token, one frame per 120 ms)",
+    "bitrate": "token_bitrate + the speaker vector's bits spread over the file's duration",
+    "pesq": "wideband PESQ (ITU-T P.862.2) MOS-LQO, 1.04-4.64",
+    "stoi": "short-time objective intelligibility, 0-1",
+    "estoi": "extended STOI, 0-1",
+    "mel_distance": "mean |log-mel difference|, natural log, the codec's 80-bin front end",
+    "si_sdr": "scale-invariant signal-to-distortion ratio, dB",
+    "mrstft": "multi-resolution STFT distance (FFT 512/1024/2048: spectral convergence + log-magnitude L1)",
+    "speaker_similarity": "cosine similarity of the speaker vectors of the original and the re-encoded resynthesis",
+}
+
+
+def summaries(run: EvalRun) -> dict[int, dict[str, Summary]]:
+    """``summaries[k][metric]``: mean and 95 % CI over the files, for each stream count ``k``."""
+    return {k: {name: summarise(r.rows[k][name] for r in run.results) for name in ROW_METRICS}
+            for k in run.config.streams}
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return value
+
+
+def csv_text(run: EvalRun) -> str:
+    """The CSV: a header, then one row per file and stream count (files in input order; NaN -> empty)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for result in run.results:
+        item = result.item
+        for k in run.config.streams:
+            base = [item.id, str(item.path), item.offset, result.duration, k]
+            writer.writerow([_cell(v) for v in base + [result.rows[k][name] for name in ROW_METRICS]])
+    return buf.getvalue()
+
+
+def json_document(run: EvalRun) -> dict:
+    """What ``metrics.json`` holds: counts, model identity, definitions and the means per stream count."""
+    table = summaries(run)
+    return {
+        "socodec_version": __version__,
+        "model": run.model,
+        "files": len(run.results),
+        "failed": len(run.errors),
+        "errors": run.errors,
+        "audio_seconds": sum(r.duration for r in run.results),
+        "streams": list(run.config.streams),
+        "confidence": "95 % Student-t interval of the mean over files; n counts the files with a finite value",
+        "higher_is_better": HIGHER_IS_BETTER,
+        "definitions": DEFINITIONS,
+        "results": [
+            {"streams": k, **{name: table[k][name].to_json() for name in ROW_METRICS}}
+            for k in run.config.streams
+        ],
+    }
+
+
+def write_tables(run: EvalRun, folder: Path) -> tuple[Path, Path]:
+    """Write ``metrics.csv`` and ``metrics.json`` into ``folder`` atomically; returns their paths."""
+    csv_path = atomic_write(folder / "metrics.csv", lambda tmp: tmp.write_text(csv_text(run), encoding="utf-8"))
+    doc = json.dumps(json_document(run), indent=2, allow_nan=False)
+    json_path = atomic_write(folder / "metrics.json", lambda tmp: tmp.write_text(doc + "\n", encoding="utf-8"))
+    return csv_path, json_path
