@@ -1,0 +1,82 @@
+"""``socodec tokenize INPUT... -o OUT_DIR``: a speech corpus -> Parquet token shards.
+
+Inputs: audio files, folders, quoted globs, Kaldi/WeNet data folders (``wav.scp``,
+``segments``) and JSONL manifests, in any mix. Output: ``OUT_DIR/shards/*.parquet``,
+``manifest.json`` and ``errors.jsonl`` (see :mod:`socodec.corpus`). Rerunning the same
+command resumes. Exit status: 0 all done, 1 some input failed (listed in errors.jsonl)
+or the model could not be loaded, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from pathlib import Path
+
+from socodec.cli.common import UsageError, require_extra
+from socodec.cli.model import add_model_arguments, load_codec, model_options
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("socodec")
+
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SHARD_SIZE = 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="socodec tokenize",
+        description="Tokenise a speech corpus into Parquet shards (one row per utterance: id, tokens, speaker "
+        "vector, ...). Rerun the same command to resume after an interruption.",
+        epilog="Inputs: audio files, folders (recursive), quoted globs, Kaldi/WeNet data folders (wav.scp, "
+        "optional segments) and JSONL manifests (audio_filepath, optional id, offset, duration). "
+        f"Here --batch-size defaults to {DEFAULT_BATCH_SIZE} and --threads to the cores per worker.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders, globs, manifests")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: worker processes on this machine (default); ray: Ray Data, local or a cluster")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes / Ray actors, each holding the model (default: 1 per 2 CPU cores, "
+                        "1 per GPU)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="ROWS",
+                   help=f"utterances per Parquet shard (default: {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--padding", choices=("published", "grid"), default="published",
+                   help="published: the published command line's tokens (default); grid: pad to the 120 ms grid")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local Ray")
+    add_model_arguments(p)
+    p.set_defaults(batch_size=DEFAULT_BATCH_SIZE)
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``socodec tokenize``; 0 when every input was tokenised, 1 when some failed."""
+    args = build_parser().parse_args(argv)
+    for name in ("workers", "shard_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.ray_address and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
+    model = model_options(args)
+    require_extra("'socodec tokenize'", "corpus", "pyarrow")
+    if args.engine == "ray":
+        require_extra("'socodec tokenize --engine ray'", "ray", "ray.data")
+    from socodec.corpus.run import TokenizeOptions, tokenize
+
+    opts = TokenizeOptions(
+        inputs=tuple(args.inputs), out_dir=args.output, engine=args.engine, workers=args.workers,
+        threads=model.threads, shard_size=args.shard_size, batch_size=model.batch_size, padding=args.padding,
+        device=model.device, ray_address=args.ray_address, quiet=args.quiet,
+    )
+    summary = tokenize(opts, functools.partial(load_codec, model))
+    if summary.failed:
+        log.error("%s", summary.describe())
+        return 1
+    log.info("%s", summary.describe())
+    return 0

@@ -1,0 +1,85 @@
+"""The work list: what ``socodec tokenize`` reads, as one :class:`WorkItem` per utterance.
+
+Inputs, in any mix:
+
+* an audio file (id: its name without suffix);
+* a folder, searched recursively for audio files (id: the path relative to the folder,
+  without suffix, e.g. ``spk1/utt001``);
+* a quoted glob (``'data/**/*.flac'``; id: the path relative to the glob's fixed leading folder);
+* a Kaldi/WeNet data folder, recognised by its ``wav.scp`` (:func:`~socodec.corpus.manifests.kaldi_items`);
+* a JSONL manifest, ``.jsonl`` or ``.json`` (:func:`~socodec.corpus.manifests.jsonl_items`).
+
+Every id must be unique across all inputs; a duplicate is reported before any work starts.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Sequence
+
+from socodec.audio import AUDIO_SUFFIXES
+from socodec.corpus.items import WorkItem, check_unique, relative_id
+from socodec.corpus.manifests import jsonl_items, kaldi_items
+from socodec.errors import SoCodecError
+
+__all__ = ["collect_work", "MANIFEST_SUFFIXES"]
+
+MANIFEST_SUFFIXES = (".jsonl", ".json")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def collect_work(inputs: Sequence[str | Path]) -> list[WorkItem]:
+    """All work items of ``inputs``, in order (folders and globs sorted by path).
+
+    Raises:
+        SoCodecError: an input that does not exist, matches nothing or cannot be parsed,
+            or two items with the same id (nothing has been read yet).
+    """
+    items: list[WorkItem] = []
+    for raw in inputs:
+        path = Path(raw)
+        text = str(raw)
+        if not path.exists() and _GLOB_CHARS & set(text):
+            items.extend(_glob_items(text))
+        elif path.is_dir() and (path / "wav.scp").is_file():
+            items.extend(kaldi_items(path))
+        elif path.is_dir():
+            items.extend(_folder_items(path))
+        elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+            items.extend(jsonl_items(path))
+        elif path.is_file():
+            items.append(WorkItem(id=path.stem, source=path, origin=text))
+        else:
+            raise SoCodecError(f"{path}: no such file or folder")
+    check_unique(items)
+    return items
+
+
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+
+
+def _folder_items(folder: Path) -> list[WorkItem]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_audio(p))
+    if not files:
+        raise SoCodecError(f"{folder}: no audio files in this folder ({' '.join(AUDIO_SUFFIXES)})")
+    return [WorkItem(id=relative_id(p, folder), source=p, origin=str(folder)) for p in files]
+
+
+def _glob_items(pattern: str) -> list[WorkItem]:
+    files = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file() and _is_audio(Path(m)))
+    if not files:
+        raise SoCodecError(f"{pattern}: no audio files match")
+    base = _glob_base(pattern)
+    return [WorkItem(id=relative_id(p, base), source=p, origin=pattern) for p in files]
+
+
+def _glob_base(pattern: str) -> Path:
+    """The leading folders of ``pattern`` without glob characters (``data/a/**/*.wav`` -> ``data/a``)."""
+    parts: list[str] = []
+    for part in Path(pattern).parts[:-1]:
+        if _GLOB_CHARS & set(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")

@@ -1,0 +1,118 @@
+"""The ``ray`` engine: Ray Data with a pool of actors that each hold the model.
+
+The planned batches become a Ray dataset (one row per batch, so every batch reaches an
+actor whole and the rows equal the local engine's bit for bit), ``map_batches`` runs them
+through an :class:`~ray.data.ActorPoolStrategy` of ``workers`` actors (one GPU each on
+CUDA), and the driver streams the result tables into the same shard writer as the local
+engine (same resume and atomicity). The actors return Arrow tables with plain list
+columns, never numpy arrays (ragged numpy output would become a Ray tensor extension type).
+
+Without ``address`` a local Ray is started (with enough logical CPUs for the actors and
+Ray's own tasks, whatever the core count); with one, the job joins that cluster, whose
+nodes must have socodec (same version) and the model files installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, Iterable, Iterator
+
+from socodec.corpus.encoder import BatchEncoder, load_encoder
+from socodec.corpus.extras import require
+from socodec.corpus.plan import Batch
+from socodec.corpus.schema import pa
+from socodec.errors import SoCodecError
+
+__all__ = ["run_ray"]
+
+log = logging.getLogger(__name__)
+
+
+class _RayEncoder:
+    """The actor: loads the model once; each call encodes one planned batch."""
+
+    def __init__(self, load: Callable[[], object], threads: int | None, padding: str) -> None:
+        self.error: str | None = None
+        self.encoder: BatchEncoder | None = None
+        try:
+            self.encoder = load_encoder(load, threads, padding)
+        except Exception as exc:  # noqa: BLE001 - raised by the first call, so it reaches the driver once
+            self.error = str(exc)
+
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        if self.encoder is None:
+            raise SoCodecError(self.error or "the model could not be loaded")
+        tables = [self.encoder.encode(Batch.from_json(json.loads(text))) for text in rows.column("batch").to_pylist()]
+        return pa.concat_tables(tables)
+
+
+def run_ray(
+    batches: Iterable[Batch],
+    load: Callable[[], object],
+    *,
+    workers: int,
+    threads: int | None,
+    padding: str,
+    device: str = "cpu",
+    address: str | None = None,
+    log_level: int = logging.WARNING,
+) -> Iterator[pa.Table]:
+    """Encode ``batches`` on Ray; yield the result tables as they arrive."""
+    ray = require("ray")
+    require("ray.data")
+    rows = [{"batch": json.dumps(b.to_json())} for b in batches]
+    if not rows:
+        return
+    _start(ray, workers, address)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        ctx.enable_auto_log_stats = False
+        ctx.raise_original_map_exception = True
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+        gpu = device.startswith("cuda")
+        results = dataset.map_batches(
+            _RayEncoder,
+            fn_constructor_args=(load, threads, padding),
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=0 if gpu else 1,
+            num_gpus=1 if gpu else 0,
+        )
+        try:
+            for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+                yield table
+        except Exception as exc:  # noqa: BLE001 - Ray wraps the actors' errors; keep their message
+            raise SoCodecError(f"the ray engine failed: {_original_message(exc)}") from None
+    finally:
+        ray.shutdown()
+
+
+def _start(ray, workers: int, address: str | None) -> None:
+    """Join ``address``, or start a quiet local Ray with enough logical CPUs for the actors."""
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+                  configure_logging=True, ignore_reinit_error=True)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, workers + 2), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - e.g. no cluster at the address
+        raise SoCodecError(f"cannot start Ray{f' at {address}' if address else ''}: {_original_message(exc)}") \
+            from None
+
+
+def _original_message(exc: BaseException) -> str:
+    """The innermost error's first line (Ray wraps actor errors in several layers)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text[:300]

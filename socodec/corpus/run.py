@@ -1,0 +1,177 @@
+"""``tokenize``: a corpus -> Parquet token shards, on this machine or on a Ray cluster.
+
+The steps: build the work list (:func:`~socodec.corpus.inputs.collect_work`), skip the ids
+already in the output's complete shards, plan shards and length-bucketed batches
+(:func:`~socodec.corpus.plan.plan_shards`), run the batches on an engine (``local`` or
+``ray``: same plan, same rows), and write each shard as it completes
+(:class:`~socodec.corpus.writer.ShardCollector`), with one progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from socodec.corpus.encoder import PADDINGS
+from socodec.corpus.inputs import collect_work
+from socodec.corpus.plan import Batch, plan_shards
+from socodec.corpus.reading import probe_seconds
+from socodec.corpus.schema import pa
+from socodec.corpus.shards import ShardStore
+from socodec.corpus.writer import ShardCollector
+from socodec.errors import SoCodecError
+
+__all__ = ["TokenizeOptions", "TokenizeSummary", "tokenize", "default_workers", "ENGINES"]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """What to tokenise, where to, and how (the model itself comes as a loader)."""
+
+    inputs: tuple[Path, ...]
+    out_dir: Path
+    engine: str = "local"
+    workers: int | None = None
+    threads: int | None = None
+    shard_size: int = 1000
+    batch_size: int = 8
+    padding: str = "published"
+    device: str = "cpu"
+    ray_address: str | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise ValueError("shard_size and batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class TokenizeSummary:
+    """The outcome of one run."""
+
+    listed: int
+    skipped: int
+    written: int
+    failed: int
+    audio_seconds: float
+    wall_seconds: float
+    out_dir: Path
+
+    @property
+    def throughput(self) -> float:
+        """Hours of audio per hour of wall time (the inverse of the real-time factor)."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        hours = self.audio_seconds / 3600
+        text = (f"{self.written} utterances ({hours:.3f} h of audio) tokenised in {self.wall_seconds:.1f} s: "
+                f"{self.throughput:.2f} h of audio per hour")
+        if self.skipped:
+            text += f"; {self.skipped} already done"
+        if self.failed:
+            text += f"; {self.failed} failed (see {self.out_dir / 'errors.jsonl'})"
+        return text
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str) -> int:
+    """1 worker per GPU with ``cuda``, one per GPU named otherwise; on CPU one per ~2 cores."""
+    if device.startswith("cuda"):
+        import torch
+
+        return max(1, torch.cuda.device_count()) if device == "cuda" else 1
+    return max(1, _cores() // 2)
+
+
+def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSummary:
+    """Tokenise ``opts.inputs`` into ``opts.out_dir`` with the model ``load()`` returns.
+
+    ``load`` runs once in each worker process or actor, so it must be picklable
+    (e.g. ``functools.partial(SoCodec.from_pretrained, "ckpts")``).
+
+    Raises:
+        SoCodecError: bad inputs (nothing is written), a model that cannot be loaded, or an
+            output folder written with another model or padding. Unreadable or bad audio
+            does not raise: it is counted in ``failed`` and listed in ``errors.jsonl``.
+    """
+    start = time.perf_counter()
+    workers = opts.workers or default_workers(opts.device)
+    threads = opts.threads or max(1, _cores() // workers)
+    items = collect_work(opts.inputs)
+    with ShardStore(opts.out_dir) as store:
+        done, stats = store.scan()
+        other = stats.padding - {opts.padding}
+        if other:
+            raise SoCodecError(f"{opts.out_dir}: its shards were tokenised with padding {', '.join(sorted(other))}; "
+                               f"use the same --padding or a new output folder")
+        todo = [item for item in items if item.id not in done]
+        skipped = len(items) - len(todo)
+        if skipped:
+            log.info("%d of %d utterances are already in %s; tokenising the other %d",
+                     skipped, len(items), opts.out_dir, len(todo))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            seconds = list(pool.map(probe_seconds, todo))
+        plans = plan_shards(todo, seconds, opts.shard_size, opts.batch_size, store.next_index())
+        run = {"engine": opts.engine, "workers": workers, "threads": threads, "batch_size": opts.batch_size,
+               "device": opts.device}
+        collector = ShardCollector(store, plans, stats, opts.padding, run)
+        batches = [batch for plan in plans for batch in plan.batches]
+        written = failed = 0
+        audio = 0.0
+        with tqdm(total=len(todo), unit="utt", disable=opts.quiet or not todo, dynamic_ncols=True,
+                  desc="tokenize") as bar, logging_redirect_tqdm():
+            for table in _engine(opts, batches, load, workers, threads):
+                report = collector.add(table)
+                written, failed, audio = written + report.done, failed + report.failed, audio + report.seconds
+                elapsed = time.perf_counter() - start
+                bar.set_postfix_str(f"{audio / 3600:.3f} h audio, RTF {elapsed / audio if audio else 0:.2f}",
+                                    refresh=False)
+                bar.update(report.done + report.failed)
+        if collector.unfinished:
+            raise SoCodecError(f"internal error: shards {collector.unfinished} did not receive all their results")
+        collector.write_manifest()
+    return TokenizeSummary(len(items), skipped, written, failed, audio, time.perf_counter() - start, opts.out_dir)
+
+
+def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], object], workers: int,
+            threads: int) -> Iterator[pa.Table]:
+    level = logging.ERROR if opts.quiet else logging.WARNING
+    if not batches:
+        return iter(())
+    if opts.engine == "ray":
+        from socodec.corpus.ray_engine import run_ray
+
+        return run_ray(batches, load, workers=workers, threads=threads, padding=opts.padding, device=opts.device,
+                       address=opts.ray_address, log_level=level)
+    from socodec.corpus.local import run_local
+
+    return run_local(batches, load, workers=min(workers, len(batches)), threads=threads, padding=opts.padding,
+                     device=opts.device, log_level=level)
+
+
