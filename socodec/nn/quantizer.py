@@ -51,6 +51,11 @@ class ProductQuantizer(nn.Module):
         self._codebook = _Codebooks(self.sizes, self.dims)
 
     @property
+    def codebooks(self) -> nn.ModuleList:
+        """The sub-codebooks (:class:`Codebook`), in chunk order."""
+        return self._codebook.codebooks
+
+    @property
     def cardinality(self) -> int:
         n = 1
         for s in self.sizes[: self.per_stream]:

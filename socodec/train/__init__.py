@@ -1,0 +1,9 @@
+"""Fine-tuning the analyzer (``socodec train``): HuBERT frozen, vocoder fixed.
+
+Entry point: :func:`socodec.train.loop.train` with a :class:`~socodec.train.loop.RunSpec`
+(data, run folder, :class:`~socodec.train.setup.ModelSource`, :class:`~socodec.train.config.TrainConfig`).
+Modules: ``config`` (hyper-parameters), ``data`` (clips, crops, batches), ``vq`` (k-means,
+EMA, straight-through, ordered dropout), ``model`` (the training forward), ``losses``,
+``step``, ``checkpoint``, ``metrics``, ``validate``, ``export``, ``distributed`` (DDP),
+``setup`` and ``loop``. Nothing here is imported by ``import socodec``.
+"""

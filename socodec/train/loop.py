@@ -1,0 +1,272 @@
+"""The training loop: one call, :func:`train`, runs (or resumes) a run in ``RUN_DIR``.
+
+``RUN_DIR/`` afterwards: ``metrics.csv``, ``valid.csv``, ``skipped.tsv``, ``run.json``,
+``checkpoints/``, ``samples/``, ``tensorboard/`` (when installed) and ``export/``.
+Running the same command again continues from the newest checkpoint up to ``steps``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from socodec import __version__
+from socodec.errors import SoCodecError
+from socodec.fileio import atomic_write
+from socodec.train import distributed
+from socodec.train.checkpoint import global_rng_state, latest_checkpoint, save_checkpoint, set_global_rng_state
+from socodec.train.config import TrainConfig
+from socodec.train.data import StepBatches, find_clips, index_clips
+from socodec.train.export import export_run
+from socodec.train.losses import compute_losses
+from socodec.train.metrics import Board, CsvLog, train_columns, valid_columns
+from socodec.train.model import ClipSettings
+from socodec.train.setup import Models, ModelSource, build_models
+from socodec.train.step import StepInputs, batch_targets, lr_at, step_metrics
+from socodec.train.validate import ValidResult, load_valid_clips, validate
+from socodec.train.vq import VQSettings
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(SoCodecError):
+    """Training cannot go on (a non-finite loss, no usable data)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A whole run: data, output folder, model source and hyper-parameters."""
+
+    data: tuple[str, ...]
+    out: Path
+    source: ModelSource
+    config: TrainConfig
+    valid: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    step: int
+    """The step the run reached (== ``config.steps`` when it finished)."""
+    resumed_from: int
+    last_valid: ValidResult | None
+    export_dir: Path | None
+
+
+def train(spec: RunSpec) -> RunResult:
+    """Train (or continue training) as ``spec`` says; see the module docstring."""
+    dist = distributed.DistInfo.from_env()
+    device = distributed.setup(dist, torch.device(spec.source.device))
+    try:
+        return _Run(spec, dist, device).run()
+    finally:
+        distributed.teardown()
+
+
+class _Run:
+    def __init__(self, spec: RunSpec, dist: distributed.DistInfo, device: torch.device) -> None:
+        self.spec, self.cfg, self.dist, self.device = spec, spec.config, dist, device
+        self.out = spec.out
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        self.ckpt_dir = self.out / "checkpoints"
+
+    # ------------------------------------------------------------------ set-up
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        index = self._index(self.spec.data, "training")
+        models = build_models(self.spec.source, self.out, cfg.seed, cfg.ema_epsilon, self.dist, self.device)
+        if models.missing_extras:
+            log.info("not in the initial analyzer file (freshly initialised): %s", ", ".join(models.missing_extras))
+        model = models.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        amp = self._amp_dtype()
+        scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.dist.rank)
+        start = self._resume(model, optimizer, scaler, gen)
+        self._write_run_info(start)
+        n = model.analyzer.cfg.n_streams
+        metrics = CsvLog(self.out / "metrics.csv", train_columns(n))
+        valid_log = CsvLog(self.out / "valid.csv", valid_columns(n))
+        if self.dist.is_main:
+            metrics.truncate_after(start)
+            valid_log.truncate_after(start)
+        board = Board(self.out / "tensorboard", self.dist.is_main)
+        valid_clips = self._valid_clips()
+        last_valid = None
+        try:
+            if valid_clips and start == 0:
+                last_valid = self._validate(models, valid_clips, 0, valid_log, board)
+            ddp = self._wrap(model)
+            inputs = StepInputs(VQSettings(cfg.ema_decay, cfg.ema_epsilon, cfg.kmeans_iters, cfg.ordered_dropout),
+                                ClipSettings(cfg.speaker_clip_min, cfg.speaker_clip_max, cfg.speaker_min_frames), amp)
+            step = start
+            for step, batch in zip(range(start + 1, cfg.steps + 1), self._loader(index, start)):
+                row = self._step(models, ddp, optimizer, scaler, gen, inputs, batch, step, params)
+                if self.dist.is_main:
+                    metrics.append(row)
+                    board.scalars("train", row, step)
+                if step % cfg.every == 0 or step == cfg.steps:
+                    self._checkpoint(model, optimizer, scaler, gen, step)
+                    if valid_clips:
+                        last_valid = self._validate(models, valid_clips, step, valid_log, board)
+            export_dir = self._export(models, step)
+        finally:
+            board.close()
+        return RunResult(step, start, last_valid, export_dir)
+
+    def _index(self, inputs: Sequence[str], what: str):
+        index = index_clips(find_clips(inputs), self.cfg.min_seconds)
+        if self.dist.is_main:
+            lines = "".join(f"{cid}\t{reason}\n" for cid, reason in index.skipped)
+            if what == "training":
+                atomic_write(self.out / "skipped.tsv", lambda tmp: tmp.write_text("id\treason\n" + lines))
+            if index.skipped:
+                log.warning("%s data: skipped %d clip(s) (unreadable or too short)%s", what, len(index.skipped),
+                            "; see skipped.tsv" if what == "training" else "")
+            log.info("%s data: %d clips, %.1f min", what, len(index.clips), index.seconds / 60)
+        if not index.clips:
+            raise TrainingError(f"no usable {what} clips in {' '.join(inputs)}")
+        return index
+
+    def _valid_clips(self):
+        if not self.spec.valid or not self.dist.is_main or self.cfg.valid_clips == 0:
+            return []
+        index = self._index(self.spec.valid, "validation")
+        return load_valid_clips(index.clips, self.cfg.valid_clips, self.cfg.valid_max_seconds)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda" or self.cfg.autocast == "none":
+            return None
+        return torch.bfloat16 if self.cfg.autocast == "bfloat16" else torch.float16
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Codebook buffers are kept equal by the quantiser's own all-reduce (no buffer broadcast).
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def _loader(self, index, start: int):
+        cfg = self.cfg
+        data = StepBatches(index, cfg.batch_size, cfg.crop_seconds, cfg.seed, self.dist.rank, self.dist.world_size,
+                           cfg.cache_mb)
+        workers = cfg.data_workers if cfg.data_workers >= 0 else (4 if self.device.type == "cuda" else 0)
+        return torch.utils.data.DataLoader(
+            data, batch_size=None, sampler=range(start, cfg.steps), num_workers=workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers else None,
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, models: Models, ddp, optimizer, scaler, gen, inputs: StepInputs, batch, step: int, params) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        features, mel, frames = batch_targets(models.codec, batch)
+        with torch.autocast(self.device.type, dtype=inputs.amp or torch.float32, enabled=inputs.amp is not None):
+            out = ddp(features, mel, frames, inputs.vq, inputs.clip, gen)
+        terms = compute_losses(out, features, mel, frames, cfg)
+        if distributed.any_flag(not bool(torch.isfinite(terms.total)), self.device):
+            self._stop_non_finite(step, f"the loss is not finite ({float(terms.total.detach())})")
+        lr = lr_at(step - 1, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms.total).backward()
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not scaler.is_enabled() and not bool(torch.isfinite(norm)):
+            self._stop_non_finite(step, f"the gradient norm is not finite ({float(norm)})")
+        scaler.step(optimizer)
+        scaler.update()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        row = step_metrics(step, terms, out, frames, models.model.analyzer.vq, float(norm), lr, seconds,
+                           int(batch["skipped"]))
+        if self.dist.is_main and (step % 10 == 0 or step == cfg.steps or step <= 3):
+            log.info("step %d/%d  loss %.4f (mel %.4f, ssl %.4f, commit %.4f)  lr %.2e  %.2f s/step", step, cfg.steps,
+                     row["loss"], row["loss_mel"], row["loss_ssl"], row["loss_commit"], lr, seconds)
+        return row
+
+    def _stop_non_finite(self, step: int, what: str) -> None:
+        saved = latest_checkpoint(self.ckpt_dir)
+        where = (f"the last good checkpoint (step {saved['step']}) is kept in {self.ckpt_dir}"
+                 if saved is not None else "no checkpoint had been written yet")
+        raise TrainingError(f"step {step}: {what}; training stopped, {where}. Lower --lr or check the data, "
+                            "then run the same command again to resume")
+
+    # ------------------------------------------------------------------ checkpoints, validation, export
+    def _resume(self, model, optimizer, scaler, gen: torch.Generator) -> int:
+        state = latest_checkpoint(self.ckpt_dir)
+        if state is None:
+            return 0
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        gens = state["generators"]
+        if len(gens) == self.dist.world_size:
+            gen.set_state(gens[self.dist.rank])
+        else:
+            log.warning("the checkpoint was written by %d processes, this run has %d: random draws restart",
+                        len(gens), self.dist.world_size)
+        set_global_rng_state(state["rng"])
+        saved = TrainConfig.from_dict(state["config"])
+        changed = [k for k in self.cfg.differences(saved) if k != "steps"]
+        if changed and self.dist.is_main:
+            log.warning("resuming with changed settings: %s", ", ".join(changed))
+        if self.dist.is_main:
+            log.info("resuming from step %d (%s)", state["step"], self.ckpt_dir)
+        return int(state["step"])
+
+    def _checkpoint(self, model, optimizer, scaler, gen: torch.Generator, step: int) -> None:
+        gens = distributed.gather_objects(gen.get_state())
+        if self.dist.is_main:
+            payload = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "generators": gens, "rng": global_rng_state(), "config": self.cfg.to_dict(), "version": __version__,
+            }
+            save_checkpoint(self.ckpt_dir, step, payload, self.cfg.keep_checkpoints)
+        distributed.barrier()
+
+    def _validate(self, models: Models, clips, step: int, valid_log: CsvLog, board: Board) -> ValidResult:
+        result = validate(models.codec, clips, step, self.out / "samples", self.cfg.valid_samples)
+        valid_log.append(result.row())
+        board.scalars("valid", result.row(), step)
+        dists = ", ".join(f"{k}: {d:.4f}" for k, d in enumerate(result.distances, start=1))
+        log.info("validation at step %d: mel distance by streams {%s}; %s", step, dists,
+                 "ordered (more streams, lower distance)" if result.ordered else "NOT ordered")
+        return result
+
+    def _export(self, models: Models, step: int) -> Path | None:
+        folder = None
+        if self.dist.is_main:
+            meta = {"socodec_version": __version__, "socodec_train_step": str(step)}
+            folder = export_run(models.model, self.out / "export", models.hubert_path, models.vocoder_path,
+                                models.vocoder_config, meta)
+        distributed.barrier()
+        return folder
+
+    def _write_run_info(self, start: int) -> None:
+        if not self.dist.is_main:
+            return
+        src = self.spec.source
+        info = {
+            "socodec_version": __version__, "resumed_from": start, "world_size": self.dist.world_size,
+            "data": list(self.spec.data), "valid": list(self.spec.valid),
+            "init": None if src.init is None else str(src.init),
+            "ckpt_dir": None if src.ckpt_dir is None else str(src.ckpt_dir),
+            "analyzer_config": None if src.analyzer_config is None else str(src.analyzer_config),
+            "device": str(self.device), "config": self.cfg.to_dict(),
+        }
+        text = json.dumps(info, indent=1) + "\n"
+        atomic_write(self.out / "run.json", lambda tmp: tmp.write_text(text))
