@@ -23,7 +23,7 @@ import torch
 
 from socodec.audio import load_audio
 from socodec.codes import Codes
-from socodec.config import LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, ChunkConfig, VocoderConfig
+from socodec.config import DEFAULT_PADDING, LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, ChunkConfig, VocoderConfig
 from socodec.errors import CheckpointError
 from socodec.inference.batching import decode_batch, encode_batch
 from socodec.inference.core import CodecCore, DecodeInputs, HubertSource
@@ -127,6 +127,7 @@ class SoCodec(CodecCore):
         wav: AudioInput | str | Path | Sequence[AudioInput],
         sample_rate: int = SAMPLE_RATE,
         lead: bool = True,
+        padding: str = DEFAULT_PADDING,
     ) -> Codes | list[Codes]:
         """Audio -> :class:`Codes`; a list of clips -> a list of Codes (one batch).
 
@@ -139,6 +140,10 @@ class SoCodec(CodecCore):
                 by window (:class:`~socodec.sources.FileSource`), never held whole.
             sample_rate: rate of ``wav`` when it is samples; resampled to 16 kHz.
             lead: prepend 0.5 s of zeros like the published model (default).
+            padding: ``"published"`` (default): the published command line's padding, so the
+                tokens equal those of its ``.pt`` files (it always appends 1919 zeros: usually
+                one frame more); ``"grid"``: pad to the 1920-sample grid, the published model fed
+                a 1-D signal. See :func:`socodec.config.padded_length`.
         Returns:
             Codes with tokens ``[T, S]`` int64, speaker ``[D]`` float32, and the input
             length and lead, so :meth:`decode` returns exactly the input's duration.
@@ -147,38 +152,42 @@ class SoCodec(CodecCore):
         are analysed window by window with bounded memory (:mod:`socodec.inference.longform`).
         """
         lead_n = LEAD_SAMPLES if lead else 0
+        self.check_padding(padding)
+        self.check_analysis()
         if isinstance(wav, (list, tuple)):
-            return self._encode_list([self.mono(w, sample_rate) for w in wav], lead_n)
+            return self._encode_list([self.mono(w, sample_rate) for w in wav], lead_n, padding)
         if isinstance(wav, (str, Path)):
-            return self._encode_file(Path(wav), lead_n)
-        return self._encode_mono(self.mono(wav, sample_rate), lead_n)
+            return self._encode_file(Path(wav), lead_n, padding)
+        return self._encode_mono(self.mono(wav, sample_rate), lead_n, padding)
 
-    def _encode_list(self, clips: list[torch.Tensor], lead: int) -> list[Codes]:
+    def _encode_list(self, clips: list[torch.Tensor], lead: int, padding: str) -> list[Codes]:
         """Short clips in one batch, long ones window by window, results in input order."""
-        short = [i for i, x in enumerate(clips) if self.analysed_whole(lead + x.numel())]
-        results: dict[int, Codes] = dict(zip(short, encode_batch(self, [clips[i] for i in short], lead)))
+        short = [i for i, x in enumerate(clips) if self.analysed_whole(lead + x.numel(), padding)]
+        batch = encode_batch(self, [clips[i] for i in short], lead, padding)
+        results: dict[int, Codes] = dict(zip(short, batch))
         for i, x in enumerate(clips):
             if i not in results:
-                results[i] = self._encode_mono(x, lead)
+                results[i] = self._encode_mono(x, lead, padding)
         return [results[i] for i in range(len(clips))]
 
-    def _encode_file(self, path: Path, lead: int) -> Codes:
+    def _encode_file(self, path: Path, lead: int, padding: str) -> Codes:
         """An audio file -> Codes; files longer than one HuBERT window stream from disk."""
-        if self.analysed_whole(lead + math.ceil(file_duration(path) * SAMPLE_RATE)):
-            return self._encode_mono(load_audio(path), lead)
+        if self.analysed_whole(lead + math.ceil(file_duration(path) * SAMPLE_RATE), padding):
+            return self._encode_mono(load_audio(path), lead, padding)
         with FileSource(path) as source:
-            if self.analysed_whole(lead + source.num_samples):  # the header's duration was approximate
-                return self._encode_mono(source.read(0, source.num_samples), lead)
-            total = self.padded_length(lead + source.num_samples)
+            if self.analysed_whole(lead + source.num_samples, padding):  # the header's duration was approximate
+                return self._encode_mono(source.read(0, source.num_samples), lead, padding)
+            total = self.padded_length(lead + source.num_samples, padding)
             tokens, speaker = encode_long(self, PaddedSignal(source, lead, total))
-            return self.make_codes(tokens, speaker, source.num_samples, lead)
+            return self.make_codes(tokens, speaker, source.num_samples, lead, padding)
 
-    def _encode_mono(self, x: torch.Tensor, lead: int) -> Codes:
+    def _encode_mono(self, x: torch.Tensor, lead: int, padding: str) -> Codes:
         """``[N]`` 16 kHz mono -> Codes, whole or window by window depending on the length."""
-        if self.analysed_whole(lead + x.numel()):
-            return self.encode_whole(x, lead)
-        tokens, speaker = encode_long(self, PaddedSignal(x, lead, self.padded_length(lead + x.numel())))
-        return self.make_codes(tokens, speaker, x.numel(), lead)
+        if self.analysed_whole(lead + x.numel(), padding):
+            return self.encode_whole(x, lead, padding)
+        signal = PaddedSignal(x, lead, self.padded_length(lead + x.numel(), padding))
+        tokens, speaker = encode_long(self, signal)
+        return self.make_codes(tokens, speaker, x.numel(), lead, padding)
 
     # ------------------------------------------------------------------ synthesis
     @torch.inference_mode()

@@ -1,69 +1,41 @@
-"""Codec output (tokens + speaker vector) and its two file formats.
+"""Codec output: :class:`Codes` (tokens + speaker vector) and reading/writing token files.
 
 :class:`Codes` holds what the analyzer produces for one utterance: tokens
 ``[T, S]`` (S ordered streams of ``log2(16384) = 14`` bits, one frame per
-1920 samples = 120 ms at 16 kHz) and one speaker vector ``[D]``.
+1920 samples = 120 ms at 16 kHz) and one speaker vector ``[D]``, plus what decoding
+needs to give back exactly the input's duration (lead, length) and how it was made.
 
-Files (chosen by suffix, see :data:`TOKEN_SUFFIXES`):
-
-``.pt``
-    The published layout: ``torch.save`` of ``{"token": int64 [T, S],
-    "speaker": float32 [D]}`` plus our metadata keys ``sample_rate``,
-    ``num_samples``, ``lead``, ``model`` and ``format`` (``"socodec-pt/1"``).
-    Always read with ``torch.load(weights_only=True)``: a file that needs any
-    other pickle global is refused, nothing in it is executed.
-``.soc``
-    Pickle-free binary, all integers little-endian::
-
-        magic     8 bytes   b"SOCODEC\\x00"
-        version   uint8     1
-        hlen      uint32    length of the header, 2 .. 65536
-        header    hlen      UTF-8 JSON object, exactly the keys of _SOC_KEYS
-        tokens    T*S*2     uint16, row-major [T, S]
-        speaker   D*4       float32 [D]
-        (end of file: nothing may follow)
-
+Files are chosen by suffix (:data:`TOKEN_SUFFIXES`): ``.pt`` (the published layout,
+:mod:`socodec.formats.pt`) and ``.soc`` (ours, pickle-free, :mod:`socodec.formats.soc`).
 Writers are atomic (:func:`socodec.fileio.atomic_write`); readers raise
 :class:`~socodec.errors.CodesError` naming the file for any problem.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
-import struct
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from socodec.config import SAMPLE_RATE, SAMPLES_PER_TOKEN
-from socodec.errors import CodesError, unpickle_reason
+from socodec.config import PADDINGS, SAMPLE_RATE, SAMPLES_PER_TOKEN
+from socodec.errors import CodesError
 from socodec.fileio import atomic_write
+from socodec.formats.pt import PT_FORMAT, encode_pt, read_pt
+from socodec.formats.soc import SOC_MAGIC, SOC_MAX_HEADER, encode_soc, read_soc
+
+__all__ = ["Codes", "load_codes", "save_codes", "TOKEN_SUFFIXES", "SOC_MAGIC", "SOC_MAX_HEADER", "PT_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
 CARDINALITY = 16384
 MAX_STREAMS = 4
 FORMAT_VERSION = 1
-PT_FORMAT = f"socodec-pt/{FORMAT_VERSION}"
-SOC_FORMAT = f"socodec-soc/{FORMAT_VERSION}"
 TOKEN_SUFFIXES = (".pt", ".soc")
 
-SOC_MAGIC = b"SOCODEC\x00"
-SOC_VERSION = 1
-SOC_MAX_HEADER = 64 * 1024
-_SOC_PREFIX = struct.Struct("<8sBI")  # magic, version, header length
-_SOC_TOKEN_DTYPE = "uint16le"
-_SOC_SPEAKER_DTYPE = "float32le"
-_SOC_KEYS = frozenset("format frames streams cardinality token_dtype speaker_dim speaker_dtype".split()
-                      + "sample_rate num_samples lead model".split())
-_MAX_SPEAKER_DIM = 1 << 20
 _INT_DTYPES = frozenset(
     {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
     | {getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)}
@@ -100,6 +72,8 @@ class Codes:
         num_samples: length of the original input (without the lead); None if unknown.
         lead: zeros prepended before analysis (8000 by default, 0 with ``--no-lead``); None if unknown.
         model: model identity, e.g. ``{"analyzer": "<sha256 prefix>", "hubert": ..., "vocoder": ...}``.
+        padding: how the analysed signal was padded (``"published"`` or ``"grid"``, see
+            :func:`socodec.config.padded_length`); None if unknown.
     """
 
     tokens: torch.Tensor
@@ -108,6 +82,7 @@ class Codes:
     num_samples: int | None = None
     lead: int | None = None
     model: dict[str, str] = field(default_factory=dict)
+    padding: str | None = None
 
     @property
     def num_frames(self) -> int:
@@ -184,6 +159,8 @@ class Codes:
                 f"exceed the {tok.shape[0]} frames ({capacity} samples)"
             )
         _check_model(self.model)
+        if self.padding is not None and self.padding not in PADDINGS:
+            raise CodesError(f"padding must be one of {', '.join(PADDINGS)} or unknown, got {self.padding!r}"[:200])
         return self
 
     def trim_range(self) -> tuple[int, int | None]:
@@ -207,7 +184,8 @@ class Codes:
             "bitrate": with_speaker if math.isfinite(with_speaker) else None,
             "bitrate_without_speaker": self.bitrate(include_speaker=False),
             "speaker_dim": self.speaker_dim, "sample_rate": self.sample_rate,
-            "num_samples": self.num_samples, "lead": self.lead, "model": dict(self.model),
+            "num_samples": self.num_samples, "lead": self.lead, "padding": self.padding,
+            "model": dict(self.model),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -230,6 +208,11 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+def _meta(codes: Codes) -> dict[str, Any]:
+    return {"sample_rate": codes.sample_rate, "num_samples": codes.num_samples, "lead": codes.lead,
+            "padding": codes.padding, "model": dict(codes.model)}
+
+
 def save_codes(codes: Codes, path: str | Path) -> Path:
     """Validate ``codes`` and write them atomically as ``.pt`` or ``.soc`` (by suffix). Returns the path."""
     p = Path(path)
@@ -243,20 +226,9 @@ def save_codes(codes: Codes, path: str | Path) -> Path:
         raise CodesError(f"{p}: refusing to write invalid codes ({exc})") from None
     try:
         if suffix == ".pt":
-            payload = {
-                "token": tokens.clone(),  # clone: never save a larger underlying storage
-                "speaker": speaker.clone(),
-                "sample_rate": int(codes.sample_rate),
-                "num_samples": codes.num_samples,
-                "lead": codes.lead,
-                "model": dict(codes.model),
-                "format": PT_FORMAT,
-            }
-            buf = io.BytesIO()  # serialise in memory: a failing disk then raises the real OSError
-            torch.save(payload, buf)
-            data = buf.getvalue()
+            data = encode_pt(_meta(codes), tokens, speaker)
         else:
-            data = _encode_soc(codes, tokens, speaker)
+            data = encode_soc(_meta(codes), tokens.numpy(), speaker.numpy())
         atomic_write(p, lambda tmp: tmp.write_bytes(data))
     except (OSError, CodesError) as exc:
         raise CodesError(f"{p}: cannot write token file ({exc})") from None
@@ -287,29 +259,15 @@ def load_codes(path: str | Path) -> Codes:
 
 def _load_pt(path: Path) -> Codes:
     """Read the published ``{"token", "speaker"}`` layout (plus our optional metadata keys)."""
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols in corrupt files
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - untrusted input: every failure mode of the unpickler
-        raise CodesError(f"cannot unpickle safely: {unpickle_reason(exc)}") from None
-    if not isinstance(obj, dict):
-        raise CodesError(f"expected a dict with 'token' and 'speaker', got {type(obj).__name__}")
-    for key in ("token", "speaker"):
-        if key not in obj:
-            raise CodesError(f"missing key {key!r}")
-        if not isinstance(obj[key], torch.Tensor):
-            raise CodesError(f"{key!r} must be a tensor, got {type(obj[key]).__name__}")
-    fmt = obj.get("format", PT_FORMAT)
-    if not isinstance(fmt, str) or fmt != PT_FORMAT:
-        raise CodesError(f"unsupported format {fmt!r}"[:100] + f" (this version reads {PT_FORMAT!r})")
+    obj = read_pt(path)
     raw = Codes(
-        tokens=obj["token"].detach(),
-        speaker=obj["speaker"].detach(),
+        tokens=obj["token"],
+        speaker=obj["speaker"],
         sample_rate=obj.get("sample_rate", SAMPLE_RATE),
         num_samples=obj.get("num_samples"),
         lead=obj.get("lead"),
         model=obj.get("model", {}),
+        padding=obj.get("padding"),
     ).validate()  # checks types before anything is converted
     return replace(
         raw,
@@ -319,82 +277,9 @@ def _load_pt(path: Path) -> Codes:
     )
 
 
-def _encode_soc(codes: Codes, tokens: torch.Tensor, speaker: torch.Tensor) -> bytes:
-    """The bytes of a ``.soc`` file for validated ``codes`` (tokens int64 ``[T, S]``, speaker float32 ``[D]``)."""
-    header = {
-        "format": SOC_FORMAT,
-        "frames": codes.num_frames,
-        "streams": codes.num_streams,
-        "cardinality": CARDINALITY,
-        "token_dtype": _SOC_TOKEN_DTYPE,
-        "speaker_dim": codes.speaker_dim,
-        "speaker_dtype": _SOC_SPEAKER_DTYPE,
-        "sample_rate": int(codes.sample_rate),
-        "num_samples": codes.num_samples,
-        "lead": codes.lead,
-        "model": dict(codes.model),
-    }
-    blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(blob) > SOC_MAX_HEADER:
-        raise CodesError(f"header of {len(blob)} bytes exceeds {SOC_MAX_HEADER} (model identity too large)")
-    prefix = _SOC_PREFIX.pack(SOC_MAGIC, SOC_VERSION, len(blob))
-    return prefix + blob + tokens.numpy().astype("<u2").tobytes() + speaker.numpy().astype("<f4").tobytes()
-
-
-def _parse_soc_header(blob: bytes) -> dict[str, Any]:
-    """Decode and check every field of a ``.soc`` header."""
-    try:
-        header = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CodesError(f"header is not UTF-8 JSON ({str(exc)[:100]})") from None
-    if not isinstance(header, dict):
-        raise CodesError("header is not a JSON object")
-    if set(header) != _SOC_KEYS:
-        missing, extra = sorted(_SOC_KEYS - set(header)), sorted(set(header) - _SOC_KEYS)
-        raise CodesError(f"header keys wrong (missing {missing}, unexpected {extra})"[:300])
-    expected = {"format": SOC_FORMAT, "cardinality": CARDINALITY, "token_dtype": _SOC_TOKEN_DTYPE,
-                "speaker_dtype": _SOC_SPEAKER_DTYPE}
-    for key, want in expected.items():
-        if header[key] != want or type(header[key]) is not type(want):
-            raise CodesError(f"header {key} is {header[key]!r}, expected {want!r}"[:200])
-    # the sizes are checked here; sample_rate, num_samples, lead and model by Codes.validate
-    sizes = {"frames": (0, 1 << 62), "streams": (1, MAX_STREAMS), "speaker_dim": (1, _MAX_SPEAKER_DIM)}
-    for key, (lo, hi) in sizes.items():
-        if not _is_int(header[key]) or not lo <= header[key] <= hi:
-            raise CodesError(f"header {key} is {header[key]!r}"[:100] + f", expected an integer in {lo}..{hi}")
-    return header
-
-
 def _load_soc(path: Path) -> Codes:
-    """Read a ``.soc`` file, checking the header and the exact payload size before allocating."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        prefix = f.read(_SOC_PREFIX.size)
-        if len(prefix) < _SOC_PREFIX.size:
-            raise CodesError(f"truncated: {size} bytes, shorter than the {_SOC_PREFIX.size}-byte prefix")
-        magic, version, hlen = _SOC_PREFIX.unpack(prefix)
-        if magic != SOC_MAGIC:
-            raise CodesError(f"wrong magic {magic!r} (not a .soc file)")
-        if version != SOC_VERSION:
-            raise CodesError(f"unsupported .soc version {version} (this reader supports {SOC_VERSION})")
-        if not 2 <= hlen <= SOC_MAX_HEADER:
-            raise CodesError(f"header length {hlen} outside 2..{SOC_MAX_HEADER}")
-        if _SOC_PREFIX.size + hlen > size:
-            raise CodesError(f"truncated: header of {hlen} bytes does not fit in {size} bytes")
-        header = _parse_soc_header(f.read(hlen))
-        frames, streams, dim = header["frames"], header["streams"], header["speaker_dim"]
-        token_bytes, speaker_bytes = frames * streams * 2, dim * 4
-        payload = size - _SOC_PREFIX.size - hlen
-        if payload != token_bytes + speaker_bytes:
-            raise CodesError(
-                f"payload is {payload} bytes but the header ({frames} frames x {streams} streams, "
-                f"speaker {dim}) implies {token_bytes + speaker_bytes}"
-            )
-        data = f.read(payload + 1)
-    if len(data) != payload:
-        raise CodesError(f"file changed while reading ({len(data)} payload bytes, expected {payload})")
-    tokens = np.frombuffer(data, dtype="<u2", count=frames * streams).astype(np.int64).reshape(frames, streams)
-    speaker = np.frombuffer(data, dtype="<f4", count=dim, offset=token_bytes).astype(np.float32)
+    """Read a ``.soc`` file (structure checked by :func:`socodec.formats.soc.read_soc`)."""
+    header, tokens, speaker = read_soc(path)
     return Codes(
         tokens=torch.from_numpy(tokens),
         speaker=torch.from_numpy(speaker),
@@ -402,4 +287,5 @@ def _load_soc(path: Path) -> Codes:
         num_samples=header["num_samples"],
         lead=header["lead"],
         model=header["model"],  # checked by Codes.validate in load_codes
+        padding=header.get("padding"),
     )

@@ -23,6 +23,9 @@ SAMPLES_PER_TOKEN = 1920
 HUBERT_HOP = 320
 MEL_HOP = 160
 LEAD_SAMPLES = 8000
+#: how the (lead + input) signal is right-padded before analysis (see :func:`padded_length`)
+PADDINGS = ("published", "grid")
+DEFAULT_PADDING = "published"
 HUBERT_TAIL_SAMPLES = 3200
 #: epsilon of HuBERT's waveform standardisation (``F.layer_norm``); every path must use this one
 NORMALIZE_EPS = 1e-5
@@ -320,6 +323,27 @@ class ChunkConfig:
     def hubert_span(self) -> int:
         """Largest input (token frames) analysed in one piece."""
         return self.hubert_window + 2 * self.hubert_context
+
+
+def padded_length(n: int, padding: str, hop: int = SAMPLES_PER_TOKEN) -> int:
+    """Samples L the analysis sees for ``n`` samples (lead included) under a padding mode.
+
+    * ``"published"``: the published command line's arithmetic (SPEC §1): it always appends
+      ``hop - 1`` = 1919 zeros, so ``L = n + 1919``, not a multiple of 1920.
+    * ``"grid"``: the model fed a 1-D signal: zeros up to the 1920-sample grid (at least one frame).
+    """
+    if padding == "published":
+        return n + hop - 1
+    if padding == "grid":
+        return hop * max(1, -(-n // hop))
+    raise ConfigError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+
+
+def token_frames(length: int, hop: int = SAMPLES_PER_TOKEN, feature_hop: int = HUBERT_HOP) -> int:
+    """Token frames T for an analysed signal of ``length`` samples: ``ceil(ceil(L / 320) / 6)``."""
+    features = -(-length // feature_hop)
+    per_token = hop // feature_hop
+    return -(-features // per_token)
 
 
 def _product(values: Any) -> int:

@@ -61,3 +61,26 @@ def golden_case(request) -> dict[str, torch.Tensor]:
     case = load_file(str(GOLDEN / f"golden_{request.param}.safetensors"))
     case["name"] = request.param
     return case
+
+
+GOLDEN_CLI = GOLDEN / "cli"
+CLI_CASES = ("ground_truth", "tone", "edge")
+
+
+@pytest.fixture(scope="session", params=CLI_CASES)
+def golden_cli_case(request) -> dict[str, torch.Tensor]:
+    """Every tensor of one ``golden/cli`` case: the published command line's path (1919-zero padding)."""
+    case = load_file(str(GOLDEN_CLI / f"golden_cli_{request.param}.safetensors"))
+    case["name"] = request.param
+    return case
+
+
+def load_tiny_codec(cache_dir: Path, **kwargs):
+    """The tiny golden models through the normal loading path."""
+    from socodec import SoCodec
+
+    return SoCodec.from_files(
+        GOLDEN / "hubert_tiny_fairseq.pt", GOLDEN / "analyzer_tiny.safetensors", GOLDEN / "vocoder_tiny.safetensors",
+        analyzer_config=GOLDEN / "analyzer_tiny.json", vocoder_config=GOLDEN / "vocoder_tiny.json",
+        cache_dir=cache_dir, **kwargs,
+    )

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def encode_batch(core: CodecCore, clips: list[Tensor], lead: int) -> list[Codes]:
+def encode_batch(core: CodecCore, clips: list[Tensor], lead: int, padding: str) -> list[Codes]:
     """Short clips (each ``[N_i]`` 16 kHz mono, :meth:`CodecCore.analysed_whole`) -> one :class:`Codes` each.
 
     One HuBERT / encoder pass over the padded batch ``[B, L_max]``; the speaker vector of each
@@ -46,18 +46,18 @@ def encode_batch(core: CodecCore, clips: list[Tensor], lead: int) -> list[Codes]
     """
     if not clips:
         return []
-    padded = [core.pad(x, lead) for x in clips]
+    padded = [core.pad(x, lead, padding) for x in clips]
     lengths = torch.tensor([p.numel() for p in padded])
     wav = torch.zeros(len(clips), int(lengths.max()))
     for row, p in enumerate(padded):
         wav[row, : p.numel()] = p
-    feats = core.features(wav, lengths)  # [B, Lmax/320, C]
+    feats = core.features(wav, lengths)  # [B, ceil(Lmax/320), C]
     tokens = core.analyzer.tokens(feats)  # [B, Tmax, S]; causal: valid frames unaffected
     results = []
     for row, x in enumerate(clips):
-        frames = int(lengths[row]) // core.hop
+        frames = core.token_frames(int(lengths[row]))
         speaker = core.speaker_of(padded[row])  # own frames only
-        results.append(core.make_codes(tokens[row, :frames], speaker, x.numel(), lead))
+        results.append(core.make_codes(tokens[row, :frames], speaker, x.numel(), lead, padding))
     log.debug("encoded a batch of %d clips (%d samples max)", len(clips), int(lengths.max()))
     return results
 

@@ -14,7 +14,6 @@ log-mel ``[B, 12T, n_mels]``; synthesised audio ``[B, 1920 T]``.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from socodec.audio import to_model_input
 from socodec.codes import Codes
-from socodec.config import SAMPLE_RATE, ChunkConfig
+from socodec.config import DEFAULT_PADDING, PADDINGS, SAMPLE_RATE, ChunkConfig, padded_length, token_frames
 from socodec.errors import AudioError, CodesError, SoCodecError
 from socodec.nn.analyzer import Analyzer
 from socodec.nn.hubert import HubertFeatures
@@ -170,22 +169,33 @@ class CodecCore(nn.Module):
             raise AudioError(f"expected [N] or [C, N] audio, got shape {list(t.shape)}")
         return to_model_input(t.float(), sample_rate)
 
-    def analysed_whole(self, samples: int) -> bool:
+    def analysed_whole(self, samples: int, padding: str = DEFAULT_PADDING) -> bool:
         """Whether ``samples`` (lead included) are analysed in one HuBERT pass, not window by window."""
-        return self.padded_length(samples) // self.hop <= self.chunks.hubert_span
+        return self.token_frames(self.padded_length(samples, padding)) <= self.chunks.hubert_span
 
     def decoded_whole(self, frames: int) -> bool:
         """Whether ``frames`` token frames are synthesised in one vocoder pass, not in chunks."""
         return frames * self.mel_frames_per_token <= self.chunks.vocoder_chunk
 
-    def padded_length(self, n: int) -> int:
-        """Samples L after right-padding ``n`` samples to the 1920-sample grid (at least one frame)."""
-        return self.hop * max(1, math.ceil(n / self.hop))
+    @staticmethod
+    def check_padding(padding: str) -> str:
+        """``padding`` if it is a known mode (:data:`socodec.config.PADDINGS`), else :class:`SoCodecError`."""
+        if padding not in PADDINGS:
+            raise SoCodecError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        return padding
 
-    def pad(self, x: Tensor, lead: int) -> Tensor:
-        """``[N]`` -> lead zeros + x + zeros up to a multiple of 1920 samples, ``[L]``."""
+    def padded_length(self, n: int, padding: str = DEFAULT_PADDING) -> int:
+        """Samples L that analysis sees for ``n`` samples (lead included): see :func:`socodec.config.padded_length`."""
+        return padded_length(n, padding, self.hop)
+
+    def token_frames(self, length: int) -> int:
+        """Token frames T of an analysed signal of ``length`` samples (``length / 1920`` on the grid)."""
+        return token_frames(length, self.hop)
+
+    def pad(self, x: Tensor, lead: int, padding: str = DEFAULT_PADDING) -> Tensor:
+        """``[N]`` -> lead zeros + x + right padding (:meth:`padded_length`), ``[L]``."""
         n = lead + x.numel()
-        return F.pad(x, (lead, self.padded_length(n) - n))
+        return F.pad(x, (lead, self.padded_length(n, padding) - n))
 
     def features(self, padded: Tensor, lengths: Tensor | None = None, norm_stats: Tensor | None = None) -> Tensor:
         """``[B, L]`` padded audio -> HuBERT features ``[B, L/320, C]`` float32 (see :class:`HubertFeatures`)."""
@@ -197,18 +207,18 @@ class CodecCore(nn.Module):
         """``[L]`` padded audio -> speaker vector ``[D]`` (every mel frame counts, as published)."""
         return self.analyzer.speaker(self.mel(padded[None].to(self.device)))[0]
 
-    def encode_whole(self, x: Tensor, lead: int) -> Codes:
+    def encode_whole(self, x: Tensor, lead: int, padding: str = DEFAULT_PADDING) -> Codes:
         """``[N]`` 16 kHz mono -> :class:`Codes` in one pass (short inputs: see :meth:`analysed_whole`)."""
-        padded = self.pad(x, lead)
+        padded = self.pad(x, lead, padding)
         speaker = self.speaker_of(padded)  # first: HuBERT's weights are not paged in yet (lower peak)
         tokens = self.analyzer.tokens(self.features(padded[None]))[0]
-        return self.make_codes(tokens, speaker, x.numel(), lead)
+        return self.make_codes(tokens, speaker, x.numel(), lead, padding)
 
-    def make_codes(self, tokens: Tensor, speaker: Tensor, num_samples: int, lead: int) -> Codes:
+    def make_codes(self, tokens: Tensor, speaker: Tensor, num_samples: int, lead: int, padding: str) -> Codes:
         """Tokens ``[T, S]`` + speaker ``[D]`` -> :class:`Codes` on CPU carrying this model's identity."""
         return Codes(
             tokens=tokens.cpu(), speaker=speaker.float().cpu(), sample_rate=SAMPLE_RATE,
-            num_samples=int(num_samples), lead=lead, model=dict(self.identity),
+            num_samples=int(num_samples), lead=lead, model=dict(self.identity), padding=padding,
         )
 
     # ------------------------------------------------------------------ synthesis steps

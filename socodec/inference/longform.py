@@ -132,16 +132,18 @@ def hubert_windows(frames: int, window: int, context: int) -> list[tuple[int, in
 def windowed_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]:
     """HuBERT features of ``signal`` window by window: yields ``[1, 6 * (keep_hi - keep_lo), C]`` float32.
 
-    Concatenated in order they give the stitched feature sequence ``[1, L/320, C]``.
+    Concatenated in order they give the stitched feature sequence ``[1, ceil(L/320), C]`` (the last
+    window is shorter when L is not on the 1920-sample grid: published padding).
     """
     hop = core.hop
     per_token = hop // core.hubert.hop
-    frames = signal.length // hop
+    frames = core.token_frames(signal.length)
     cfg = core.chunks
     stats = signal.norm_stats()[None].to(core.device) if core.hubert.cfg.normalize else None
     for keep_lo, keep_hi, in_lo, in_hi in hubert_windows(frames, cfg.hubert_window, cfg.hubert_context):
-        wav = signal.segment(in_lo * hop, in_hi * hop)[None].to(core.device, core.compute_dtype)
-        feats = core.hubert(wav, norm_stats=stats).float()  # [1, 6 * (in_hi - in_lo), C]
+        stop = min(in_hi * hop, signal.length)
+        wav = signal.segment(in_lo * hop, stop)[None].to(core.device, core.compute_dtype)
+        feats = core.hubert(wav, norm_stats=stats).float()  # [1, ceil((stop - 1920 in_lo) / 320), C]
         log.debug("HuBERT window: frames %d-%d (input %d-%d) of %d", keep_lo, keep_hi, in_lo, in_hi, frames)
         yield feats[:, (keep_lo - in_lo) * per_token : (keep_hi - in_lo) * per_token]
 

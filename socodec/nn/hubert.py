@@ -46,30 +46,35 @@ class HubertFeatures(nn.Module):
         """Features of a batch of padded signals.
 
         Args:
-            wav: [B, L] float waveforms at 16 kHz, L a multiple of 320 (SoCodec: of 1920); item b is
-                ``wav[b, :lengths[b]]``, anything after it is ignored.
-            lengths: [B] per-item lengths in samples, each a positive multiple of 320 and <= L;
-                None means every item has length L.
+            wav: [B, L] float waveforms at 16 kHz (any L >= 1); item b is ``wav[b, :lengths[b]]``,
+                anything after it is ignored.
+            lengths: [B] per-item lengths in samples, each in 1..L; None means every item has length L.
             norm_stats: [B, 2] per-item ``(mean, sqrt(biased var + 1e-5))`` to standardise with
                 instead of the item's own (when the config normalises): a window of a long signal
-                is standardised with the whole signal's statistics (see :mod:`socodec.longform`).
+                is standardised with the whole signal's statistics (see :mod:`socodec.inference.longform`).
 
         Returns:
-            [B, L/320, C] features; frames at or beyond ``lengths[b]/320`` are zero.
+            [B, ceil(L/320), C] features; item b has ``ceil(lengths[b]/320)`` valid frames, the
+            frames after them are zero. (SoCodec's grid padding makes L a multiple of 1920; the
+            published command line's makes it ``n + 1919``: SPEC §1, §3.)
         """
         if wav.dim() != 2:
             raise ValueError(f"expected a [batch, samples] waveform, got shape {list(wav.shape)}")
         batch, length = wav.shape
-        if length % self.hop or length == 0:
-            raise ValueError(f"waveform length {length} is not a positive multiple of {self.hop}")
+        if length == 0:
+            raise ValueError("empty waveform")
         if lengths is None:
             lengths = torch.full((batch,), length, dtype=torch.long)
         lengths = lengths.to(device="cpu", dtype=torch.long)
-        if lengths.shape != (batch,) or (lengths <= 0).any() or (lengths > length).any() or (lengths % self.hop).any():
-            raise ValueError(f"lengths must be {batch} positive multiples of {self.hop} up to {length}, got {lengths}")
+        if lengths.shape != (batch,) or (lengths <= 0).any() or (lengths > length).any():
+            raise ValueError(f"lengths must be {batch} positive lengths up to {length}, got {lengths}")
 
-        total = length + HUBERT_TAIL_SAMPLES
-        x = wav.new_zeros(batch, total, dtype=torch.float32)
+        frames = -(-length // self.hop)
+        item_frames = -(-lengths // self.hop)  # [B]
+        # Frame f sees samples [320 f, 320 f + 400): the last frame kept needs mask_extra samples past
+        # the frame grid, all inside the (standardised) 3200-sample tail.
+        keep = frames * self.hop + self.mask_extra
+        x = wav.new_zeros(batch, max(keep, length + HUBERT_TAIL_SAMPLES), dtype=torch.float32)
         for b, n in enumerate(lengths.tolist()):
             item = F.pad(wav[b, :n].float(), (0, HUBERT_TAIL_SAMPLES))  # [n + 3200]
             if self.cfg.normalize and norm_stats is not None:
@@ -77,13 +82,11 @@ class HubertFeatures(nn.Module):
             elif self.cfg.normalize:
                 item = F.layer_norm(item, item.shape, eps=NORMALIZE_EPS)
             x[b, : n + HUBERT_TAIL_SAMPLES] = item
-        # Frames from item b's end on are padding: HuBERT zeroes them and never attends to them, so the
-        # last frame kept needs only mask_extra samples of the (standardised) tail.
-        frames = length // self.hop
-        valid = torch.arange(frames, device=wav.device)[None, :] < (lengths.to(wav.device) // self.hop)[:, None]
+        # Frames from item b's end on are padding: HuBERT zeroes them and never attends to them.
+        valid = torch.arange(frames, device=wav.device)[None, :] < item_frames.to(wav.device)[:, None]
         dtype = next(self.model.parameters()).dtype
-        x = x[:, : length + self.mask_extra].to(dtype)
-        hidden = self.model(x, None if bool(valid.all()) else valid)  # [B, L/320, C]
+        x = x[:, :keep].to(dtype)
+        hidden = self.model(x, None if bool(valid.all()) else valid)  # [B, ceil(L/320), C]
         return hidden.masked_fill(~valid[..., None], 0.0)
 
 

@@ -136,8 +136,12 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("mel_basis", basis, persistent=False)
 
     def num_frames(self, num_samples: int) -> int:
-        """Output frames for ``num_samples`` input samples: ``ceil(num_samples / hop)``."""
-        return -(-num_samples // self.hop_length)
+        """Output frames for ``num_samples`` input samples: ``(n - hop) // hop + 1`` (= n / hop on the grid).
+
+        The STFT of the reflect-padded signal without centring; for a multiple of the hop this is
+        ``n / hop``, otherwise the last partial hop gives no frame (the published arithmetic, SPEC §1).
+        """
+        return (num_samples + 2 * self.reflect_pad - self.n_fft) // self.hop_length + 1
 
     def forward(self, wav: Tensor) -> Tensor:
         """Compute the log-mel spectrogram.
@@ -146,11 +150,11 @@ class MelSpectrogram(nn.Module):
             wav: float waveform [B, L] (or [L]), 16 kHz, in [-1, 1].
 
         Returns:
-            float32 log-mel [B, ceil(L / hop), n_mels] ([ceil(L / hop), n_mels] for 1-D input).
+            float32 log-mel [B, M, n_mels] ([M, n_mels] for 1-D input), M = :meth:`num_frames` (L / hop on the grid).
 
         Raises:
             ValueError: if the input is not 1-D/2-D, or too short for reflect
-                padding (hop-padded length <= ``(n_fft - hop) / 2``).
+                padding (length <= ``(n_fft - hop) / 2``).
         """
         squeeze = wav.dim() == 1
         if squeeze:
@@ -158,16 +162,13 @@ class MelSpectrogram(nn.Module):
         if wav.dim() != 2:
             raise ValueError(f"MelSpectrogram expects a waveform [B, L] or [L], got shape {list(wav.shape)}")
         length = wav.shape[-1]
-        frames = self.num_frames(length)
-        padded_length = frames * self.hop_length
-        if padded_length <= self.reflect_pad:
+        if length <= self.reflect_pad:
             raise ValueError(
                 f"waveform of {length} samples is too short for the mel front end "
                 f"(needs more than {self.reflect_pad} samples for reflect padding)"
             )
+        frames = self.num_frames(length)
         x = wav.to(torch.float32)
-        if padded_length != length:
-            x = F.pad(x, (0, padded_length - length))
         x = F.pad(x.unsqueeze(1), (self.reflect_pad, self.reflect_pad), mode="reflect").squeeze(1)
         blocks = []
         for start in range(0, frames, self.chunk_frames):

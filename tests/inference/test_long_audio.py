@@ -104,7 +104,7 @@ def test_short_input_is_analysed_whole_golden_unchanged(codec, monkeypatch):
 
     monkeypatch.setattr(codec_mod, "encode_long", refuse)
     case = load_file(str(GOLDEN / "golden_ground_truth.safetensors"))
-    codes = codec.encode(case["input_wav"])
+    codes = codec.encode(case["input_wav"], padding="grid")
     assert torch.equal(codes.tokens, case["tokens"])
     assert_close_golden(codes.speaker, case["speaker"])
     # one window over the whole signal (global statistics, true tail) equals the unchunked features
@@ -118,7 +118,7 @@ def test_windowed_hubert_close_to_full_attention(codec, small_chunks):
     """60 s, 4 s windows with 1.08 s context: tokens agree on >= 95 % of frames in every stream."""
     x = speechlike(60.0)
     with torch.inference_mode():
-        padded = codec.pad(x, LEAD)[None]
+        padded = codec.pad(x, LEAD, "grid")[None]
         full_feats = codec.features(padded)
         full_tokens = codec.analyzer.tokens(full_feats)[0]
         pieces = list(windowed_features(codec, PaddedSignal(x, LEAD, padded.shape[1])))
@@ -142,12 +142,12 @@ def test_long_encode_takes_the_windowed_path(codec, small_chunks, monkeypatch):
     real = codec_mod.encode_long
     monkeypatch.setattr(codec_mod, "encode_long", lambda c, sig: calls.append(sig.length) or real(c, sig))
     x = speechlike(7.0, seed=4)
-    codes = codec.encode(x)
-    total = codec.padded_length(LEAD + x.numel())
+    codes = codec.encode(x, padding="grid")
+    total = codec.padded_length(LEAD + x.numel(), "grid")
     assert calls == [total] and codes.num_frames == total // HOP > small_chunks.hubert_span
     assert (codes.num_samples, codes.lead) == (x.numel(), LEAD)
     with torch.inference_mode():
-        speaker = codec.analyzer.speaker(codec.mel(codec.pad(x, LEAD)[None]))[0]
+        speaker = codec.analyzer.speaker(codec.mel(codec.pad(x, LEAD, "grid")[None]))[0]
     assert torch.allclose(codes.speaker, speaker, atol=1e-5, rtol=0)
 
 
@@ -177,9 +177,9 @@ def test_causal_streamer_equals_whole_sequence(codec):
 
 def test_long_mel_equals_whole(codec):
     x = speechlike(7.3, seed=1)
-    total = codec.padded_length(LEAD + x.numel())
+    total = codec.padded_length(LEAD + x.numel(), "grid")
     with torch.inference_mode():
-        whole = codec.mel(codec.pad(x, LEAD)[None])[0]
+        whole = codec.mel(codec.pad(x, LEAD, "grid")[None])[0]
         chunked = long_mel(codec.mel, PaddedSignal(x, LEAD, total), 97)
     assert torch.allclose(chunked, whole, atol=1e-5, rtol=0)
 

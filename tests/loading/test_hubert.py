@@ -81,9 +81,13 @@ def test_batch_equals_single_items(hubert: HubertFeatures) -> None:
 
 def test_rejects_bad_lengths(hubert: HubertFeatures) -> None:
     with pytest.raises(ValueError):
-        hubert(torch.zeros(1, 1000))
+        hubert(torch.zeros(1, 0))
     with pytest.raises(ValueError):
         hubert(torch.zeros(2, 1920), torch.tensor([1920, 3840]))
+    with pytest.raises(ValueError):
+        hubert(torch.zeros(2, 1920), torch.tensor([0, 1920]))
+    # any positive length: ceil(L / 320) frames (the published command line's L = n + 1919)
+    assert hubert(torch.zeros(1, 1000)).shape[1] == 4
 
 
 # --- (c) no fairseq ----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_tiny_random_checkpoints_load_and_run(tmp_path):
         analyzer_config=analyzer, vocoder_config=vocoder, cache_dir=tmp_path / "cache",
     )
     wav = torch.randn(16000) * 0.1
-    codes = codec.encode(wav, 16000)
+    codes = codec.encode(wav, 16000, padding="grid")
     assert codes.tokens.shape == (13, 4)  # (8000 + 16000) / 1920 rounded up
     out = codec.decode(codes)
     assert out.shape == (16000,) and torch.isfinite(out).all()

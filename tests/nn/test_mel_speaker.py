@@ -50,17 +50,17 @@ def test_mel_shapes_and_short_input() -> None:
     wav = torch.randn(2, 1920) * 0.1
     assert mel(wav).shape == (2, 12, 80)
     assert mel(wav[0]).shape == (12, 80)
-    # lengths that are not a multiple of the hop: zero-padded to the next multiple first
+    # lengths that are not a multiple of the hop: the published arithmetic (SPEC §1, golden/cli):
+    # the raw signal is reflect-padded, the last partial hop gives no frame
     ragged = mel(wav[:, :1000])
-    assert ragged.shape == (2, 7, 80)
-    padded = torch.nn.functional.pad(wav[:, :1000], (0, 120))
-    torch.testing.assert_close(ragged, mel(padded), rtol=0, atol=0)
+    assert ragged.shape == (2, (1000 - 160) // 160 + 1, 80) == (2, 6, 80)
+    torch.testing.assert_close(ragged[:, :3], mel(wav)[:, :3], rtol=0, atol=1e-6)  # frames clear of the end
     blocked = MelSpectrogram(MelConfig(), chunk_frames=5)
     torch.testing.assert_close(blocked(wav), mel(wav), rtol=0, atol=1e-6)
     torch.testing.assert_close(blocked(wav[:, :1000]), ragged, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="too short"):
-        mel(torch.zeros(1, 300))  # 320 samples after hop padding: no room to reflect 432
-    assert mel(torch.zeros(1, 321)).shape == (1, 3, 80)
+        mel(torch.zeros(1, 432))  # no room to reflect 432 samples
+    assert mel(torch.zeros(1, 433)).shape == (1, 2, 80)
 
 
 def test_filterbank_sanity() -> None:
