@@ -30,7 +30,10 @@ from socodec.nn.hubert import HubertFeatures
 from socodec.nn.mel import MelSpectrogram
 from socodec.nn.vocoder import Vocoder
 
-__all__ = ["CodecCore", "HubertSource", "DecodeInputs"]
+__all__ = ["CodecCore", "HubertSource", "DecodeInputs", "MAX_CHANNELS"]
+
+#: the most channels an in-memory 2-D array may have (the other axis is samples)
+MAX_CHANNELS = 16
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +164,25 @@ class CodecCore(nn.Module):
     # ------------------------------------------------------------------ analysis steps
     @staticmethod
     def mono(wav: Tensor | np.ndarray, sample_rate: int) -> Tensor:
-        """Any accepted audio (``[N]`` or ``[C, N]``) -> ``[N]`` float32 mono at 16 kHz (on CPU)."""
+        """Any accepted audio -> ``[N]`` float32 mono at 16 kHz (on CPU).
+
+        Accepts ``[N]``, ``[C, N]`` (torch/torchaudio layout) and ``[N, C]`` (soundfile's layout):
+        the channel axis is the one with at most :data:`MAX_CHANNELS` entries while the other has
+        more. A shape where that does not decide (e.g. ``[8, 8]`` or ``[100, 200]``) is refused
+        with an :class:`AudioError` rather than guessed.
+        """
         t = torch.as_tensor(wav)
         if t.ndim == 2:
-            t = t.t()  # [C, N] -> [N, C] for to_model_input
+            rows, cols = t.shape
+            if rows <= MAX_CHANNELS < cols:
+                t = t.t()  # [C, N] -> [N, C] for to_model_input
+            elif not cols <= MAX_CHANNELS < rows:
+                raise AudioError(
+                    f"ambiguous audio shape {list(t.shape)}: pass [N], [C, N] or [N, C] with at most "
+                    f"{MAX_CHANNELS} channels and more samples than channels"
+                )
         elif t.ndim != 1:
-            raise AudioError(f"expected [N] or [C, N] audio, got shape {list(t.shape)}")
+            raise AudioError(f"expected [N], [C, N] or [N, C] audio, got shape {list(t.shape)}")
         return to_model_input(t.float(), sample_rate)
 
     def analysed_whole(self, samples: int, padding: str = DEFAULT_PADDING) -> bool:

@@ -120,3 +120,17 @@ def test_token_files_record_the_padding(codec, tmp_path, suffix):
     assert back.padding == "grid" and torch.equal(back.tokens, codes.tokens)
     unknown = Codes.load(dataclasses.replace(codes, padding=None).save(tmp_path / f"u{suffix}"))
     assert unknown.padding is None
+
+
+def test_soundfile_layout_is_not_misread(codec, tmp_path):
+    """``soundfile.read`` gives ``[N, C]``: same codes as ``[C, N]``, never 5 frames of 2 samples."""
+    stereo = (torch.randn(2, 12000) * 0.1).numpy()
+    path = tmp_path / "stereo.wav"
+    sf.write(path, stereo.T, 16000, subtype="FLOAT")
+    data, rate = sf.read(path, dtype="float32")  # [N, 2]
+    from_file = codec.encode(data, rate)
+    assert from_file.num_samples == 12000
+    assert torch.equal(from_file.tokens, codec.encode(stereo, 16000).tokens)
+    for shape in [(8, 8), (100, 200), (2, 3, 400)]:
+        with pytest.raises(SoCodecError, match="shape"):
+            codec.encode(torch.zeros(shape))
