@@ -1,0 +1,101 @@
+"""``socodec demo``: a local web app to try the codec in a browser (the ``[demo]`` extra).
+
+Upload or record speech, download its tokens, hear it resynthesised with 1-4 streams or
+another file's voice, decode token files. Bound to 127.0.0.1 unless ``--host`` says otherwise;
+``--share on`` asks Gradio for a public link (off by default). Runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from socodec.cli.common import EXIT_OK, UsageError, require_extra
+from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
+from socodec.cli.options import ModelOptions
+from socodec.errors import SoCodecError
+
+__all__ = ["DemoOptions", "build_parser", "parse_options", "main", "EXTRA_MODULES"]
+
+log = logging.getLogger("socodec")
+
+EXTRA_MODULES = ("gradio", "matplotlib")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Where the demo listens, and which model it runs."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    share: bool = False
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="socodec demo",
+        description="A local web app: speech -> tokens (.soc/.pt, token table) -> speech at 1-4 streams, "
+                    "voice swap, token file decoding. Stop it with Ctrl-C.",
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument("--share", choices=("off", "on"), default="off",
+                   help="'on' asks Gradio's servers for a public link to this app (default: off)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_model_arguments(p)
+    return p
+
+
+def parse_options(argv: list[str]) -> DemoOptions:
+    """The typed options of a ``socodec demo`` command line."""
+    ns = build_parser().parse_args(argv)
+    if ns.port is not None and not 1 <= ns.port <= 65535:
+        raise UsageError(f"--port must be between 1 and 65535, got {ns.port}")
+    return DemoOptions(host=ns.host, port=ns.port, share=ns.share == "on", model=model_options(ns))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str]) -> int:
+    """Run the demo until interrupted; returns the exit status."""
+    opts = parse_options(argv)
+    require_extra("'socodec demo'", "demo", *EXTRA_MODULES)
+    for noisy in ("matplotlib", "gradio", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    apply_threads(opts.model)
+    codec = load_codec(opts.model)
+    from socodec.demo.app import launch
+    from socodec.demo.handlers import DemoHandlers
+
+    if not _is_loopback(opts.host):
+        log.warning("listening on %s: anyone who can reach this machine can use the demo", opts.host)
+    if opts.share:
+        log.warning("--share on: Gradio's servers relay a public link to this app")
+    with tempfile.TemporaryDirectory(prefix="socodec-demo-") as workdir:
+        try:
+            app = launch(DemoHandlers(codec, Path(workdir)), opts.host, opts.port, opts.share, block=False)
+        except OSError as exc:
+            where = f"{opts.host}:{opts.port}" if opts.port else opts.host
+            raise SoCodecError(f"cannot listen on {where} ({exc.strerror or exc})") from None
+        log.info("socodec demo running at %s (Ctrl-C to stop)", app.local_url)
+        if app.share_url:
+            log.info("public link: %s", app.share_url)
+        try:
+            app.block_thread()
+        finally:
+            app.close()
+    return EXIT_OK
