@@ -19,6 +19,7 @@ from pathlib import Path
 from socodec.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, require_extra
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
+from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.errors import SoCodecError
 
 __all__ = ["EvalOptions", "build_parser", "parse_options", "main", "OUTPUT_FILES", "EXTRA_MODULES"]
@@ -40,6 +41,7 @@ class EvalOptions:
     examples: int = 5
     clip_seconds: float = 15.0
     lead: bool = True
+    padding: str = DEFAULT_PADDING
     force: bool = False
     quiet: bool = False
     model: ModelOptions = field(default_factory=ModelOptions)
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed at most the first S seconds of each example's audio (default: 15)")
     p.add_argument("--no-lead", action="store_true",
                    help="skip the published model's 0.5 s lead of zeros before analysis")
+    p.add_argument("--padding", choices=PADDINGS, default=DEFAULT_PADDING,
+                   help="'published' (default): the published tool's tokens; 'grid': pad to the 1920-sample grid")
     p.add_argument("-f", "--force", action="store_true", help="replace an existing report in REPORT_DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar or table")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -91,7 +95,7 @@ def parse_options(argv: list[str]) -> EvalOptions:
         raise UsageError("--clip-seconds must be positive")
     return EvalOptions(
         inputs=tuple(ns.inputs), report_dir=ns.output, streams=_streams(ns.streams), examples=ns.examples,
-        clip_seconds=ns.clip_seconds, lead=not ns.no_lead, force=ns.force, quiet=ns.quiet,
+        clip_seconds=ns.clip_seconds, lead=not ns.no_lead, padding=ns.padding, force=ns.force, quiet=ns.quiet,
         model=model_options(ns),
     )
 
@@ -147,7 +151,7 @@ def main(argv: list[str]) -> int:
     apply_threads(opts.model)
     codec = load_codec(opts.model)
     config = EvalConfig(streams=opts.streams, batch_size=opts.model.batch_size, examples=opts.examples,
-                        clip_seconds=opts.clip_seconds, lead=opts.lead)
+                        clip_seconds=opts.clip_seconds, lead=opts.lead, padding=opts.padding)
     bar = tqdm(total=len(items), unit="file", disable=opts.quiet or None, dynamic_ncols=True)
 
     def report(line: str) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from socodec.config import SAMPLE_RATE
+from socodec.config import DEFAULT_PADDING, SAMPLE_RATE
 from socodec.errors import SoCodecError, one_line
 from socodec.evaluate.inputs import EvalItem, read_item
 from socodec.evaluate.metrics import cosine_similarity, signal_metrics
@@ -44,6 +44,7 @@ class EvalConfig:
         examples: how many of the worst files keep their audio for the report.
         clip_seconds: the kept audio of each example is cut to this many seconds.
         lead: prepend the published model's 0.5 s of zeros before analysis.
+        padding: ``"published"`` or ``"grid"`` (see :meth:`socodec.SoCodec.encode`).
     """
 
     streams: tuple[int, ...] = (1, 2, 3, 4)
@@ -51,6 +52,7 @@ class EvalConfig:
     examples: int = 5
     clip_seconds: float = 15.0
     lead: bool = True
+    padding: str = DEFAULT_PADDING
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,10 @@ def _measure(
     codec: SoCodec, items: list[EvalItem], wavs: list[torch.Tensor], config: EvalConfig
 ) -> list[tuple[FileResult, Example]]:
     """Encode the clips ``[N_i]`` once, decode at each stream count, re-encode the resyntheses, measure."""
-    codes = codec.encode(wavs, lead=config.lead)
+    codes = codec.encode(wavs, lead=config.lead, padding=config.padding)
     resynth = {k: codec.decode(codes, streams=k) for k in config.streams}  # k -> [N_i] per item
     flat = [resynth[k][i] for i in range(len(items)) for k in config.streams]
-    again = codec.encode(flat, lead=config.lead)  # the resyntheses' speaker vectors
+    again = codec.encode(flat, lead=config.lead, padding=config.padding)  # the resyntheses' speaker vectors
     clip = round(config.clip_seconds * SAMPLE_RATE)
     out = []
     for i, (item, wav) in enumerate(zip(items, wavs)):

@@ -67,6 +67,8 @@ def json_document(run: EvalRun) -> dict:
         "errors": run.errors,
         "audio_seconds": sum(r.duration for r in run.results),
         "streams": list(run.config.streams),
+        "lead": run.config.lead,
+        "padding": run.config.padding,
         "confidence": "95 % Student-t interval of the mean over files; n counts the files with a finite value",
         "higher_is_better": HIGHER_IS_BETTER,
         "definitions": DEFINITIONS,
