@@ -23,17 +23,14 @@ import torch
 
 from socodec.audio import load_audio
 from socodec.codes import Codes
-from socodec.config import DEFAULT_PADDING, LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, ChunkConfig, VocoderConfig
+from socodec.config import DEFAULT_PADDING, LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError
 from socodec.inference.batching import decode_batch, encode_batch
-from socodec.inference.core import CodecCore, DecodeInputs, HubertSource
+from socodec.inference.core import CodecCore, DecodeInputs
 from socodec.inference.longform import PaddedSignal, encode_long
 from socodec.inference.synthesis import SynthesisStream, gather, iter_synthesis, trimmed_length
 from socodec.loading.checkpoints import HUBERT_FILE, CheckpointPaths
 from socodec.loading.modules import load_modules
-from socodec.nn.analyzer import Analyzer
-from socodec.nn.hubert import HubertFeatures
-from socodec.nn.vocoder import Vocoder
 from socodec.sources import FileSource, file_duration
 
 __all__ = ["SoCodec"]
@@ -46,22 +43,12 @@ AudioInput = torch.Tensor | np.ndarray
 class SoCodec(CodecCore):
     """HuBERT -> causal encoder -> product VQ  |  VQ decode -> mel decoders -> vocoder.
 
-    Build it with :meth:`from_pretrained` or :meth:`from_files`; the constructor takes ready
-    modules (HuBERT may be a loader called on first analysis). ``chunks``
+    Build it with :meth:`from_pretrained` or :meth:`from_files`; the constructor (that of
+    :class:`~socodec.inference.core.CodecCore`) takes ready modules (HuBERT may be a loader
+    called on first analysis). ``chunks``
     (:class:`~socodec.config.ChunkConfig`, settable attribute) sets the chunk sizes that bound
     memory on long inputs.
     """
-
-    def __init__(
-        self,
-        hubert: HubertFeatures | HubertSource,
-        analyzer: Analyzer,
-        vocoder: Vocoder,
-        identity: dict[str, str] | None = None,
-        dtype: torch.dtype = torch.float32,
-        chunks: ChunkConfig | None = None,
-    ) -> None:
-        super().__init__(hubert, analyzer, vocoder, identity=identity, dtype=dtype, chunks=chunks)
 
     # ------------------------------------------------------------------ loading
     @classmethod
