@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +28,12 @@ _GLOB_CHARS = set("*?[")
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One utterance to measure: a whole file, or ``duration`` seconds from ``offset``."""
+    """One utterance to measure: a whole file, or ``duration`` seconds from ``offset``.
+
+    ``id`` names it in the tables: the manifest's ``id``; for a folder's files the path below
+    the folder without suffix; otherwise the path (``path@offset`` for a segment). Ids that
+    would clash fall back to the full path.
+    """
 
     id: str
     path: Path
@@ -46,6 +51,7 @@ def expand_inputs(inputs: list[str | Path]) -> tuple[list[EvalItem], list[str]]:
     Files are taken as given (a file with an unknown suffix is an error), folders are searched
     recursively for audio files, quoted globs are expanded (``**`` too), ``.jsonl`` files are
     read as manifests. Nothing is opened beyond the manifests: unreadable audio is found later.
+    The same item listed twice (e.g. by a folder and a glob) is kept once.
     """
     items: list[EvalItem] = []
     errors: list[str] = []
@@ -55,13 +61,20 @@ def expand_inputs(inputs: list[str | Path]) -> tuple[list[EvalItem], list[str]]:
             items.extend(_expand_one(path))
         except SoCodecError as exc:
             errors.append(str(exc))
-    seen: set[str] = set()
-    unique = []
-    for item in items:
-        if item.id not in seen:
-            seen.add(item.id)
-            unique.append(item)
-    return unique, errors
+    first: dict[tuple[Path, float, float | None], EvalItem] = {}
+    for item in items:  # the same file (or segment) listed twice is measured once
+        first.setdefault((item.path.resolve(), item.offset, item.duration), item)
+    unique = list(first.values())
+    counts: dict[str, int] = {}
+    for item in unique:
+        counts[item.id] = counts.get(item.id, 0) + 1
+    clashing = {name for name, n in counts.items() if n > 1}
+    return [replace(item, id=_full_id(item)) if item.id in clashing else item for item in unique], errors
+
+
+def _full_id(item: EvalItem) -> str:
+    """An id naming the file by its path (and the segment's offset): used when short ids clash."""
+    return str(item.path) if item.offset == 0 and item.duration is None else f"{item.path}@{item.offset:g}"
 
 
 def _expand_one(path: Path) -> list[EvalItem]:
@@ -76,7 +89,7 @@ def _expand_one(path: Path) -> list[EvalItem]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and _is_audio(p))
         if not files:
             raise SoCodecError(f"{path}: no audio files in this folder")
-        return [EvalItem(str(p), p) for p in files]
+        return [EvalItem(p.relative_to(path).with_suffix("").as_posix(), p) for p in files]
     if not path.exists():
         raise SoCodecError(f"{path}: no such file")
     if path.suffix.lower() in MANIFEST_SUFFIXES:
@@ -108,8 +121,8 @@ def _read_manifest(path: Path) -> list[EvalItem]:
             audio = path.parent / audio
         offset = _seconds(row.get("offset", 0.0), where, "offset")
         duration = None if row.get("duration") is None else _seconds(row["duration"], where, "duration")
-        default_id = str(audio) if offset == 0 and duration is None else f"{audio}@{offset:g}"
-        items.append(EvalItem(str(row.get("id", default_id)), audio, offset, duration))
+        item = EvalItem("", audio, offset, duration)
+        items.append(replace(item, id=str(row["id"]) if row.get("id") is not None else _full_id(item)))
     if not items:
         raise SoCodecError(f"{path}: the manifest lists no audio")
     return items

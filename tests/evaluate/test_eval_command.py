@@ -75,7 +75,7 @@ def test_a_bad_file_is_reported_on_one_line_and_skipped(report, ws):
 
 
 def test_one_csv_row_per_file_and_stream_count(report, ws):
-    ids = [str(ws["corpus"] / "a.wav"), str(ws["corpus"] / "b.flac"), "a-middle"]
+    ids = ["a", "b", "a-middle"]  # a folder's files are named by their path in it, without suffix
     pairs = [(row["id"], int(row["streams"])) for row in report["rows"]]
     assert sorted(pairs) == sorted((i, k) for i in ids for k in STREAMS)
     for row in report["rows"]:
@@ -93,7 +93,7 @@ def test_csv_numbers_are_the_codecs_resynthesis(report, ws):
                                     vocoder_config=GOLDEN / "vocoder_tiny.json")
     wav = load_audio(ws["corpus"] / "a.wav")
     expected = signal_metrics(wav, codec.decode(codec.encode(wav), streams=2))
-    row = next(r for r in report["rows"] if r["id"].endswith("a.wav") and r["streams"] == "2")
+    row = next(r for r in report["rows"] if r["id"] == "a" and r["streams"] == "2")
     for name in ("pesq", "stoi", "mel_distance", "mrstft"):
         assert float(row[name]) == pytest.approx(expected[name], rel=2e-3, abs=1e-4), name
 

@@ -102,9 +102,14 @@ def test_inputs_folders_globs_manifests(tmp_path, speech):
     rows = [{"audio_filepath": "corpus/a.wav", "id": "seg", "offset": 1.0, "duration": 0.5},
             {"audio_filepath": str(folder / "sub" / "b.flac")}]
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    sf.write(other / "a.wav", speech[:8000], 16000)
     items, errors = expand_inputs([folder, str(tmp_path / "corpus" / "**" / "*.flac"), manifest,
-                                   tmp_path / "missing.wav", folder / "notes.txt"])
-    assert [i.id for i in items] == [str(folder / "a.wav"), str(folder / "sub" / "b.flac"), "seg"]
+                                   tmp_path / "missing.wav", folder / "notes.txt", other])
+    # a folder's files are named below it; b.flac (folder, glob and manifest) is measured once;
+    # the two a.wav files would both be "a": they are named by their paths
+    assert [i.id for i in items] == [str(folder / "a.wav"), "sub/b", "seg", str(other / "a.wav")]
     assert len(errors) == 2 and "missing.wav: no such file" in errors[0] and "notes.txt" in errors[1]
     segment = read_item(items[2])
     assert segment.shape == (8000,)
