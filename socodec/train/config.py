@@ -20,6 +20,7 @@ from socodec.errors import ConfigError
 LOSS_KINDS = ("l1", "l2")
 SCHEDULES = ("cosine", "constant")
 AUTOCAST = ("bfloat16", "float16", "none")
+_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class TrainConfig:
                 else:
                     values[key] = str(value)
             except (TypeError, ValueError):
-                raise ConfigError(f"{source}: {key} must be a {type(default).__name__}, got {value!r}") from None
+                raise ConfigError(f"{source}: {key} must be {_KIND[type(default)]}, got {value!r}") from None
         return cls(**values)
 
     @classmethod

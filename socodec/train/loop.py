@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +28,7 @@ from socodec.train.data import StepBatches, find_clips, index_clips
 from socodec.train.export import export_run
 from socodec.train.losses import compute_losses
 from socodec.train.metrics import Board, CsvLog, train_columns, valid_columns
-from socodec.train.model import ClipSettings
+from socodec.train.model import ClipSettings, TrainModel
 from socodec.train.setup import Models, ModelSource, build_models
 from socodec.train.step import StepInputs, batch_targets, lr_at, step_metrics
 from socodec.train.validate import ValidResult, load_valid_clips, validate
@@ -59,6 +59,9 @@ class RunResult:
     resumed_from: int
     last_valid: ValidResult | None
     export_dir: Path | None
+    """``RUN_DIR/export`` (None on processes other than the first)."""
+    model: TrainModel = field(repr=False)
+    """The trained model (this process's copy)."""
 
 
 def train(spec: RunSpec) -> RunResult:
@@ -123,7 +126,7 @@ class _Run:
             export_dir = self._export(models, step)
         finally:
             board.close()
-        return RunResult(step, start, last_valid, export_dir)
+        return RunResult(step, start, last_valid, export_dir, model)
 
     def _index(self, inputs: Sequence[str], what: str):
         index = index_clips(find_clips(inputs), self.cfg.min_seconds)
@@ -230,6 +233,9 @@ class _Run:
 
     def _checkpoint(self, model, optimizer, scaler, gen: torch.Generator, step: int) -> None:
         gens = distributed.gather_objects(gen.get_state())
+        sums = distributed.gather_objects([float(cb.embed.double().sum()) for cb in model.analyzer.vq.codebooks])
+        if any(s != sums[0] for s in sums):
+            log.warning("step %d: the processes' codebooks differ (checksums %s)", step, sums)
         if self.dist.is_main:
             payload = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -244,7 +250,7 @@ class _Run:
         board.scalars("valid", result.row(), step)
         dists = ", ".join(f"{k}: {d:.4f}" for k, d in enumerate(result.distances, start=1))
         log.info("validation at step %d: mel distance by streams {%s}; %s", step, dists,
-                 "ordered (more streams, lower distance)" if result.ordered else "NOT ordered")
+                 "ordered (more streams, lower distance)" if result.ordered else "not ordered")
         return result
 
     def _export(self, models: Models, step: int) -> Path | None:

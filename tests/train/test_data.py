@@ -90,7 +90,7 @@ def test_config_json_overrides_and_errors(tmp_path):
     assert (cfg.lr, cfg.batch_size, cfg.ordered_dropout, cfg.mel_loss) == (0.001, 4, False, "l2")
     assert cfg.with_overrides(lr=None, steps=5).steps == 5 and cfg.with_overrides(lr=None).lr == 0.001
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    for bad, word in (({"lrr": 1}, "unknown key 'lrr'"), ({"batch_size": 1.5}, "batch_size must be a int"),
+    for bad, word in (({"lrr": 1}, "unknown key 'lrr'"), ({"batch_size": 1.5}, "batch_size must be an integer"),
                       ({"mel_loss": "l3"}, "losses must be one of"), ({"ema_decay": 1.0}, "ema_decay")):
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match=word):

@@ -52,3 +52,25 @@ def tiny_spec(tmp: Path, data: Path, out: Path, config: TrainConfig, valid: tupl
         tiny_ckpt_dir(ckpt)
     source = ModelSource(init=ckpt, analyzer_config=TINY_ANALYZER, vocoder_config=TINY_VOCODER)
     return RunSpec(data=(str(data),), out=out, source=source, config=config, valid=valid)
+
+
+def ddp_worker(rank: int, world: int, port: int, tmp: str, from_scratch: bool) -> None:
+    """One process of a gloo run (torch.multiprocessing.spawn target): trains, then saves its own model."""
+    import dataclasses
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from socodec.train import loop
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    root = Path(tmp)
+    spec = tiny_spec(root, root / "data", root / "run", tiny_config(steps=4, every=2, valid_clips=0))
+    if from_scratch:
+        spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, init=None, ckpt_dir=root / "ckpt"))
+    result = loop.train(spec)
+    state = {k: v.contiguous() for k, v in result.model.released_state_dict().items()}
+    save_file(state, str(root / f"rank{rank}.safetensors"))
