@@ -15,12 +15,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from socodec.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, require_extra
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.errors import SoCodecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from socodec.evaluate.run import EvalRun
 
 __all__ = ["EvalOptions", "build_parser", "parse_options", "main", "OUTPUT_FILES", "EXTRA_MODULES"]
 
@@ -115,7 +119,8 @@ def _check_report_dir(opts: EvalOptions) -> None:
         raise SoCodecError(f"{folder}: cannot write here ({ancestor} is not a writable folder)")
 
 
-def _print_means(run) -> None:
+def _print_means(run: EvalRun) -> None:
+    """The table of means (and 95 % CI half-widths) per stream count, on stdout."""
     from socodec.evaluate.tables import summaries
 
     table = summaries(run)

@@ -25,12 +25,14 @@ from socodec.nn.mel import MelSpectrogram
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
 
-__all__ = ["DemoHandlers", "Analysis", "Synthesis", "TOKEN_TABLE_ROWS", "STREAM_CHOICES"]
+__all__ = ["DemoHandlers", "Analysis", "Synthesis", "token_table", "TOKEN_TABLE_ROWS", "STREAM_CHOICES",
+           "SPECTROGRAM_SECONDS"]
 
 TOKEN_TABLE_ROWS = 500  # the token table shows at most this many frames (the files hold all)
 STREAM_CHOICES = (1, 2, 3, 4)
 _SPEC_ROW_PIXELS = 3  # each of the 80 mel bins becomes 3 pixel rows
 _SPEC_RANGE = (-11.5, 2.5)  # log-mel values mapped onto the colour scale (natural log)
+SPECTROGRAM_SECONDS = 60.0  # spectrogram images show at most the first minute
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,11 @@ class DemoHandlers:
                            f"or a token file ({' '.join(TOKEN_SUFFIXES)})")
 
     def spectrogram(self, wav: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Log-mel image ``[80 * 3, frames, 3]`` uint8 (magma colours, low frequencies at the bottom)."""
-        x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
+        """Log-mel image ``[80 * 3, frames, 3]`` uint8 (magma colours, low frequencies at the bottom).
+
+        Only the first :data:`SPECTROGRAM_SECONDS` are drawn (100 frames, i.e. pixels, per second).
+        """
+        x = torch.as_tensor(np.asarray(wav, dtype=np.float32))[: round(SPECTROGRAM_SECONDS * SAMPLE_RATE)]
         if x.numel() <= self._mel.reflect_pad:
             x = torch.nn.functional.pad(x, (0, self._mel.reflect_pad + 1 - x.numel()))
         with torch.inference_mode():

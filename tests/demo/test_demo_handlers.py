@@ -110,6 +110,7 @@ def test_bad_inputs_give_the_command_lines_one_line_errors(handlers, tmp_path):
     assert not list(handlers.workdir.glob("broken*")) and not list(handlers.workdir.glob("two*"))
 
 
-def test_spectrogram_of_very_short_audio(handlers):
+def test_spectrogram_sizes(handlers):
     image = handlers.spectrogram(np.zeros(100, dtype=np.float32))
     assert image.shape[0] == 240 and image.shape[1] >= 1 and image.shape[2] == 3
+    assert handlers.spectrogram(np.zeros(61 * 16000, dtype=np.float32)).shape == (240, 6000, 3)  # the first minute
