@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import nullcontext
 from typing import Callable, Iterable, Iterator
 
 from socodec.corpus.encoder import BatchEncoder, load_encoder
 from socodec.corpus.extras import require
 from socodec.corpus.plan import Batch
+from socodec.corpus.quiet import RAY_NATIVE_LOG, drop_stderr_lines
 from socodec.corpus.schema import pa
 from socodec.errors import SoCodecError
 
@@ -30,7 +32,7 @@ __all__ = ["run_ray"]
 log = logging.getLogger(__name__)
 
 
-class _RayEncoder:
+class RayEncoder:
     """The actor: loads the model once; each call encodes one planned batch."""
 
     def __init__(self, load: Callable[[], object], threads: int | None, padding: str) -> None:
@@ -46,6 +48,17 @@ class _RayEncoder:
             raise SoCodecError(self.error or "the model could not be loaded")
         tables = [self.encoder.encode(Batch.from_json(json.loads(text))) for text in rows.column("batch").to_pylist()]
         return pa.concat_tables(tables)
+
+
+def _actor_class(load: Callable[[], object], threads: int | None, padding: str) -> type:
+    """A :class:`RayEncoder` with its arguments bound (shipped with the class, not as constructor arguments
+    in Ray's object store, which would make restarted actors depend on them)."""
+
+    class SocodecEncoder(RayEncoder):
+        def __init__(self) -> None:
+            super().__init__(load, threads, padding)
+
+    return SocodecEncoder
 
 
 def run_ray(
@@ -65,7 +78,8 @@ def run_ray(
     rows = [{"batch": json.dumps(b.to_json())} for b in batches]
     if not rows:
         return
-    _start(ray, workers, address)
+    _start(ray, workers, address, log_level)
+    quiet = drop_stderr_lines(RAY_NATIVE_LOG) if log_level > logging.DEBUG else nullcontext()
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -75,8 +89,7 @@ def run_ray(
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         gpu = device.startswith("cuda")
         results = dataset.map_batches(
-            _RayEncoder,
-            fn_constructor_args=(load, threads, padding),
+            _actor_class(load, threads, padding),
             batch_size=1,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -84,19 +97,23 @@ def run_ray(
             num_gpus=1 if gpu else 0,
         )
         try:
-            for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-                yield table
+            with quiet:  # Ray's core worker warns about every Ray Data actor pool, on fd 2
+                for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    yield table
         except Exception as exc:  # noqa: BLE001 - Ray wraps the actors' errors; keep their message
             raise SoCodecError(f"the ray engine failed: {_original_message(exc)}") from None
     finally:
         ray.shutdown()
 
 
-def _start(ray, workers: int, address: str | None) -> None:
-    """Join ``address``, or start a quiet local Ray with enough logical CPUs for the actors."""
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+def _start(ray, workers: int, address: str | None, log_level: int) -> None:
+    """Join ``address``, or start a quiet local Ray with enough logical CPUs for the actors.
+
+    Ray's Python loggers are set to errors only unless ``log_level`` is DEBUG.
+    """
+    if log_level > logging.DEBUG:
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
                   configure_logging=True, ignore_reinit_error=True)
     try:
