@@ -5,7 +5,8 @@
     python example.py -i features.pt -o resynthesis.wav  # tokens -> speech
 
 Routing is by suffix, as in the published script (``.soc`` token files and
-other audio formats work too). Any other option is handed to ``socodec``
+other audio formats work too), and the tokens are the published script's
+(``--padding published``, always). Any other option is handed to ``socodec``
 unchanged, e.g. ``--ckpt-dir DIR``, ``--streams 2``, ``--sample-format float``;
 see ``socodec --help``. Exit status and messages are those of ``socodec``.
 """
@@ -43,6 +44,9 @@ def forwarded_args(argv: list[str] | None = None) -> list[str]:
     positionals = [*parsed.inputs, parsed.output]
     if len(positionals) != 2:
         parser.error(f"unexpected arguments: {' '.join(str(a) for a in positionals[2:])}")
+    if parsed.padding != "published":
+        parser.error("example.py always pads as the published command line does; "
+                     "use 'socodec --padding grid' for the grid padding")
     return forwarded
 
 

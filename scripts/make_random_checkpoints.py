@@ -1,17 +1,23 @@
 """Write random-weight checkpoints in the released formats, under the released names.
 
 Real size by default (the benchmark uses these: ~1.3 GB HuBERT .pt, analyzer and
-vocoder safetensors); ``--tiny`` uses small configs for quick experiments.
+vocoder safetensors); ``--tiny`` writes small models (~10 MB in all) for quick
+experiments, plus their configs ``analyzer_tiny.json`` and ``vocoder_tiny.json``
+(HuBERT's size is read from its checkpoint).
 The HuBERT file is a fairseq-style trainer checkpoint, complete with a pickled
 ``fairseq.data.dictionary.Dictionary`` stand-in, so it exercises the same safe
 loader as the real file.
 
     python scripts/make_random_checkpoints.py OUT_DIR [--seed 0]
+    python scripts/make_random_checkpoints.py OUT_DIR --tiny
+    socodec speech.wav out.wav --ckpt-dir OUT_DIR \
+        --analyzer-config OUT_DIR/analyzer_tiny.json --vocoder-config OUT_DIR/vocoder_tiny.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import types
@@ -22,10 +28,10 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE  # noqa: E402
 from socodec.config import AnalyzerConfig, HubertConfig, VocoderConfig  # noqa: E402
-from socodec.nn.analyzer import Analyzer  # noqa: E402
+from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE  # noqa: E402
 from socodec.loading.hubert import fairseq_layout  # noqa: E402
+from socodec.nn.analyzer import Analyzer  # noqa: E402
 from socodec.nn.vocoder import Vocoder  # noqa: E402
 
 log = logging.getLogger("make_random_checkpoints")
@@ -132,12 +138,52 @@ def make_random_checkpoints(
     write_vocoder(out_dir / VOCODER_FILE, vocoder or VocoderConfig.released(), gen)
 
 
+#: ``--tiny`` sizes: HuBERT 2 layers of width 64; analyzer and vocoder as the JSON files below.
+TINY_HUBERT = HubertConfig(
+    conv_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2,
+    embed_dim=64, ffn_dim=128, num_layers=2, num_heads=4, conv_pos=16, conv_pos_groups=4,
+)
+TINY_ANALYZER_JSON = {
+    "in_dim": 64, "out_dim": 80, "n_model_size": 64, "downsample_scales": [2, 3], "upsample_scales": [[3, 2], [2]],
+    "mel_config": {"style": "BigVGAN", "filter_length": 1024, "hop_length": 160, "win_length": 640,
+                   "n_mel_channels": 80, "sampling_rate": 16000},
+    "vq_class": "VectorQuantization",
+    "vq_config": {"codebook_size": [128, 128], "codebook_dim": [8, 8], "requires_projection": True},
+    "tree_config": [{"downsample_rate": 1, "n_groups": 4, "dropout": 0, "ordered": True}],
+    "n_samples_per_token": 1920,
+}
+TINY_VOCODER_JSON = {
+    "num_mels": 80, "resblock": 0, "upsample_rates": [5, 4, 2, 2, 2], "upsample_kernel_sizes": [11, 8, 4, 4, 4],
+    "upsample_initial_channel": 64, "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "activation": "snakebeta", "snake_logscale": True,
+    "use_bias_at_final": True, "use_tanh_at_final": True,
+}
+
+
+def make_tiny_checkpoints(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Tiny random models and their configs in ``out_dir``; returns the analyzer and vocoder config paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    analyzer_json, vocoder_json = out_dir / "analyzer_tiny.json", out_dir / "vocoder_tiny.json"
+    analyzer_json.write_text(json.dumps(TINY_ANALYZER_JSON, indent=1) + "\n")
+    vocoder_json.write_text(json.dumps(TINY_VOCODER_JSON, indent=1) + "\n")
+    make_random_checkpoints(out_dir, hubert=TINY_HUBERT, analyzer=AnalyzerConfig.from_json(analyzer_json),
+                            vocoder=VocoderConfig.from_json(vocoder_json), seed=seed)
+    return analyzer_json, vocoder_json
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true",
+                        help="small models (~10 MB) and their JSON configs instead of the released sizes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.tiny:
+        analyzer_json, vocoder_json = make_tiny_checkpoints(args.out_dir, seed=args.seed)
+        log.info("wrote tiny %s, %s, %s in %s; use them with --ckpt-dir %s --analyzer-config %s --vocoder-config %s",
+                 HUBERT_FILE, ANALYZER_FILE, VOCODER_FILE, args.out_dir, args.out_dir, analyzer_json, vocoder_json)
+        return
     make_random_checkpoints(args.out_dir, seed=args.seed)
     log.info("wrote %s, %s, %s in %s", HUBERT_FILE, ANALYZER_FILE, VOCODER_FILE, args.out_dir)
 

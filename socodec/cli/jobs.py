@@ -8,16 +8,23 @@ recursively and mirrored into the output directory, a glob is expanded here
 from __future__ import annotations
 
 import glob
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from socodec.audio import AUDIO_SUFFIXES, WRITE_SUFFIXES
+from socodec.cli.common import UsageError
 from socodec.codes import TOKEN_SUFFIXES
 from socodec.errors import SoCodecError
 
 __all__ = ["Job", "is_audio_file", "is_token_file", "plan_jobs"]
 
+log = logging.getLogger("socodec")
+
 GLOB_CHARS = frozenset("*?[")
+
+#: Suffixes an output file may have: audio written by socodec, then token files.
+OUTPUT_SUFFIXES = (*WRITE_SUFFIXES, *TOKEN_SUFFIXES)
 
 
 def is_token_file(path: Path) -> bool:
@@ -66,14 +73,24 @@ def _expand(item: Path) -> list[tuple[Path, Path]]:
 def plan_jobs(inputs: list[Path] | tuple[Path, ...], output: Path, to: str | None = None) -> list[Job]:
     """Pair inputs with outputs.
 
-    One input file and an output that is not a directory: one job. Otherwise
-    ``output`` is a directory, directory inputs are mirrored into it, and each
-    output gets suffix ``to`` (default ``.soc`` for audio, ``.wav`` for tokens).
+    One input file and an ``output`` with a suffix (not an existing directory): one job,
+    routed by the two suffixes. Otherwise ``output`` is a directory (created if needed),
+    directory inputs are mirrored into it, and each output gets suffix ``to`` (default
+    ``.soc`` for audio, ``.wav`` for tokens). A single input with a suffix-less ``output``
+    is refused (:class:`UsageError`) unless ``to`` says it is a directory.
     """
-    single = len(inputs) == 1 and not inputs[0].is_dir() and not output.is_dir() and output.suffix != ""
-    if single and not is_glob(inputs[0]):
+    single = len(inputs) == 1 and not inputs[0].is_dir() and not is_glob(inputs[0]) and not output.is_dir()
+    if single and to is None:
+        if not output.suffix:
+            raise UsageError(
+                f"{output}: the output has no suffix; name the file with one "
+                f"({' '.join(OUTPUT_SUFFIXES)}), or add -t SUFFIX to write into the folder {output}/"
+            )
         jobs = [Job(inputs[0], output)]
     else:
+        if single and output.suffix.lower() in OUTPUT_SUFFIXES:
+            raise UsageError(f"-t/--to names the suffix of files written into a folder, but {output} names "
+                             f"a file; drop -t (the suffix {output.suffix} decides), or name a folder")
         if output.exists() and not output.is_dir():
             raise SoCodecError(f"{output}: several inputs need an output directory, and this is a file")
         jobs = []
@@ -81,6 +98,8 @@ def plan_jobs(inputs: list[Path] | tuple[Path, ...], output: Path, to: str | Non
             for path, rel in _expand(item):
                 suffix = to or (".wav" if is_token_file(path) else ".soc")
                 jobs.append(Job(path, output / rel.with_suffix(suffix)))
+        if not output.exists():
+            log.info("%s/: new folder for %d output file%s", output, len(jobs), "s" if len(jobs) > 1 else "")
     writers: dict[Path, Path] = {}
     for job in jobs:
         _check_route(job)

@@ -19,6 +19,7 @@ import torch
 
 from socodec.cli.common import UsageError
 from socodec.cli.options import DTYPES, ModelOptions
+from socodec.errors import SoCodecError, one_line
 
 if TYPE_CHECKING:  # the codec (and its torch modules) load only when a command needs them
     from socodec.codec import SoCodec
@@ -48,6 +49,10 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
         raise UsageError("--threads must be at least 1")
     if ns.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    try:
+        torch.device(ns.device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {ns.device}: not a device name (cpu, cuda, cuda:1, ...)") from None
     return ModelOptions(
         ckpt_dir=ns.ckpt_dir,
         analyzer_config=ns.analyzer_config,
@@ -66,14 +71,27 @@ def apply_threads(opts: ModelOptions) -> None:
         torch.set_num_threads(opts.threads)
 
 
-def load_codec(opts: ModelOptions) -> SoCodec:
-    """Find (or download) the three weight files and load the codec on ``opts.device``."""
+def load_codec(opts: ModelOptions, analysis: bool = True) -> SoCodec:
+    """Find (or download) the weight files and load the codec on ``opts.device``.
+
+    ``analysis``: audio will be encoded, so HuBERT is needed and loaded now (a broken file is
+    reported before any input is read); without it only the two ``.safetensors`` files are
+    needed (HuBERT, if present, loads on first use). Every failure, whatever raised it, is a
+    :class:`~socodec.errors.SoCodecError` with one line (missing or broken weights, a device
+    this torch cannot use, a dtype the device does not support).
+    """
     from socodec.codec import SoCodec
     from socodec.loading.download import resolve_checkpoints
 
-    paths = resolve_checkpoints(opts.ckpt_dir, allow_download=opts.allow_download)
-    return SoCodec.from_files(
-        paths.hubert, paths.analyzer, paths.vocoder,
-        analyzer_config=opts.analyzer_config, vocoder_config=opts.vocoder_config,
-        device=opts.device, dtype=opts.dtype,
-    )
+    paths = resolve_checkpoints(opts.ckpt_dir, allow_download=opts.allow_download, need_hubert=analysis)
+    try:
+        return SoCodec.from_files(
+            paths.hubert if paths.hubert.is_file() else None, paths.analyzer, paths.vocoder,
+            analyzer_config=opts.analyzer_config, vocoder_config=opts.vocoder_config,
+            device=opts.device, dtype=opts.dtype, lazy_hubert=not analysis,
+        )
+    except SoCodecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. torch refusing the device: one line, not a traceback
+        log.debug("loading the model failed", exc_info=True)
+        raise SoCodecError(f"cannot load the model on {opts.device} ({type(exc).__name__}: {one_line(exc)})") from None

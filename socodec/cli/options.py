@@ -43,14 +43,28 @@ class ModelOptions:
         object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
 
 
+#: ``--padding`` modes: the published command line's tokens (default), or the 1920-sample grid.
+PADDINGS = ("published", "grid")
+
+
 @dataclass(frozen=True)
 class CodingOptions:
-    """How inputs are analysed and tokens decoded."""
+    """How inputs are analysed and tokens decoded.
+
+    ``sample_format`` None means not chosen (audio outputs are then 16-bit PCM), so an
+    explicit choice that cannot apply can be refused.
+    """
 
     streams: int | None = None
     speaker: Path | None = None
     lead: bool = True
-    sample_format: str = "pcm16"
+    sample_format: str | None = None
+    padding: str = "published"
+
+    @property
+    def audio_format(self) -> str:
+        """The sample format audio outputs are written in."""
+        return self.sample_format or "pcm16"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from socodec import __version__
 from socodec.audio import SAMPLE_FORMATS, WRITE_SUFFIXES
 from socodec.cli.common import UsageError
 from socodec.cli.model import add_model_arguments, model_options
-from socodec.cli.options import CodingOptions, ConvertOptions
+from socodec.cli.options import PADDINGS, CodingOptions, ConvertOptions
 from socodec.codes import TOKEN_SUFFIXES
 
 
@@ -42,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decode with the speaker vector of this token or audio file (voice swap)")
     coding.add_argument("--no-lead", action="store_true",
                         help="skip the published model's 0.5 s lead of zeros before analysis")
-    coding.add_argument("--sample-format", choices=sorted(SAMPLE_FORMATS), default="pcm16",
-                        help="output wav sample format (default: pcm16)")
+    coding.add_argument("--sample-format", choices=sorted(SAMPLE_FORMATS), default=None,
+                        help="sample format of .wav/.flac outputs (default: pcm16)")
+    coding.add_argument("--padding", choices=PADDINGS, default="published",
+                        help="how analysis pads the signal: 'published' gives the published command line's "
+                             "tokens (default), 'grid' pads to the 1920-sample frame grid")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"socodec {__version__}")
@@ -54,7 +57,8 @@ def coding_options(ns: argparse.Namespace) -> CodingOptions:
     """The typed coding options of a namespace parsed by :func:`build_parser`."""
     if ns.streams is not None and not 1 <= ns.streams <= 4:
         raise UsageError("--streams must be between 1 and 4")
-    return CodingOptions(streams=ns.streams, speaker=ns.speaker, lead=not ns.no_lead, sample_format=ns.sample_format)
+    return CodingOptions(streams=ns.streams, speaker=ns.speaker, lead=not ns.no_lead, sample_format=ns.sample_format,
+                         padding=ns.padding)
 
 
 def convert_options(ns: argparse.Namespace) -> ConvertOptions:

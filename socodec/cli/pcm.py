@@ -1,28 +1,36 @@
 """``socodec IN -``: decode one input and stream raw 16-bit PCM to stdout as it is synthesised.
 
-The output is headerless signed 16-bit little-endian mono at 16 kHz (samples ×32767,
-rounded, clipped to [-1, 1]), e.g. ``socodec tokens.soc - | aplay -f S16_LE -r 16000``.
+The output is headerless signed 16-bit little-endian mono at 16 kHz, converted exactly as
+a 16-bit ``.wav`` output is (same library, same scale, samples clipped to [-1, 1]): the bytes
+equal the ``.wav`` file's samples. E.g. ``socodec tokens.soc - | aplay -f S16_LE -r 16000``.
 The tokens are fed to :meth:`SoCodec.decode_stream` :data:`STREAM_FRAMES` frames at a time,
 so playback can start after the first chunk instead of after the whole file. An audio input
-is analysed first (analysis is not streamed), then synthesised the same way.
+is analysed first (analysis is not streamed), then synthesised the same way. A reader that
+stops early (``| head -c 1000``) ends the command quietly with exit status 0, as Unix tools do.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+import soundfile as sf
 import torch
 
-from socodec.cli.jobs import is_token_file
+from socodec.cli.common import UsageError
+from socodec.cli.jobs import Job, is_audio_file, is_token_file
 from socodec.cli.options import ConvertOptions
 from socodec.cli.runner import Runner
 from socodec.codes import load_codes
+from socodec.config import SAMPLE_RATE
 from socodec.errors import SoCodecError
 
-__all__ = ["STREAM_FRAMES", "pcm16_bytes", "stream_pcm"]
+__all__ = ["STREAM_FRAMES", "check_pcm_options", "pcm16_bytes", "stream_pcm"]
 
 log = logging.getLogger("socodec")
 
@@ -31,15 +39,34 @@ STREAM_FRAMES = 8
 
 
 def pcm16_bytes(wav: torch.Tensor) -> bytes:
-    """``[n]`` float audio -> ``2 n`` bytes of signed 16-bit little-endian PCM."""
-    pcm = (wav.clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16)
-    return pcm.numpy().astype("<i2", copy=False).tobytes()
+    """``[n]`` float audio -> ``2 n`` bytes of signed 16-bit little-endian PCM, as a pcm16 ``.wav`` holds them."""
+    samples = np.clip(wav.detach().to("cpu", torch.float32).numpy().reshape(-1), -1.0, 1.0)
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", samplerate=SAMPLE_RATE, channels=1, format="RAW", subtype="PCM_16",
+                      endian="LITTLE") as out:
+        out.write(samples)
+    return buf.getvalue()
+
+
+def check_pcm_options(opts: ConvertOptions) -> None:
+    """Refuse (exit status 2) what ``-`` cannot do: several inputs, a sample format or suffix."""
+    if len(opts.inputs) != 1:
+        raise UsageError("'-' (raw PCM to stdout) takes exactly one input file")
+    fmt = opts.coding.sample_format
+    if fmt not in (None, "pcm16"):
+        raise UsageError(f"--sample-format {fmt} does not apply to '-': raw PCM on stdout is always 16-bit "
+                         "(write a .wav file for other formats)")
+    if opts.to is not None:
+        raise UsageError("-t/--to does not apply to '-' (raw PCM on stdout)")
+    src = opts.inputs[0]
+    if not opts.coding.lead and is_token_file(src) and not _audio_speaker(opts):
+        raise UsageError(f"--no-lead does not apply to {src}: it changes analysis, and token files are already "
+                         "analysed (their lead is recorded in them)")
 
 
 def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
     """Decode ``opts.inputs[0]`` (tokens or audio) to raw PCM on ``out`` (default stdout). Returns the exit status."""
-    if len(opts.inputs) != 1:
-        raise SoCodecError("'-' (raw PCM to stdout) takes exactly one input file")
+    check_pcm_options(opts)
     src = opts.inputs[0]
     if not src.is_file():
         raise SoCodecError(f"{src}: no such file")
@@ -47,6 +74,7 @@ def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
     if out is None and sink.isatty():
         raise SoCodecError("refusing to write raw PCM to a terminal; pipe it into a player or a file")
     runner = Runner(opts)
+    runner.prepare([Job(src, Path("stdout.wav"))])  # the model, once, before the input is read
     codes = load_codes(src) if is_token_file(src) else runner.encode(src)
     codes = runner.adjust(codes)
     runner.codec.check_codes(codes)
@@ -56,10 +84,15 @@ def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
             sink.write(pcm16_bytes(chunk))
             sink.flush()
             written += chunk.numel()
-    except BrokenPipeError:
-        if out is None:  # keep the interpreter from complaining again when it flushes stdout at exit
+    except BrokenPipeError:  # the reader has all it wanted (e.g. `| head -c 1000`): not an error
+        if out is None:  # keep the interpreter from complaining when it flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        log.error("%s: the output pipe was closed after %d samples", src, written)
-        return 1
+        log.debug("%s: the reader closed the pipe after %d samples", src, written)
+        return 0
     log.info("%s: %d samples of raw 16-bit PCM at 16 kHz written to stdout", src, written)
     return 0
+
+
+def _audio_speaker(opts: ConvertOptions) -> bool:
+    speaker = opts.coding.speaker
+    return speaker is not None and is_audio_file(speaker)

@@ -8,6 +8,7 @@ the model as one batch first (:meth:`Runner.prefetch`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from socodec.cli.model import load_codec
 from socodec.cli.options import ConvertOptions
 from socodec.codes import Codes, load_codes, save_codes
 from socodec.config import SAMPLE_RATE
-from socodec.errors import CheckpointError, ConfigError, SoCodecError, one_line
+from socodec.errors import SoCodecError, one_line
 from socodec.sources import file_duration
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ log = logging.getLogger("socodec")
 
 
 class Runner:
-    """Runs jobs with one lazily loaded model."""
+    """Runs jobs with one model, loaded by :meth:`prepare` before any input is read."""
 
     def __init__(self, opts: ConvertOptions) -> None:
         self.opts = opts
@@ -47,19 +48,28 @@ class Runner:
         self._decoded: dict[Job, torch.Tensor] = {}
 
     @property
-    def loaded(self) -> bool:
-        """Whether the model has been loaded."""
-        return self._codec is not None
-
-    @property
     def codec(self) -> SoCodec:
         if self._codec is None:
             self._codec = load_codec(self.opts.model)
         return self._codec
 
+    def prepare(self, jobs: list[Job]) -> None:
+        """Load what ``jobs`` need once, up front: the model (HuBERT only if audio is analysed)
+        and the ``--speaker`` vector. A failure here concerns every job: it is raised (one
+        line, exit status 1) before any input is touched, instead of failing job by job."""
+        speaker = self.opts.coding.speaker
+        analysis = any(job.needs_model and is_audio_file(job.input) for job in jobs)
+        decoding = any(not is_token_file(job.output) for job in jobs)
+        if decoding and speaker is not None and is_audio_file(speaker):
+            analysis = True
+        if self._codec is None and any(job.needs_model for job in jobs):
+            self._codec = load_codec(self.opts.model, analysis=analysis)
+        if decoding:
+            self.speaker()
+
     def encode(self, path: Path) -> Codes:
         """Analyse the audio file ``path`` (long files stream from disk)."""
-        return self.codec.encode(path, lead=self.opts.coding.lead)
+        return self.codec.encode(path, lead=self.opts.coding.lead, padding=self.opts.coding.padding)
 
     def speaker(self) -> torch.Tensor | None:
         """The ``--speaker`` override vector ``[D]``, computed once."""
@@ -86,7 +96,8 @@ class Runner:
             codes = load_codes(job.input)
         else:
             codes = self.encode(job.input)
-        codes = self.adjust(codes)
+        if not is_token_file(job.output):
+            codes = self.adjust(codes)
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -94,7 +105,7 @@ class Runner:
         if is_token_file(job.output):
             save_codes(codes, job.output)
         else:
-            fmt = self.opts.coding.sample_format
+            fmt = self.opts.coding.audio_format
             if job in self._decoded:
                 save_audio(job.output, self._decoded.pop(job), sample_format=fmt)
             else:  # written piece by piece: hours of audio are never held whole
@@ -107,7 +118,7 @@ class Runner:
             codes = codes.with_streams(min(streams, codes.num_streams))
         speaker = self.speaker()
         if speaker is not None:
-            codes = Codes(codes.tokens, speaker, codes.sample_rate, codes.num_samples, codes.lead, codes.model)
+            codes = dataclasses.replace(codes, speaker=speaker)
         return codes
 
     def prefetch(self, group: list[Job]) -> None:
@@ -131,7 +142,8 @@ class Runner:
                         continue
             if len(audio) > 1:
                 with _without_range_warning():
-                    encoded = codec.encode(list(audio.values()), lead=self.opts.coding.lead)
+                    encoded = codec.encode(list(audio.values()), lead=self.opts.coding.lead,
+                                           padding=self.opts.coding.padding)
                 self._encoded.update(zip(audio, encoded))
             decode = {}
             for job in todo:
@@ -154,6 +166,7 @@ class Runner:
 def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
     """Run every job; report failures one line each. Returns the exit status (0, 1, or 130 on Ctrl-C)."""
     runner = Runner(opts)
+    runner.prepare(jobs)  # a model that cannot load: one line, before any input is read
     failed = 0
     batches = _batches(jobs, opts.model.batch_size)
     if batches:
@@ -170,8 +183,6 @@ def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
                 runner.run(job)
                 done += 1
             except SoCodecError as exc:
-                if not runner.loaded and job.needs_model and isinstance(exc, (CheckpointError, ConfigError)):
-                    raise  # no model for any job: reported once, the run stops
                 failed += 1
                 _report(bar, _naming(job, one_line(exc)))
             except Exception as exc:  # noqa: BLE001 - anything else the libraries raise: one line, go on

@@ -33,6 +33,8 @@ from socodec.codes import load_codes, save_codes
 from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE
 
 LEAD = 8000
+GOLDEN_CLI = GOLDEN / "cli"
+CLI_CASES = ("ground_truth", "tone", "edge")
 TIMEOUT_S = 300
 PCM16_STEP = 1 / 32768
 
@@ -111,7 +113,13 @@ def example(*args: object) -> list[str]:
 
 
 def _golden(name: str) -> dict[str, torch.Tensor]:
+    """The grid-padding golden case ``name`` (``--padding grid``)."""
     return load_file(str(GOLDEN / f"golden_{name}.safetensors"))
+
+
+def _golden_cli(name: str) -> dict[str, torch.Tensor]:
+    """The published command line's golden case ``name`` (the default ``--padding published``)."""
+    return load_file(str(GOLDEN_CLI / f"golden_cli_{name}.safetensors"))
 
 
 def _make_workspace(root: Path) -> Workspace:
@@ -156,7 +164,11 @@ def runs(ws: Workspace):
                example("-i", r / "ex" / "gt.pt", "-o", r / "ex" / "gt_from_pt.wav", *m))
     cmds.start("dir", socodec(r / "tree", r / "out_dir", "-t", ".soc", *m))
     cmds.start("float", socodec(files / "gt.wav", files / "ref_ground_truth.pt", files / "ref_chirp.pt",
-                                r / "out_float", "-t", ".wav", "--sample-format", "float", *m))
+                                r / "out_float", "-t", ".wav", "--sample-format", "float", "--padding", "grid", *m))
+    cmds.start("published", socodec(GOLDEN_CLI / "cli_tone.wav", GOLDEN_CLI / "cli_edge.wav", r / "out_published", *m),
+               socodec(*(GOLDEN_CLI / f"reference_cli_features_{c}.pt" for c in CLI_CASES), r / "out_published_pt",
+                       "-t", ".wav", "--sample-format", "float", *m))
+    cmds.start("grid_tokens", socodec(files / "gt.wav", r / "grid.soc", "--padding", "grid", *m))
     no_ckpt_dir = [a for a in m if a not in ("--ckpt-dir", str(ws.ckpts))]
     cmds.start("example_wav", example("-i", files / "gt.wav", "-o", r / "ex" / "gt.wav", *no_ckpt_dir),
                env={"SOCODEC_CKPT_DIR": str(ws.ckpts)})
@@ -204,13 +216,15 @@ def _golden_tail(case: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def test_wav_to_pt_gives_golden_tokens(runs, ws):
+    """example.py writes the published command line's tokens (its padding) into the published .pt layout."""
     runs["example_pt"][0].check()
-    g = _golden("ground_truth")
+    g = _golden_cli("ground_truth")
     raw = torch.load(ws.root / "ex" / "gt.pt", weights_only=True)
     assert raw["token"].dtype == torch.int64 and torch.equal(raw["token"], g["tokens"])
     assert raw["speaker"].dtype == torch.float32
     assert_close_golden(raw["speaker"], g["speaker"])
     assert (raw["num_samples"], raw["lead"], raw["sample_rate"]) == (g["input_wav"].numel(), LEAD, 16000)
+    assert raw["padding"] == "published"
 
 
 def test_wav_to_pt_to_wav(runs, ws):
@@ -219,17 +233,18 @@ def test_wav_to_pt_to_wav(runs, ws):
     step[1].check()
     wav, subtype = _read_wav(ws.root / "ex" / "gt_from_pt.wav")
     assert subtype == "PCM_16"
-    _assert_close_pcm16(wav, _golden_tail(_golden("ground_truth")))
+    _assert_close_pcm16(wav, _golden_tail(_golden_cli("ground_truth")))
 
 
 def test_wav_to_wav_pcm16_with_ckpt_dir_from_environment(runs, ws):
     runs["example_wav"][0].check()
     wav, subtype = _read_wav(ws.root / "ex" / "gt.wav")
     assert subtype == "PCM_16"
-    _assert_close_pcm16(wav, _golden_tail(_golden("ground_truth")))
+    _assert_close_pcm16(wav, _golden_tail(_golden_cli("ground_truth")))
 
 
 def test_wav_to_wav_float_and_reference_pt(runs, ws):
+    """``--padding grid``: the model fed a 1-D signal padded to the frame grid (``golden/``)."""
     runs["float"][0].check()
     out = ws.root / "out_float"
     wav, subtype = _read_wav(out / "gt.wav")
@@ -249,14 +264,46 @@ def test_directory_mode_with_a_broken_file(runs, ws):
     out = ws.root / "out_dir"
     produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert produced == ["ground_truth.soc", "more/ref_chirp.soc", "more/stereo44k.soc"]
-    g = _golden("ground_truth")
+    g = _golden_cli("ground_truth")  # the default padding: the published command line's tokens
     codes = load_codes(out / "ground_truth.soc")
     assert torch.equal(codes.tokens, g["tokens"])
     assert_close_golden(codes.speaker, g["speaker"])
-    assert (codes.num_samples, codes.lead) == (g["input_wav"].numel(), LEAD)
+    assert (codes.num_samples, codes.lead, codes.padding) == (g["input_wav"].numel(), LEAD, "published")
     ref = load_codes(GOLDEN / "reference_features_chirp.pt")
     converted = load_codes(out / "more" / "ref_chirp.soc")
     assert torch.equal(converted.tokens, ref.tokens) and torch.equal(converted.speaker, ref.speaker)
+
+
+def test_published_padding_is_the_default(runs, ws):
+    """``socodec x.wav out/``: tokens and speaker of the published command line (``golden/cli``)."""
+    runs["published"][0].check()
+    for case in ("tone", "edge"):
+        g = _golden_cli(case)
+        assert torch.equal(load_audio(GOLDEN_CLI / f"cli_{case}.wav"), g["input_wav"])
+        codes = load_codes(ws.root / "out_published" / f"cli_{case}.soc")
+        assert torch.equal(codes.tokens, g["tokens"]), case
+        assert_close_golden(codes.speaker, g["speaker"])
+        assert (codes.num_samples, codes.lead, codes.padding) == (g["input_wav"].numel(), LEAD, "published")
+
+
+def test_published_tool_pt_decodes_to_its_golden_audio(runs, ws):
+    """The published tool's ``.pt`` files (no length or lead recorded): the full 1920 T samples."""
+    step = runs["published"]
+    assert len(step) == 2, str(step[-1])
+    step[1].check()
+    for case in CLI_CASES:
+        wav, subtype = _read_wav(ws.root / "out_published_pt" / f"reference_cli_features_{case}.wav")
+        assert subtype == "FLOAT"
+        assert_close_golden(wav, _golden_cli(case)["output_wav"])
+
+
+def test_grid_padding_option(runs, ws):
+    runs["grid_tokens"][0].check()
+    g = _golden("ground_truth")
+    codes = load_codes(ws.root / "grid.soc")
+    assert torch.equal(codes.tokens, g["tokens"])
+    assert_close_golden(codes.speaker, g["speaker"])
+    assert codes.padding == "grid"
 
 
 def test_stereo_44k_flac_input(runs, ws, codec):
