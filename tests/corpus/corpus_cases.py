@@ -7,11 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from conftest import GOLDEN, REPO, tiny_ckpt_dir
 
@@ -126,3 +129,14 @@ def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
 
 def show(result: subprocess.CompletedProcess) -> str:
     return f"$ {' '.join(map(str, result.args))}\n[exit {result.returncode}]\n{result.stdout}\n{result.stderr}"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread, as the workers ran (float sums then round the same way)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
