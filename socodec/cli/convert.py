@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 
-from socodec.cli.common import UsageError
-from socodec.cli.jobs import Job, is_audio_file, is_token_file, plan_jobs
+from socodec.cli.jobs import check_options, plan_jobs
 from socodec.cli.model import apply_threads
 from socodec.cli.options import ConvertOptions
 from socodec.cli.parser import parse_convert
 from socodec.cli.runner import run_jobs
 
-__all__ = ["main", "convert", "check_options"]
+__all__ = ["main", "convert"]
 
 log = logging.getLogger("socodec")
 
@@ -40,40 +39,10 @@ def convert(opts: ConvertOptions) -> int:
 
         return stream_pcm(opts)
     jobs = plan_jobs(opts.inputs, opts.output, to=opts.to)
-    check_options(jobs, opts)
+    check_options(jobs, opts.coding)
     if opts.skip_existing:
         todo = [job for job in jobs if not job.output.exists()]
         if len(todo) < len(jobs):
             log.info("skipping %d of %d files: their output exists", len(jobs) - len(todo), len(jobs))
         jobs = todo
     return run_jobs(jobs, opts)
-
-
-def check_options(jobs: list[Job], opts: ConvertOptions) -> None:
-    """Refuse (:class:`UsageError`) coding options that apply to none of ``jobs``.
-
-    ``--streams``/``--speaker``/``--sample-format`` act when decoding to audio, ``--no-lead``
-    when analysing audio; with mixed outputs ``--streams``/``--speaker`` are applied to
-    the audio outputs only, with a warning.
-    """
-    coding = opts.coding
-    decoded = sum(not is_token_file(job.output) for job in jobs)
-    analysed = any(job.needs_model and is_audio_file(job.input) for job in jobs)
-    speaker_analysed = decoded and coding.speaker is not None and is_audio_file(coding.speaker)
-    given = [name for name, value in (("--streams", coding.streams), ("--speaker", coding.speaker)) if value is not None]
-    if given and not decoded:
-        raise UsageError(f"{' and '.join(given)} only {_act(given)} when decoding to audio, and every output here is a "
-                         "token file (it keeps all streams and its own speaker vector)")
-    if given and decoded < len(jobs):
-        log.warning("%s %s on the audio outputs only (%d of %d files); token files keep all streams and their "
-                    "own speaker vector", " and ".join(given), _act(given), decoded, len(jobs))
-    if coding.sample_format is not None and not decoded:
-        raise UsageError("--sample-format only acts on audio outputs (.wav, .flac), and every output here is a "
-                         "token file")
-    if not coding.lead and not analysed and not speaker_analysed:
-        raise UsageError("--no-lead only acts when analysing audio, and every input here is a token file "
-                         "(its lead was fixed when it was made)")
-
-
-def _act(options: list[str]) -> str:
-    return "act" if len(options) > 1 else "acts"

@@ -2,7 +2,8 @@
 
 Routing is by suffix (audio or token file); a directory input is walked
 recursively and mirrored into the output directory, a glob is expanded here
-(quoted on the shell, ``**`` works). :mod:`socodec.cli.runner` then runs the jobs.
+(quoted on the shell, ``**`` works). :func:`check_options` refuses coding options that
+apply to none of the jobs. :mod:`socodec.cli.runner` then runs the jobs.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from socodec.audio import AUDIO_SUFFIXES, WRITE_SUFFIXES
 from socodec.cli.common import UsageError
+from socodec.cli.options import CodingOptions
 from socodec.codes import TOKEN_SUFFIXES
 from socodec.errors import SoCodecError
 
-__all__ = ["Job", "is_audio_file", "is_token_file", "plan_jobs"]
+__all__ = ["Job", "check_options", "is_audio_file", "is_token_file", "plan_jobs"]
 
 log = logging.getLogger("socodec")
 
@@ -121,3 +123,35 @@ def _check_route(job: Job) -> None:
             f"{job.output}: unsupported output suffix '{job.output.suffix}' "
             f"(audio: {' '.join(WRITE_SUFFIXES)}; tokens: {' '.join(TOKEN_SUFFIXES)})"
         )
+
+
+def check_options(jobs: list[Job], coding: CodingOptions) -> None:
+    """Refuse (:class:`UsageError`) coding options that apply to none of ``jobs``.
+
+    ``--streams``/``--speaker``/``--sample-format`` act when decoding to audio, ``--no-lead``
+    and ``--padding`` when analysing audio; with mixed outputs ``--streams``/``--speaker``
+    are applied to the audio outputs only, with a warning.
+    """
+    decoded = sum(not is_token_file(job.output) for job in jobs)
+    analysed = any(job.needs_model and is_audio_file(job.input) for job in jobs)
+    speaker_analysed = decoded and coding.speaker is not None and is_audio_file(coding.speaker)
+    given = [name for name, value in (("--streams", coding.streams), ("--speaker", coding.speaker))
+             if value is not None]
+    if given and not decoded:
+        raise UsageError(f"{' and '.join(given)} only {_act(given)} when decoding to audio, and every output "
+                         "here is a token file (it keeps all streams and its own speaker vector)")
+    if given and decoded < len(jobs):
+        log.warning("%s %s on the audio outputs only (%d of %d files); token files keep all streams and their "
+                    "own speaker vector", " and ".join(given), _act(given), decoded, len(jobs))
+    if coding.sample_format is not None and not decoded:
+        raise UsageError("--sample-format only acts on audio outputs (.wav, .flac), and every output here is a "
+                         "token file")
+    analysis_options = (("--no-lead", not coding.lead), (f"--padding {coding.padding}", coding.padding != "published"))
+    for name, changed in analysis_options:
+        if changed and not analysed and not speaker_analysed:
+            raise UsageError(f"{name} only acts when analysing audio, and every input here is a token file "
+                             "(analysed when it was made)")
+
+
+def _act(options: list[str]) -> str:
+    return "act" if len(options) > 1 else "acts"

@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 
 from socodec.cli.common import UsageError
-from socodec.cli.jobs import Job, is_audio_file, is_token_file
+from socodec.cli.jobs import Job, check_options, is_token_file
 from socodec.cli.options import ConvertOptions
 from socodec.cli.runner import Runner
 from socodec.codes import load_codes
@@ -37,6 +37,9 @@ log = logging.getLogger("socodec")
 STREAM_FRAMES = 8
 """Token frames (120 ms each) fed per step: ~1 s of audio per write after a 140 ms look-ahead."""
 
+STDOUT = Path("stdout.wav")
+"""How the jobs' planning and checks see ``-``: an audio output."""
+
 
 def pcm16_bytes(wav: torch.Tensor) -> bytes:
     """``[n]`` float audio -> ``2 n`` bytes of signed 16-bit little-endian PCM, as a pcm16 ``.wav`` holds them."""
@@ -49,7 +52,8 @@ def pcm16_bytes(wav: torch.Tensor) -> bytes:
 
 
 def check_pcm_options(opts: ConvertOptions) -> None:
-    """Refuse (exit status 2) what ``-`` cannot do: several inputs, a sample format or suffix."""
+    """Refuse (exit status 2) what ``-`` cannot do (several inputs, a sample format or suffix) and
+    coding options that do not apply to its input (:func:`~socodec.cli.jobs.check_options`)."""
     if len(opts.inputs) != 1:
         raise UsageError("'-' (raw PCM to stdout) takes exactly one input file")
     fmt = opts.coding.sample_format
@@ -58,10 +62,7 @@ def check_pcm_options(opts: ConvertOptions) -> None:
                          "(write a .wav file for other formats)")
     if opts.to is not None:
         raise UsageError("-t/--to does not apply to '-' (raw PCM on stdout)")
-    src = opts.inputs[0]
-    if not opts.coding.lead and is_token_file(src) and not _audio_speaker(opts):
-        raise UsageError(f"--no-lead does not apply to {src}: it changes analysis, and token files are already "
-                         "analysed (their lead is recorded in them)")
+    check_options([Job(opts.inputs[0], STDOUT)], opts.coding)
 
 
 def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
@@ -74,7 +75,7 @@ def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
     if out is None and sink.isatty():
         raise SoCodecError("refusing to write raw PCM to a terminal; pipe it into a player or a file")
     runner = Runner(opts)
-    runner.prepare([Job(src, Path("stdout.wav"))])  # the model, once, before the input is read
+    runner.prepare([Job(src, STDOUT)])  # the model, once, before the input is read
     codes = load_codes(src) if is_token_file(src) else runner.encode(src)
     codes = runner.adjust(codes)
     runner.codec.check_codes(codes)
@@ -91,8 +92,3 @@ def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
         return 0
     log.info("%s: %d samples of raw 16-bit PCM at 16 kHz written to stdout", src, written)
     return 0
-
-
-def _audio_speaker(opts: ConvertOptions) -> bool:
-    speaker = opts.coding.speaker
-    return speaker is not None and is_audio_file(speaker)

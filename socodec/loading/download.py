@@ -37,7 +37,9 @@ def missing_weights_message(ckpt_dir: Path, reason: str, names: tuple[str, ...] 
             f"and put them in {ckpt_dir} (or pass --ckpt-dir)")
 
 
-def resolve_checkpoints(ckpt_dir: Path | None, allow_download: bool = True, need_hubert: bool = True) -> CheckpointPaths:
+def resolve_checkpoints(
+    ckpt_dir: Path | None, allow_download: bool = True, need_hubert: bool = True
+) -> CheckpointPaths:
     """Paths of the model files: from ``ckpt_dir`` if there, else downloaded into the HF cache.
 
     ``need_hubert=False`` (decoding only): the HuBERT file may be absent; its path is then

@@ -102,6 +102,7 @@ USAGE = {
     "to_with_a_file_output": (["{wav}", "{out}.wav", "-t", ".soc"], "-t/--to"),
     "no_lead_for_tokens": (["{soc}", "{out}.wav", "--no-lead"], "--no-lead"),
     "no_lead_for_tokens_to_stdout": (["{soc}", "-", "--no-lead"], "--no-lead"),
+    "padding_for_tokens": (["{soc}", "{out}.wav", "--padding", "grid"], "--padding grid only acts when analysing"),
     "streams_when_encoding": (["{wav}", "{out}.soc", "--streams", "2"], "--streams only acts when decoding"),
     "speaker_when_encoding": (["{wav}", "{out}.pt", "--speaker", "{soc}"], "--speaker only acts when decoding"),
     "float_to_stdout": (["{soc}", "-", "--sample-format", "float"], "--sample-format float does not apply to '-'"),
