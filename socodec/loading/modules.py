@@ -129,12 +129,12 @@ def load_modules(
         None if hubert is None else Path(hubert), override, a_path, a_cfg.in_dim,
         None if cache_dir is None else Path(cache_dir),
     )
+    # HuBERT first when it is wanted now: its width is checked against the analyzer config before
+    # the analyzer file is, which names the likelier mistake (a config for another model size).
+    hubert_model: HubertFeatures | HubertLoader = loader if lazy_hubert else loader()
     analyzer_model = load_analyzer(a_cfg, a_state, source=a_path)
     vocoder_model = load_vocoder(v_cfg, vocoder)
     identity = {"analyzer": file_fingerprint(a_path), "vocoder": file_fingerprint(vocoder)}
-    hubert_model: HubertFeatures | HubertLoader = loader
-    if not lazy_hubert:
-        hubert_model = loader()
     if loader.path is not None and loader.path.is_file():
         identity = {"hubert": loader.fingerprint(), **identity}
     return LoadedModules(hubert_model, analyzer_model, vocoder_model, identity)
