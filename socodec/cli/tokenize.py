@@ -16,6 +16,7 @@ from pathlib import Path
 
 from socodec.cli.common import UsageError, require_extra
 from socodec.cli.model import add_model_arguments, load_codec, model_options
+from socodec.config import DEFAULT_PADDING, PADDINGS
 
 __all__ = ["build_parser", "main"]
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "1 per GPU)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="ROWS",
                    help=f"utterances per Parquet shard (default: {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--padding", choices=("published", "grid"), default="published",
+    p.add_argument("--padding", choices=PADDINGS, default=DEFAULT_PADDING,
                    help="published: the published command line's tokens (default); grid: pad to the 120 ms grid")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local Ray")

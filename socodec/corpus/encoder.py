@@ -9,7 +9,6 @@ instead of stopping the batch.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from typing import Callable
@@ -17,17 +16,17 @@ from typing import Callable
 import torch
 
 from socodec.codes import Codes
+from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.corpus.items import WorkItem
 from socodec.corpus.plan import LONG_SECONDS, Batch
 from socodec.corpus.reading import item_name, probe_seconds, read_item
 from socodec.corpus.schema import codes_table, pa, shard_schema
 from socodec.errors import SoCodecError, one_line
 
-__all__ = ["BatchEncoder", "RESULT_COLUMNS", "PADDINGS", "load_encoder"]
+__all__ = ["BatchEncoder", "RESULT_COLUMNS", "load_encoder"]
 
 log = logging.getLogger(__name__)
 
-PADDINGS = ("published", "grid")
 RESULT_COLUMNS = ("_shard", "_pos", "_error", "_model")
 """Bookkeeping columns of a result table: shard index, work-list position, error (null: ok), model JSON."""
 
@@ -40,18 +39,15 @@ class BatchEncoder:
         padding: ``published`` (the published command line's tokens) or ``grid``.
     """
 
-    def __init__(self, codec, padding: str = "published") -> None:
+    def __init__(self, codec, padding: str = DEFAULT_PADDING) -> None:
         if padding not in PADDINGS:
             raise SoCodecError(f"unknown padding '{padding}' (choose from {', '.join(PADDINGS)})")
         self.codec = codec
         self.padding = padding
         self._model = json.dumps(dict(codec.identity), sort_keys=True)
-        self._pass_padding = "padding" in inspect.signature(codec.encode).parameters
-        if not self._pass_padding and padding != "grid":
-            raise SoCodecError("this socodec version encodes with grid padding only; use --padding grid")
 
     def _encode(self, x):
-        return self.codec.encode(x, padding=self.padding) if self._pass_padding else self.codec.encode(x)
+        return self.codec.encode(x, padding=self.padding)
 
     def encode(self, batch: Batch) -> pa.Table:
         """One result row per item of ``batch`` (in batch order)."""

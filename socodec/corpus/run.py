@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from socodec.corpus.encoder import PADDINGS
+from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.corpus.inputs import collect_work
 from socodec.corpus.plan import Batch, plan_shards
 from socodec.corpus.reading import probe_seconds
@@ -47,7 +47,7 @@ class TokenizeOptions:
     threads: int | None = None
     shard_size: int = 1000
     batch_size: int = 8
-    padding: str = "published"
+    padding: str = DEFAULT_PADDING
     device: str = "cpu"
     ray_address: str | None = None
     quiet: bool = False

@@ -99,7 +99,7 @@ def codes_table(
         _nested([np.asarray(c.speaker.detach().cpu(), np.float32).reshape(-1) for c in codes], pa.float32()),
         pa.array([c.num_samples for c in codes], pa.int64()),
         pa.array([c.lead for c in codes], pa.int32()),
-        pa.array([getattr(c, "padding", None) or padding for c in codes], pa.string()),
+        pa.array([c.padding or padding for c in codes], pa.string()),
     ]
     for name in _EXTRA_COLUMNS:
         values = extra.get(name, [None] * n)
@@ -227,8 +227,5 @@ def codes_from_table(table: pa.Table, model: Mapping[str, str] | None = None) ->
 
 def _make_codes(tokens: torch.Tensor, speaker: torch.Tensor, num_samples: int | None, lead: int | None,
                 padding: str | None, model: dict[str, str]) -> Codes:
-    kwargs: dict[str, Any] = {}
-    if padding is not None and "padding" in getattr(Codes, "__dataclass_fields__", {}):
-        kwargs["padding"] = padding
     return Codes(tokens=tokens, speaker=speaker, sample_rate=SAMPLE_RATE, num_samples=num_samples, lead=lead,
-                 model=model, **kwargs)
+                 padding=padding, model=model)

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import GOLDEN
+from conftest import GOLDEN, REPO
 from corpus_cases import Corpus, cut, finish, make_corpus, one_thread, run, show, socodec, start
 from socodec import Codes, SoCodec
 from socodec.audio import save_audio
@@ -191,3 +191,17 @@ def test_a_shard_decodes_to_the_per_file_audio(runs: dict, corpus: Corpus, codec
     per_file, _ = sf.read(corpus.root / "per_file_a.wav", dtype="int16")  # socodec a.pt a.wav
     ours, _ = sf.read(one.written[0], dtype="int16")
     assert (per_file == ours).all()
+
+
+def test_the_readme_example_runs_on_the_shards(runs: dict, corpus: Corpus, tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Corpus tokenisation"):]
+    code = section[section.index("```python\n") + 10:]
+    code = code[: code.index("```")]
+    (tmp_path / "tokens").symlink_to(corpus.root / "out_local")
+    env = {**corpus.env, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
+    result = run([sys.executable, "-c", code + "\nimport sys; assert 'socodec' not in sys.modules\n"], env,
+                 cwd=tmp_path)
+    assert result.returncode == 0, show(result)
+    first = pq.read_table(corpus.root / "out_local" / "shards" / "tokens-00000.parquet").to_pylist()[0]
+    assert result.stdout.split() == [str(len(GOOD)), first["id"], f"({len(first['tokens'])},", "4)", "64"]
