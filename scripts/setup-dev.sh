@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs: the package with all its extras, and the system
+# programs some tests run (Chromium for the web-demo browser test, espeak-ng for speech).
+# Debian/Ubuntu; run as root (or with sudo available). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v chromium >/dev/null 2>&1 || command -v chromium-headless-shell >/dev/null 2>&1 || need+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+python -m pip install -q -r requirements.txt -e ".[test,download,corpus,ray,eval,demo,train]"
