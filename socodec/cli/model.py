@@ -40,7 +40,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     model.add_argument("--no-download", action="store_true", help="never download missing weights")
     model.add_argument("--batch-size", type=int, default=1, metavar="N",
-                       help="run up to N files of similar length through the model together (default: 1)")
+                       help="run up to N files of similar length through the model together (default: %(default)s)")
 
 
 def model_options(ns: argparse.Namespace) -> ModelOptions:

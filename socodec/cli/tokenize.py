@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vector, ...). Rerun the same command to resume after an interruption.",
         epilog="Inputs: audio files, folders (recursive), quoted globs, Kaldi/WeNet data folders (wav.scp, "
         "optional segments) and JSONL manifests (audio_filepath, optional id, offset, duration). "
-        f"Here --batch-size defaults to {DEFAULT_BATCH_SIZE} and --threads to the cores per worker.",
+        "Here --threads defaults to the CPU cores divided among the workers.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders, globs, manifests")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
@@ -75,7 +75,11 @@ def main(argv: list[str]) -> int:
         threads=model.threads, shard_size=args.shard_size, batch_size=model.batch_size, padding=args.padding,
         device=model.device, ray_address=args.ray_address, quiet=args.quiet,
     )
-    summary = tokenize(opts, functools.partial(load_codec, model))
+    try:
+        summary = tokenize(opts, functools.partial(load_codec, model))
+    except KeyboardInterrupt:
+        log.error("interrupted; the complete shards are kept: run the same command again to resume")
+        return 130
     if summary.failed:
         log.error("%s", summary.describe())
         return 1

@@ -93,7 +93,7 @@ def run_ray(
             batch_size=1,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=0 if gpu else 1,
+            num_cpus=1,
             num_gpus=1 if gpu else 0,
         )
         try:

@@ -155,8 +155,12 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
                 bar.update(report.done + report.failed)
         if collector.unfinished:
             raise SoCodecError(f"internal error: shards {collector.unfinished} did not receive all their results")
+        summary = TokenizeSummary(len(items), skipped, written, failed, audio, time.perf_counter() - start,
+                                  opts.out_dir)
+        run.update(listed=summary.listed, skipped=summary.skipped, written=summary.written, failed=summary.failed,
+                   audio_hours=round(audio / 3600, 6), wall_s=round(summary.wall_seconds, 3))
         collector.write_manifest()
-    return TokenizeSummary(len(items), skipped, written, failed, audio, time.perf_counter() - start, opts.out_dir)
+    return summary
 
 
 def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], object], workers: int,
@@ -164,6 +168,7 @@ def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], obje
     level = logging.ERROR if opts.quiet else logging.WARNING
     if not batches:
         return iter(())
+    workers = min(workers, len(batches))
     if opts.engine == "ray":
         from socodec.corpus.ray_engine import run_ray
 
@@ -171,7 +176,7 @@ def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], obje
                        address=opts.ray_address, log_level=level)
     from socodec.corpus.local import run_local
 
-    return run_local(batches, load, workers=min(workers, len(batches)), threads=threads, padding=opts.padding,
+    return run_local(batches, load, workers=workers, threads=threads, padding=opts.padding,
                      device=opts.device, log_level=level)
 
 
