@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -22,6 +22,9 @@ from socodec.corpus.plan import LONG_SECONDS, Batch
 from socodec.corpus.reading import item_name, probe_seconds, read_item
 from socodec.corpus.schema import codes_table, pa, shard_schema
 from socodec.errors import SoCodecError, one_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from socodec.codec import SoCodec
 
 __all__ = ["BatchEncoder", "RESULT_COLUMNS", "load_encoder"]
 
@@ -39,7 +42,7 @@ class BatchEncoder:
         padding: ``published`` (the published command line's tokens) or ``grid``.
     """
 
-    def __init__(self, codec, padding: str = DEFAULT_PADDING) -> None:
+    def __init__(self, codec: SoCodec, padding: str = DEFAULT_PADDING) -> None:
         if padding not in PADDINGS:
             raise SoCodecError(f"unknown padding '{padding}' (choose from {', '.join(PADDINGS)})")
         self.codec = codec
@@ -109,7 +112,7 @@ def _reason(exc: BaseException, name: str | None = None) -> str:
     return f"{name}: {text}" if name and name not in text else text
 
 
-def load_encoder(load: Callable[[], object], threads: int | None, padding: str) -> BatchEncoder:
+def load_encoder(load: Callable[[], SoCodec], threads: int | None, padding: str) -> BatchEncoder:
     """Set torch's thread count, load the model with ``load()`` and wrap it (each worker does this once)."""
     if threads:
         torch.set_num_threads(threads)

@@ -165,7 +165,8 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
 
 def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], object], workers: int,
             threads: int) -> Iterator[pa.Table]:
-    level = logging.ERROR if opts.quiet else logging.WARNING
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG  # -v: Ray's own logs too
+    level = logging.DEBUG if verbose else logging.ERROR if opts.quiet else logging.WARNING
     if not batches:
         return iter(())
     workers = min(workers, len(batches))
