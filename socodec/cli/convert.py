@@ -6,7 +6,8 @@
 * tokens -> tokens convert between ``.pt`` and ``.soc`` (no model needed)
 
 Several inputs, a directory (recursive, mirrored) or a glob go to an output
-directory; ``OUT`` = ``-`` streams raw PCM to stdout (:mod:`socodec.cli.pcm`).
+directory; ``OUT`` = ``-`` streams raw PCM to stdout (:mod:`socodec.cli.pcm`); token
+shards (``.parquet``) decode to one audio file per row (:mod:`socodec.cli.shards`).
 Options that cannot apply to any job are refused (exit status 2) rather than ignored;
 ``--streams``/``--speaker`` that apply to some jobs of a batch only get a warning.
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import logging
 
+from socodec.cli.common import UsageError
 from socodec.cli.jobs import check_options, plan_jobs
 from socodec.cli.model import apply_threads
 from socodec.cli.options import ConvertOptions
 from socodec.cli.parser import parse_convert
 from socodec.cli.runner import run_jobs
+from socodec.cli.shards import decode_shards, is_shard_input
 
 __all__ = ["main", "convert"]
 
@@ -38,6 +41,10 @@ def convert(opts: ConvertOptions) -> int:
         from socodec.cli.pcm import stream_pcm
 
         return stream_pcm(opts)
+    if any(is_shard_input(p) for p in opts.inputs):
+        return decode_shards(opts)
+    if opts.ids is not None:
+        raise UsageError("--ids applies to token shard inputs (.parquet) only")
     jobs = plan_jobs(opts.inputs, opts.output, to=opts.to)
     check_options(jobs, opts.coding)
     if opts.skip_existing:

@@ -43,8 +43,6 @@ class ModelOptions:
         object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
 
 
-#: ``--padding`` modes: the published command line's tokens (default), or the 1920-sample grid.
-PADDINGS = ("published", "grid")
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,7 @@ class ConvertOptions:
     quiet: bool = False
     model: ModelOptions = field(default_factory=ModelOptions)
     coding: CodingOptions = field(default_factory=CodingOptions)
+    ids: tuple[str, ...] | None = None
 
     @property
     def to_stdout(self) -> bool:

@@ -14,8 +14,9 @@ from socodec import __version__
 from socodec.audio import SAMPLE_FORMATS, WRITE_SUFFIXES
 from socodec.cli.common import UsageError
 from socodec.cli.model import add_model_arguments, model_options
-from socodec.cli.options import PADDINGS, CodingOptions, ConvertOptions
+from socodec.cli.options import CodingOptions, ConvertOptions
 from socodec.codes import TOKEN_SUFFIXES
+from socodec.config import PADDINGS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     coding.add_argument("--padding", choices=PADDINGS, default="published",
                         help="how analysis pads the signal: 'published' gives the published command line's "
                              "tokens (default), 'grid' pads to the 1920-sample frame grid")
+    p.add_argument("--ids", default=None, metavar="ID,ID,...",
+                   help="token shard inputs (.parquet): decode only the rows with these ids")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"socodec {__version__}")
@@ -73,6 +76,7 @@ def convert_options(ns: argparse.Namespace) -> ConvertOptions:
         quiet=ns.quiet,
         model=model_options(ns),
         coding=coding,
+        ids=None if ns.ids is None else tuple(i for i in ns.ids.split(",") if i),
     )
 
 
