@@ -64,6 +64,15 @@ class TrainConfig:
     kmeans_iters: int = 50
     ordered_dropout: bool = True
     """Per clip keep the first k streams, k uniform in 1..4 (stream 1 always, stream k with probability (5-k)/4)."""
+    vq_warmup_steps: int = 0
+    """For this many first steps the quantiser passes its continuous input on (no commitment loss; the
+    published ``enable_vq`` switch); the codebooks are then re-initialised by k-means. For from-scratch runs."""
+    reinit_codebooks: bool = False
+    """Re-initialise every codebook by k-means on the first batch even when the initial analyzer has one
+    (for starts whose codebooks do not fit the new data, e.g. random weights)."""
+    dead_code_fraction: float = 0.1
+    """Replace codes whose EMA count is below this fraction of the mean count by batch vectors
+    (0: never, as in the released config; see docs/training.md for why the default is on)."""
 
     # speaker encoder's random clip (published values)
     speaker_clip_min: float = 0.25
@@ -110,6 +119,8 @@ class TrainConfig:
         need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
         need(self.ema_epsilon > 0, "ema_epsilon must be > 0")
         need(self.kmeans_iters >= 0, "kmeans_iters must be >= 0")
+        need(self.vq_warmup_steps >= 0, "vq_warmup_steps must be >= 0")
+        need(0.0 <= self.dead_code_fraction < 1.0, "dead_code_fraction must be in [0, 1)")
         need(0.0 < self.speaker_clip_min <= self.speaker_clip_max <= 1.0, "need 0 < speaker_clip_min <= speaker_clip_max <= 1")
         need(self.speaker_min_frames >= 1, "speaker_min_frames must be >= 1")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")

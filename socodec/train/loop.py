@@ -7,6 +7,7 @@ Running the same command again continues from the newest checkpoint up to ``step
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -97,6 +98,8 @@ class _Run:
         scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.dist.rank)
         start = self._resume(model, optimizer, scaler, gen)
+        if start == 0 and cfg.reinit_codebooks:
+            model.vq_trainer.forget_codebooks()
         self._write_run_info(start)
         n = model.analyzer.cfg.n_streams
         metrics = CsvLog(self.out / "metrics.csv", train_columns(n))
@@ -111,7 +114,8 @@ class _Run:
             if valid_clips and start == 0:
                 last_valid = self._validate(models, valid_clips, 0, valid_log, board)
             ddp = self._wrap(model)
-            inputs = StepInputs(VQSettings(cfg.ema_decay, cfg.ema_epsilon, cfg.kmeans_iters, cfg.ordered_dropout),
+            inputs = StepInputs(VQSettings(cfg.ema_decay, cfg.ema_epsilon, cfg.kmeans_iters, cfg.ordered_dropout,
+                                           cfg.dead_code_fraction),
                                 ClipSettings(cfg.speaker_clip_min, cfg.speaker_clip_max, cfg.speaker_min_frames), amp)
             step = start
             for step, batch in zip(range(start + 1, cfg.steps + 1), self._loader(index, start)):
@@ -175,8 +179,13 @@ class _Run:
         cfg = self.cfg
         t0 = time.perf_counter()
         features, mel, frames = batch_targets(models.codec, batch)
+        warm = step <= cfg.vq_warmup_steps
+        if cfg.vq_warmup_steps and step == cfg.vq_warmup_steps + 1:
+            log.info("step %d: quantiser warm-up over; codebooks re-initialised by k-means on this batch", step)
+            models.model.vq_trainer.forget_codebooks()
+        vq = dataclasses.replace(inputs.vq, enabled=False) if warm else inputs.vq
         with torch.autocast(self.device.type, dtype=inputs.amp or torch.float32, enabled=inputs.amp is not None):
-            out = ddp(features, mel, frames, inputs.vq, inputs.clip, gen)
+            out = ddp(features, mel, frames, vq, inputs.clip, gen)
         terms = compute_losses(out, features, mel, frames, cfg)
         if distributed.any_flag(not bool(torch.isfinite(terms.total)), self.device):
             self._stop_non_finite(step, f"the loss is not finite ({float(terms.total.detach())})")

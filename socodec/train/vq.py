@@ -12,7 +12,10 @@ The rules follow the published model's training branch (see ``docs/training.md``
   ``N' = (N + ε) / (ΣN + Kε) · ΣN``, ``C = A / N'``, counts and sums summed over processes;
 * k-means (once per sub-codebook, when it is not initialised): K random distinct samples
   as seeds, nearest-centroid rounds, an empty cluster keeps its centroid;
-* ordered dropout: per clip ``r ~ U[0, 1)``, stream ``g`` (0-based) kept iff ``g / S <= r``.
+* ordered dropout: per clip ``r ~ U[0, 1)``, stream ``g`` (0-based) kept iff ``g / S <= r``;
+* dead codes (``dead_code_fraction`` > 0; the released config has replacement off): a code whose
+  EMA count is below that fraction of the mean count takes a random vector of the current batch,
+  with an EMA count just above the threshold (as the published rule does), broadcast from process 0.
 
 Two published quirks are not reproduced, on purpose: k-means runs *before* the first
 assignment (the published step assigns every frame to the all-zero codebook), and the
@@ -131,6 +134,11 @@ class VQSettings:
     epsilon: float = 1e-5
     kmeans_iters: int = 50
     ordered_dropout: bool = True
+    dead_code_fraction: float = 0.0
+    """A code whose EMA count falls below this fraction of the mean count is dead (0: never)."""
+    enabled: bool = True
+    """False (the published ``enable_vq`` switch, for a warm-up): the output is the continuous
+    projection, the commitment loss 0; assignments, k-means, EMA and dropout still run."""
 
 
 class EmaQuantizerTrainer(nn.Module):
@@ -155,6 +163,12 @@ class EmaQuantizerTrainer(nn.Module):
                     st.cluster_size.fill_(1.0)
                 st.embed_avg.copy_(consistent_sums(cb.embed, st.cluster_size, epsilon))
                 st.inited.fill_(1.0)
+
+    @torch.no_grad()
+    def forget_codebooks(self) -> None:
+        """Mark every codebook uninitialised: the next training forward runs k-means on its batch."""
+        for st in self.stats:
+            st.inited.zero_()
 
     @torch.no_grad()
     def _init_codebook(self, j: int, vq: ProductQuantizer, valid: Tensor, settings: VQSettings, gen: torch.Generator) -> None:
@@ -192,7 +206,7 @@ class EmaQuantizerTrainer(nn.Module):
                 q = cb.embed[idx].view_as(chunk)  # a copy: the EMA below does not touch it
                 diff = (q - chunk).pow(2).sum(-1).reshape(-1)
                 commits.append((diff * flat_mask).sum() / (n_valid * chunk.shape[-1]))
-                outs.append(chunk + (q - chunk).detach())
+                outs.append(chunk + (q - chunk).detach() if settings.enabled else chunk)
                 indices.append(idx.view(chunk.shape[:-1]))
                 vidx = idx[flat_mask]
                 stats.append((torch.bincount(vidx, minlength=cb.embed.shape[0]).float(),
@@ -201,8 +215,10 @@ class EmaQuantizerTrainer(nn.Module):
             per_chunk = keep.repeat_interleave(vq.per_stream, dim=1)  # [B, n_chunks]
             outs = [o * per_chunk[:, j, None, None].to(o.dtype) for j, o in enumerate(outs)]
             quant = vq.project_out(torch.cat(outs, dim=-1))
-            commitment = torch.stack(commits).mean()
+            commitment = torch.stack(commits).mean() if settings.enabled else z.new_zeros(())
             self._ema_step(vq, stats, settings)
+            if settings.dead_code_fraction > 0:
+                self._replace_dead(vq, [c.reshape(-1, c.shape[-1]).detach()[flat_mask] for c in chunks], settings, gen)
         return QuantOutput(quant, _tokens(vq, indices), indices, commitment, keep)
 
     @staticmethod
@@ -224,6 +240,33 @@ class EmaQuantizerTrainer(nn.Module):
             offset += k + size
             st = self.stats[j]
             ema_update(vq.codebooks[j].embed, st.cluster_size, st.embed_avg, counts, sums, settings.decay, settings.epsilon)
+
+
+    @torch.no_grad()
+    def _replace_dead(self, vq: ProductQuantizer, valid: list[Tensor], settings: VQSettings, gen: torch.Generator) -> None:
+        """Dead codes take random vectors of this step's batch; process 0's codebooks are then broadcast."""
+        replaced = False
+        for j, (cb, st) in enumerate(zip(vq.codebooks, self.stats)):
+            threshold = settings.dead_code_fraction * float(st.cluster_size.sum()) / st.cluster_size.numel()
+            dead = (st.cluster_size < threshold).nonzero().flatten()
+            if dead.numel() == 0 or valid[j].shape[0] == 0:
+                continue
+            pick = torch.randint(0, valid[j].shape[0], (dead.numel(),), generator=gen).to(dead.device)
+            replace_codes(cb.embed, st.cluster_size, st.embed_avg, dead, valid[j][pick].float(), 1.1 * threshold,
+                          settings.epsilon)
+            replaced = True
+        if distributed.any_flag(replaced, vq.project_in.weight.device):
+            for cb, st in zip(vq.codebooks, self.stats):
+                for t in (cb.embed, st.cluster_size, st.embed_avg):
+                    distributed.broadcast(t)
+
+
+def replace_codes(embed: Tensor, cluster_size: Tensor, embed_avg: Tensor, rows: Tensor, vectors: Tensor,
+                  count: float, epsilon: float) -> None:
+    """Codes ``rows`` become ``vectors`` with EMA count ``count``; the EMA sums are re-derived (in place)."""
+    embed[rows] = vectors
+    cluster_size[rows] = count
+    embed_avg.copy_(consistent_sums(embed, cluster_size, epsilon))
 
 
 def _tokens(vq: ProductQuantizer, indices: list[Tensor]) -> Tensor:

@@ -167,3 +167,30 @@ def test_random_clip_takes_scrambled_valid_frames():
         starts = [int(first[i * piece]) for i in range(3)]
         seen.add(tuple(sorted(range(3), key=lambda i: starts[i])))
     assert len(seen) > 1
+
+
+def test_dead_codes_take_batch_vectors():
+    vq, trainer = _toy_quantizer()
+    settings = VQSettings(decay=0.5, ordered_dropout=False, dead_code_fraction=0.5)
+    x = torch.tensor([[[0.4, 2.0, 0.1, 3.0], [0.6, 0.5, 3.0, 1.0]]])  # chunk 0: both frames pick code 1
+    trainer(vq, x, torch.ones(1, 2, dtype=torch.bool), settings, torch.Generator().manual_seed(0))
+    # chunk 0: N = 0.5*[1, 1] + 0.5*[0, 2] = [0.5, 1.5]; mean 1.0, threshold 0.5: code 0 is not below it
+    torch.testing.assert_close(trainer.stats[0].cluster_size, torch.tensor([0.5, 1.5]))
+    assert vq.codebooks[0].embed[0].item() == pytest.approx(-1.0, abs=1e-4)
+    trainer(vq, x, torch.ones(1, 2, dtype=torch.bool), settings, torch.Generator().manual_seed(0))
+    # N = [0.25, 1.75]: code 0 is dead (0.25 < 0.5) and becomes one of this batch's chunk-0 values
+    assert vq.codebooks[0].embed[0].item() in (pytest.approx(0.4), pytest.approx(0.6))
+    assert trainer.stats[0].cluster_size[0].item() == pytest.approx(1.1 * 0.5)
+    st = trainer.stats[0]
+    torch.testing.assert_close(st.embed_avg / smoothed_counts(st.cluster_size, 1e-5)[:, None], vq.codebooks[0].embed)
+
+
+def test_warm_up_passes_the_continuous_input_and_still_tracks_codebooks():
+    vq, trainer = _toy_quantizer()
+    x = X.clone().requires_grad_(True)
+    settings = VQSettings(decay=0.5, ordered_dropout=False, enabled=False)
+    out = trainer(vq, x, torch.ones(1, 2, dtype=torch.bool), settings, torch.Generator())
+    torch.testing.assert_close(out.quant.detach(), X)  # identity projections: the input itself
+    assert out.commitment.item() == 0.0
+    assert out.tokens.tolist() == [[[1, 3], [2, 2]]]  # assignments still made
+    torch.testing.assert_close(vq.codebooks[0].embed, torch.tensor([[-0.6], [0.7]]))  # and the EMA step
