@@ -12,9 +12,11 @@ within ~1e-6):
   mel, so a batch would mix in other items' padding; each item's log-mel and speaker
   vector are computed on its own frames.
 * **Vocoder** is not causal: its output within R = 14 mel frames of an item's end
-  would see the padding. The batch is synthesised together, then the last R frames of
-  every shorter item are recomputed alone from ``[end - 2R, end)`` (exact: R frames of
-  left context).
+  would see the padding. It runs only over each item's output frames (not the lead nor
+  the analysis padding) plus R frames of context, the windows stacked left-aligned; then
+  the last R frames of every item whose window is shorter than the widest and ends at
+  the item's end are recomputed alone from ``[end - 2R, end)`` (exact: R frames of left
+  context).
 
 Items longer than one HuBERT window (analysis) or one vocoder chunk (synthesis) are not
 batched: the front (:class:`socodec.codec.SoCodec`) sends them down the chunked single-item
@@ -67,13 +69,17 @@ def decode_batch(core: CodecCore, items: list[DecodeInputs]) -> list[Tensor]:
     """Validated short items (:meth:`CodecCore.decode_inputs`, :meth:`CodecCore.decoded_whole`)
     -> one trimmed waveform ``[N_i]`` each, as :meth:`CodecCore.decode_whole` would give it.
 
-    Items decoding a different number of streams go in separate passes.
+    Items decoding a different number of streams go in separate passes. The vocoder sees only
+    each item's output frames plus R frames of context (:meth:`CodecCore.output_frames`): the
+    windows are stacked left-aligned, and an item whose window ends at its last mel frame but is
+    shorter than the batch's widest has its last R output frames redone alone (:func:`_fix_tail`).
     """
     results: list[Tensor | None] = [None] * len(items)
     groups: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(item.streams, []).append(i)
     per_token = core.mel_frames_per_token
+    context, hop = core.vocoder.receptive_field(), core.vocoder.hop_length
     for k, group in groups.items():
         frames = [items[i].frames for i in group]
         width = items[group[0]].tokens.shape[2]
@@ -81,34 +87,46 @@ def decode_batch(core: CodecCore, items: list[DecodeInputs]) -> list[Tensor]:
         for row, i in enumerate(group):
             tokens[row, : frames[row]] = items[i].tokens[0]
         spk = torch.cat([items[i].speaker for i in group])
-        mel = core.analyzer.decode_mel(tokens, spk, k)  # [B, 12 Tmax, n_mels]
-        wav = core.synthesize(mel)  # [B, 1920 Tmax]
+        mel = core.analyzer.decode_mel(tokens, spk, k)  # [B, 12 Tmax, n_mels]; causal: rows exact
+        spans = []  # per row: (first, stop) output frames, (lo, hi) vocoder window
         for row, i in enumerate(group):
-            audio = _fix_tail(core, mel[row : row + 1], wav[row], frames[row] * per_token)
+            first, stop = core.output_frames(frames[row] * per_token, items[i].lead, items[i].num_samples)
+            lo, hi = max(0, first - context), min(frames[row] * per_token, stop + context)
+            spans.append((first, stop, lo, hi))
+        longest = max(hi - lo for _, _, lo, hi in spans)
+        windows = mel.new_zeros(len(group), max(1, longest), mel.shape[2])
+        for row, (_, _, lo, hi) in enumerate(spans):
+            windows[row, : hi - lo] = mel[row, lo:hi]
+        wav = core.synthesize(windows)  # [B, 160 longest]
+        for row, i in enumerate(group):
+            first, stop, lo, hi = spans[row]
+            audio = wav[row, (first - lo) * hop : (stop - lo) * hop]
+            if hi - lo < longest and hi == frames[row] * per_token:
+                audio = _fix_tail(core, mel[row : row + 1, :hi], audio, first, stop)
             item = items[i]
-            stop = audio.shape[0] if item.num_samples is None else item.lead + item.num_samples
-            results[i] = audio[item.lead : stop].cpu()
+            start = item.lead - first * hop
+            stop_sample = audio.shape[0] if item.num_samples is None else start + item.num_samples
+            results[i] = audio[start:stop_sample].cpu()
         log.debug("decoded a batch of %d items (%d frames max, %d streams)", len(group), max(frames), k)
     return [r for r in results if r is not None]
 
 
-def _fix_tail(core: CodecCore, mel: Tensor, wav: Tensor, frames: int) -> Tensor:
-    """Item audio ``[frames * hop]`` from its row of the batch output, the last R frames redone alone.
+def _fix_tail(core: CodecCore, mel: Tensor, audio: Tensor, first: int, stop: int) -> Tensor:
+    """Output frames ``[first, stop)`` of an item whose vocoder window was zero-padded after its last frame.
+
+    The last R frames before the item's end (``mel.shape[1]``) saw the padding: they are redone
+    alone from the item's own mel.
 
     Args:
-        mel: the item's row of the batch mel ``[1, Mmax, n_mels]`` (valid up to ``frames``).
-        wav: the item's row of the batch audio ``[Mmax * hop]``.
-        frames: the item's own mel frames.
+        mel: the item's own mel ``[1, M, n_mels]`` (its row of the batch, cut at its end).
+        audio: its samples of frames ``[first, stop)`` from the batch output ``[160 (stop - first)]``.
     """
     hop = core.vocoder.hop_length
-    audio = wav[: frames * hop].clone()
-    if frames == mel.shape[1]:
-        return audio  # the longest item: its end is the batch's end
-    context = core.vocoder.receptive_field()
-    start = max(0, frames - context)
-    lo = max(0, start - context)
-    tail = core.synthesize(mel[:, lo:frames])[0]
-    audio[start * hop :] = tail[(start - lo) * hop :]
+    fix_from = max(first, mel.shape[1] - core.vocoder.receptive_field())
+    if fix_from >= stop:
+        return audio
+    audio = audio.clone()
+    audio[(fix_from - first) * hop :] = core.synthesize_span(mel, fix_from, stop)[0]
     return audio
 
 

@@ -265,10 +265,42 @@ class CodecCore(nn.Module):
         """Log-mel ``[B, M, n_mels]`` -> audio ``[B, 160 M]`` float32 through the vocoder."""
         return self.vocoder(mel.to(self.compute_dtype)).float()
 
+    def output_frames(self, mel_frames: int, lead: int, num_samples: int | None) -> tuple[int, int]:
+        """Mel frames ``[first, stop)`` whose audio the trimmed output ``[lead, lead + num_samples)`` lies in.
+
+        Of a ``mel_frames``-frame sequence (160 samples each); ``(0, mel_frames)`` when the length
+        is unknown. The published lead (0.5 s) and the analysis padding lie outside.
+        """
+        hop = self.vocoder.hop_length
+        first = min(mel_frames, lead // hop)
+        if num_samples is None:
+            return first, mel_frames
+        return first, max(first, min(mel_frames, -(-(lead + num_samples) // hop)))
+
+    def synthesize_span(self, mel: Tensor, first: int, stop: int) -> Tensor:
+        """The audio of mel frames ``[first, stop)`` of ``mel`` ``[B, M, n_mels]``: ``[B, 160 (stop - first)]``.
+
+        The vocoder runs only over ``[first - R, stop + R)`` (clipped to ``[0, M)``), R =
+        :meth:`Vocoder.receptive_field` frames of context each side, which gives the same samples
+        as synthesising all M frames (up to float rounding, ~1e-7).
+        """
+        if stop <= first:
+            return mel.new_zeros(mel.shape[0], 0, dtype=torch.float32)
+        context, hop = self.vocoder.receptive_field(), self.vocoder.hop_length
+        lo, hi = max(0, first - context), min(mel.shape[1], stop + context)
+        wav = self.synthesize(mel[:, lo:hi])
+        return wav[:, (first - lo) * hop : (stop - lo) * hop]
+
     def decode_whole(self, item: DecodeInputs) -> Tensor:
-        """One item in one pass: trimmed audio ``[n]`` float32 on CPU."""
+        """One item in one pass: trimmed audio ``[n]`` float32 on CPU.
+
+        The decoders run over all frames (causal, cheap); the vocoder only where the output lies
+        (:meth:`output_frames`, :meth:`synthesize_span`): not over the lead nor the padding.
+        """
         mel = self.analyzer.decode_mel(item.tokens, item.speaker, item.streams)
-        wav = self.synthesize(mel)[0].cpu()
+        first, stop = self.output_frames(mel.shape[1], item.lead, item.num_samples)
+        wav = self.synthesize_span(mel, first, stop)[0].cpu()  # samples [160 first, 160 stop)
         if item.num_samples is None:
             return wav
-        return wav[item.lead : item.lead + item.num_samples]
+        start = item.lead - first * self.vocoder.hop_length
+        return wav[start : start + item.num_samples]

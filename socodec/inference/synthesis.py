@@ -20,7 +20,9 @@ t + 2 has arrived (frames are 120 ms). At the end of the stream the rest is
 flushed at once. Cost per step: the decoders process only the new frames; the
 vocoder recomputes 2·R = 28 mel frames of context, so feeding one token frame
 (12 mel frames) at a time costs about (12 + 28) / 12 ≈ 3.3× the offline vocoder
-work; chunks of a few frames amortise this.
+work; chunks of a few frames amortise this. When the lead and the length are known
+(``lead`` / ``num_samples``), the vocoder skips the lead and stops R frames past the
+last output sample: nothing that is trimmed away is synthesised.
 
 Concatenating everything :class:`SynthesisStream` yields equals
 :meth:`SoCodec.decode` of the same tokens (within 1e-4; measured ~1e-7 on the
@@ -57,43 +59,64 @@ class VocoderStream:
         dtype: dtype the vocoder runs in (float32 on CPU).
         chunk_frames: at most this many mel frames are synthesised per vocoder call
             (bounds memory; the context of R frames each side comes on top).
+        first_frame, stop_frame: only the audio of mel frames ``[first_frame, stop_frame)`` is
+            synthesised and returned (``stop_frame`` None: up to the end); frames further than R
+            from that range are dropped unused.
     """
 
-    def __init__(self, vocoder: Vocoder, dtype: torch.dtype = torch.float32, chunk_frames: int = 1000) -> None:
+    def __init__(
+        self,
+        vocoder: Vocoder,
+        dtype: torch.dtype = torch.float32,
+        chunk_frames: int = 1000,
+        first_frame: int = 0,
+        stop_frame: int | None = None,
+    ) -> None:
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be positive, got {chunk_frames}")
+        if first_frame < 0 or (stop_frame is not None and stop_frame < first_frame):
+            raise ValueError(f"bad output frames [{first_frame}, {stop_frame})")
         self.vocoder = vocoder
         self.dtype = dtype
         self.context = vocoder.receptive_field()
         self.chunk_frames = chunk_frames
         self.hop = vocoder.hop_length
-        self._mel: Tensor | None = None  # [1, n, n_mels]: frames [self._first, self.frames_in)
+        self.stop_frame = stop_frame
+        self._mel: Tensor | None = None  # [1, n, n_mels]: frames [self._first, self._first + n)
         self._first = 0
         self.frames_in = 0
-        self.frames_out = 0
+        self.frames_out = first_frame
 
     @torch.inference_mode()
     def push(self, mel: Tensor, final: bool = False) -> Tensor:
         """Add mel frames ``[1, m, n_mels]`` (m may be 0); return the newly final samples ``[n]``.
 
-        With ``final=True`` the input ends here and everything left is synthesised.
+        With ``final=True`` the input ends here and everything left is synthesised. The samples
+        returned over all calls are those of mel frames ``[first_frame, stop_frame)``.
         """
-        if mel.shape[1]:
-            self._mel = mel if self._mel is None else torch.cat([self._mel, mel], dim=1)
-            self.frames_in += mel.shape[1]
+        start_in = self.frames_in
+        self.frames_in += mel.shape[1]
+        keep_to = self.frames_in if self.stop_frame is None else min(self.frames_in, self.stop_frame + self.context)
+        if keep_to > start_in:  # frames past stop_frame + R never reach the output
+            new = mel[:, : keep_to - start_in]
+            self._mel = new if self._mel is None else torch.cat([self._mel, new], dim=1)
         ready = self.frames_in if final else self.frames_in - self.context
+        if self.stop_frame is not None:
+            ready = min(ready, self.stop_frame)
         pieces = []
         while self._mel is not None and self.frames_out < ready:
+            held = self._first + self._mel.shape[1]
             start, stop = self.frames_out, min(ready, self.frames_out + self.chunk_frames)
-            lo, hi = max(self._first, start - self.context), min(self.frames_in, stop + self.context)
+            lo, hi = max(self._first, start - self.context), min(held, stop + self.context)
             window = self._mel[:, lo - self._first : hi - self._first]
             wav = self.vocoder(window.to(self.dtype))[0].float()  # [(hi - lo) * hop]
             pieces.append(wav[(start - lo) * self.hop : (stop - lo) * self.hop])
             self.frames_out = stop
-        keep_from = max(self._first, self.frames_out - self.context)
-        if self._mel is not None and keep_from > self._first:
-            self._mel = self._mel[:, keep_from - self._first :]
-            self._first = keep_from
+        if self._mel is not None:
+            keep_from = min(self._first + self._mel.shape[1], max(self._first, self.frames_out - self.context))
+            if keep_from > self._first:
+                self._mel = self._mel[:, keep_from - self._first :]
+                self._first = keep_from
         if not pieces:
             return torch.zeros(0)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
@@ -137,9 +160,13 @@ class SynthesisStream:
         self.lead = lead
         self.num_samples = num_samples
         self.frames_in = 0
-        self.samples_out = 0  # untrimmed samples produced so far
+        # only the mel frames holding output samples are synthesised (not the lead nor the padding)
+        hop = core.vocoder.hop_length
+        first = lead // hop
+        stop = None if num_samples is None else max(first, -(-(lead + num_samples) // hop))
+        self.samples_out = first * hop  # untrimmed position of the next sample produced
         self._decoders = CausalStreamer()
-        self._vocoder = VocoderStream(core.vocoder, core.compute_dtype, vocoder_chunk_frames)
+        self._vocoder = VocoderStream(core.vocoder, core.compute_dtype, vocoder_chunk_frames, first, stop)
 
     @property
     def latency_samples(self) -> int:
