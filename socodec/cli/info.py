@@ -56,6 +56,7 @@ def format_summary(s: dict) -> str:
         f"  speaker       {s['speaker_dim']} float32",
         f"  input length  {s['num_samples'] if s['num_samples'] is not None else 'unknown'} samples, "
         f"lead {s['lead'] if s['lead'] is not None else 'unknown'}",
+        f"  padding       {s.get('padding') or 'unknown'}",
         f"  model         {model}",
     ]
     return "\n".join(lines) + "\n"
