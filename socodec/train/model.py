@@ -50,7 +50,8 @@ class TrainOutput:
 def random_clip(mel: Tensor, frames: list[int], settings: ClipSettings, gen: torch.Generator) -> Tensor:
     """The speaker encoder's training input: a scrambled random clip of each item's log-mel.
 
-    Per item with ``n`` valid frames: ``m = floor(n·u)``, ``u ~ U[low, high)`` (at least 3);
+    Per item with ``n`` valid frames: ``m = floor(n·u)``, ``u ~ U[low, high)`` (at least 3, at most n;
+    a clip of fewer than 3 frames is used as it is);
     a random start; the clip is cut into 3 pieces of ``floor(m/3)`` frames whose order is
     shuffled; every clip is tiled (repeated whole) to ``M = max(min_frames, largest m)`` frames.
 
@@ -67,7 +68,7 @@ def random_clip(mel: Tensor, frames: list[int], settings: ClipSettings, gen: tor
         piece = m // 3
         order = torch.randperm(3, generator=gen).tolist()
         clip = mel[b, start : start + m]
-        clips.append(torch.cat([clip[i * piece : (i + 1) * piece] for i in order], dim=0))
+        clips.append(torch.cat([clip[i * piece : (i + 1) * piece] for i in order], dim=0) if piece else clip)
     longest = max(c.shape[0] for c in clips)
     target = max(settings.min_frames, longest)
     out = []
