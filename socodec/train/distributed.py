@@ -69,6 +69,11 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def world_size() -> int:
+    """Number of processes in the run (1 without a process group)."""
+    return dist.get_world_size() if active() else 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all processes, in place; returns it."""
     if active():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from socodec.train import distributed
 from socodec.train.config import TrainConfig
 from socodec.train.model import TrainOutput
 
@@ -26,12 +27,10 @@ class LossTerms:
     commitment: Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {
-            "loss": float(self.total.detach()),
-            "loss_mel": float(self.mel.detach()),
-            "loss_ssl": float(self.ssl.detach()),
-            "loss_commit": float(self.commitment.detach()),
-        }
+        """The four values averaged over all processes (this process's alone when there is one)."""
+        values = torch.stack([self.total, self.mel, self.ssl, self.commitment]).detach().float()
+        values = distributed.all_reduce_sum(values.clone()) / distributed.world_size()
+        return dict(zip(("loss", "loss_mel", "loss_ssl", "loss_commit"), values.tolist()))
 
 
 def frame_mask(frames: Tensor, per_token: int, total: int) -> Tensor:
