@@ -106,7 +106,7 @@ class _Run:
         valid_log = CsvLog(self.out / "valid.csv", valid_columns(n))
         if self.dist.is_main:
             metrics.truncate_after(start)
-            valid_log.truncate_after(start)
+            valid_log.truncate_after(start if start else -1)  # a fresh start validates step 0 again
         board = Board(self.out / "tensorboard", self.dist.is_main)
         valid_clips = self._valid_clips()
         last_valid = None
