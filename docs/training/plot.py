@@ -41,7 +41,8 @@ def main() -> None:
         values = [float(r[key]) for r in rows]
         axes[0].plot(steps, values, alpha=0.25)
         axes[0].plot(steps, smooth(values), label=label, color=axes[0].lines[-1].get_color())
-    axes[0].set(xlabel="step", ylabel="loss", title="training loss (thin: per step, thick: 10-step mean)")
+    axes[0].set(xlabel="step", ylabel="loss (log scale)", yscale="log",
+                title="training loss (thin: per step, thick: 10-step mean)")
     axes[0].legend()
     commit = [float(r["loss_commit"]) for r in rows]
     axes[1].plot(steps, smooth(commit), label="commitment")

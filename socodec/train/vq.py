@@ -152,15 +152,17 @@ class EmaQuantizerTrainer(nn.Module):
     def reseed(self, vq: ProductQuantizer, epsilon: float) -> None:
         """Make the EMA sums consistent with the current codebooks (after loading weights).
 
-        A codebook with a non-zero ``embed`` counts as initialised (no k-means over it); missing
-        or all-zero counts become 1 per code, so the loaded codewords are where the EMA starts.
+        A codebook with a non-zero ``embed`` counts as initialised (no k-means over it); counts that
+        are missing, all zero, negative or not finite become 1 per code, so the loaded codewords are
+        where the EMA starts.
         """
         with torch.no_grad():
             for cb, st in zip(vq.codebooks, self.stats):
                 if not bool(cb.embed.any()):
                     continue
-                if not bool((st.cluster_size > 0).any()):
-                    st.cluster_size.fill_(1.0)
+                counts = st.cluster_size
+                if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()) or not float(counts.sum()) > 0:
+                    counts.fill_(1.0)
                 st.embed_avg.copy_(consistent_sums(cb.embed, st.cluster_size, epsilon))
                 st.inited.fill_(1.0)
 

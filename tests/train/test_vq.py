@@ -194,3 +194,15 @@ def test_warm_up_passes_the_continuous_input_and_still_tracks_codebooks():
     assert out.commitment.item() == 0.0
     assert out.tokens.tolist() == [[[1, 3], [2, 2]]]  # assignments still made
     torch.testing.assert_close(vq.codebooks[0].embed, torch.tensor([[-0.6], [0.7]]))  # and the EMA step
+
+
+def test_loaded_counts_that_are_not_counts_become_uniform():
+    vq, trainer = _toy_quantizer()
+    for bad in (torch.tensor([-1.0, 2.0]), torch.tensor([float("nan"), 1.0]), torch.zeros(2)):
+        trainer.stats[0].cluster_size.copy_(bad)
+        trainer.reseed(vq, 1e-5)
+        assert trainer.stats[0].cluster_size.tolist() == [1.0, 1.0]
+        torch.testing.assert_close(trainer.stats[0].embed_avg, vq.codebooks[0].embed)
+    trainer.stats[1].cluster_size.copy_(torch.tensor([3.0, 0.5]))
+    trainer.reseed(vq, 1e-5)
+    assert trainer.stats[1].cluster_size.tolist() == [3.0, 0.5]  # real counts are kept
