@@ -298,7 +298,8 @@ class ChunkConfig:
         hubert_window: token frames kept per HuBERT window (167 = 20.04 s).
         hubert_context: token frames of context on each side of a window (9 = 1.08 s).
             Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole.
-        decode_chunk: token frames per decoder step when synthesising long inputs (250 = 30 s).
+        decode_chunk: token frames per decoder step when synthesising long inputs (84 = 10 s, one
+            vocoder chunk: bounds the decoders' activations).
         vocoder_chunk: mel frames (10 ms) per vocoder call (1000 = 10 s), plus 14 frames of
             context on each side. Inputs of at most this many mel frames are synthesised whole.
         mel_chunk: mel frames per block of the long-input log-mel (6000 = 60 s).
@@ -306,7 +307,7 @@ class ChunkConfig:
 
     hubert_window: int = 167
     hubert_context: int = 9
-    decode_chunk: int = 250
+    decode_chunk: int = 84
     vocoder_chunk: int = 1000
     mel_chunk: int = 6000
 

@@ -30,12 +30,25 @@ from socodec.nn.hubert import HubertFeatures
 from socodec.nn.mel import MelSpectrogram
 from socodec.nn.vocoder import Vocoder
 
-__all__ = ["CodecCore", "HubertSource", "DecodeInputs", "MAX_CHANNELS"]
+__all__ = ["CodecCore", "HubertSource", "DecodeInputs", "MAX_CHANNELS", "cpu_has_native_bf16"]
 
 #: the most channels an in-memory 2-D array may have (the other axis is samples)
 MAX_CHANNELS = 16
 
 log = logging.getLogger(__name__)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86 ``avx512_bf16`` or ``amx_bf16`` flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 class HubertSource(Protocol):
@@ -122,15 +135,23 @@ class CodecCore(nn.Module):
             self._hubert_source.check()
 
     def to_device(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "CodecCore":
-        """Move to ``device``; HuBERT and the vocoder run in ``dtype`` (float16/bfloat16 on CUDA).
+        """Move to ``device``; HuBERT and the vocoder run in ``dtype``.
 
-        The quantiser, encoder and decoders always run in float32 so tokens stay exact.
+        float16/bfloat16 on CUDA; bfloat16 also on CPUs with native bfloat16 arithmetic
+        (AVX512_BF16 or AMX, see :func:`cpu_has_native_bf16`), where it is faster than float32
+        (elsewhere it would be slower, and is refused). The waveform standardisation, the
+        encoder, the quantiser, the speaker encoder and the mel decoders always run in float32.
         """
         dev = torch.device(device)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise SoCodecError(f"unsupported dtype {dtype}")
-        if dtype != torch.float32 and dev.type == "cpu":
-            raise SoCodecError("float16/bfloat16 are only supported on CUDA; use float32 on CPU")
+        if dev.type == "cpu" and dtype == torch.float16:
+            raise SoCodecError("float16 is only supported on CUDA; use float32 (or bfloat16 where the CPU has it) on CPU")
+        if dev.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
+            raise SoCodecError(
+                "bfloat16 on CPU needs native bfloat16 support (AVX512_BF16 or AMX), which this CPU lacks "
+                "(it would be slower than float32); use float32"
+            )
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SoCodecError(f"device {dev} requested but this torch build has no CUDA device available")
         self.to(dev)
@@ -217,7 +238,7 @@ class CodecCore(nn.Module):
         """``[B, L]`` padded audio -> HuBERT features ``[B, L/320, C]`` float32 (see :class:`HubertFeatures`)."""
         device = self.device
         lengths = None if lengths is None else lengths.to(device)
-        return self.hubert(padded.to(device, self.compute_dtype), lengths, norm_stats).float()
+        return self.hubert(padded.to(device, torch.float32), lengths, norm_stats).float()  # standardised in float32
 
     def speaker_of(self, padded: Tensor) -> Tensor:
         """``[L]`` padded audio -> speaker vector ``[D]`` (every mel frame counts, as published)."""

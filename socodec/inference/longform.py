@@ -142,7 +142,7 @@ def windowed_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]
     stats = signal.norm_stats()[None].to(core.device) if core.hubert.cfg.normalize else None
     for keep_lo, keep_hi, in_lo, in_hi in hubert_windows(frames, cfg.hubert_window, cfg.hubert_context):
         stop = min(in_hi * hop, signal.length)
-        wav = signal.segment(in_lo * hop, stop)[None].to(core.device, core.compute_dtype)
+        wav = signal.segment(in_lo * hop, stop)[None].to(core.device)  # float32: standardised before the cast
         feats = core.hubert(wav, norm_stats=stats).float()  # [1, ceil((stop - 1920 in_lo) / 320), C]
         log.debug("HuBERT window: frames %d-%d (input %d-%d) of %d", keep_lo, keep_hi, in_lo, in_hi, frames)
         yield feats[:, (keep_lo - in_lo) * per_token : (keep_hi - in_lo) * per_token]

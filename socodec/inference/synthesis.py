@@ -62,6 +62,9 @@ class VocoderStream:
         first_frame, stop_frame: only the audio of mel frames ``[first_frame, stop_frame)`` is
             synthesised and returned (``stop_frame`` None: up to the end); frames further than R
             from that range are dropped unused.
+        eager: synthesise frames as soon as they are final (streaming latency); False waits
+            until ``chunk_frames`` frames are ready (or the end), so that offline synthesis
+            makes only full-size vocoder calls, whatever the size of the pushed pieces.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class VocoderStream:
         chunk_frames: int = 1000,
         first_frame: int = 0,
         stop_frame: int | None = None,
+        eager: bool = True,
     ) -> None:
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be positive, got {chunk_frames}")
@@ -82,6 +86,7 @@ class VocoderStream:
         self.chunk_frames = chunk_frames
         self.hop = vocoder.hop_length
         self.stop_frame = stop_frame
+        self.eager = eager
         self._mel: Tensor | None = None  # [1, n, n_mels]: frames [self._first, self._first + n)
         self._first = 0
         self.frames_in = 0
@@ -104,7 +109,10 @@ class VocoderStream:
         if self.stop_frame is not None:
             ready = min(ready, self.stop_frame)
         pieces = []
+        complete = final or (self.stop_frame is not None and ready >= self.stop_frame)
         while self._mel is not None and self.frames_out < ready:
+            if not (self.eager or complete) and ready - self.frames_out < self.chunk_frames:
+                break
             held = self._first + self._mel.shape[1]
             start, stop = self.frames_out, min(ready, self.frames_out + self.chunk_frames)
             lo, hi = max(self._first, start - self.context), min(held, stop + self.context)
@@ -133,6 +141,8 @@ class SynthesisStream:
             the published 0.5 s lead; 0 keeps everything).
         num_samples: stop the output after this many samples (after the lead); None: no limit.
         vocoder_chunk_frames: mel frames per vocoder call.
+        eager: return audio as soon as it is final (default); False: in pieces of
+            ``vocoder_chunk_frames`` mel frames (offline synthesis, see :class:`VocoderStream`).
     """
 
     def __init__(
@@ -143,6 +153,7 @@ class SynthesisStream:
         lead: int = 0,
         num_samples: int | None = None,
         vocoder_chunk_frames: int = 1000,
+        eager: bool = True,
     ) -> None:
         analyzer = core.analyzer
         dim = analyzer.cfg.model_size
@@ -166,7 +177,7 @@ class SynthesisStream:
         stop = None if num_samples is None else max(first, -(-(lead + num_samples) // hop))
         self.samples_out = first * hop  # untrimmed position of the next sample produced
         self._decoders = CausalStreamer()
-        self._vocoder = VocoderStream(core.vocoder, core.compute_dtype, vocoder_chunk_frames, first, stop)
+        self._vocoder = VocoderStream(core.vocoder, core.compute_dtype, vocoder_chunk_frames, first, stop, eager)
 
     @property
     def latency_samples(self) -> int:
@@ -234,7 +245,8 @@ class SynthesisStream:
 
 @torch.inference_mode()
 def iter_synthesis(core: CodecCore, item: DecodeInputs) -> Iterator[Tensor]:
-    """Offline synthesis of one validated item in chunks of ``core.chunks.decode_chunk`` token frames.
+    """Offline synthesis of one validated item: the decoders in steps of ``core.chunks.decode_chunk``
+    token frames, the vocoder in calls of ``core.chunks.vocoder_chunk`` mel frames.
 
     Yields the trimmed audio (``item.lead`` / ``item.num_samples`` as in :class:`SynthesisStream`)
     as non-empty float32 pieces ``[n_i]``; concatenated they equal the whole-sequence decode
@@ -244,7 +256,7 @@ def iter_synthesis(core: CodecCore, item: DecodeInputs) -> Iterator[Tensor]:
     chunk_frames = core.chunks.decode_chunk
     tokens = item.tokens[0]
     stream = SynthesisStream(
-        core, item.speaker[0], item.streams, item.lead, item.num_samples, core.chunks.vocoder_chunk
+        core, item.speaker[0], item.streams, item.lead, item.num_samples, core.chunks.vocoder_chunk, eager=False
     )
     for start in range(0, tokens.shape[0], chunk_frames):
         piece = stream.push(tokens[start : start + chunk_frames])

@@ -69,8 +69,12 @@ class AMPBlock(nn.Module):
         return sum(ACTIVATION_RADIUS + (self.kernel_size - 1) * d // 2 for d in self.dilations)
 
     def forward(self, x: Tensor) -> Tensor:
-        for conv, act in zip(self.convs, self.activations):
-            x = x + conv(act(x))
+        inplace = x.dim() == 4  # the inference layout: the sum may overwrite this block's own tensors
+        for index, (conv, act) in enumerate(zip(self.convs, self.activations)):
+            if inplace and index:
+                x += conv(act(x))
+            else:
+                x = x + conv(act(x))  # never in place on the input: the other blocks read it too
         return x
 
 
@@ -146,12 +150,16 @@ class Vocoder(nn.Module):
             x = channels_last_1d(x)
         x = self.conv_pre(x)
         n = self.num_kernels
+        inplace = x.dim() == 4  # inference: accumulate in place (fewer, and fewer distinct, allocations)
         for i, up in enumerate(self.ups):
             x = up(x)
             acc = self.resblocks[i * n](x)
             for j in range(1, n):
-                acc = acc + self.resblocks[i * n + j](x)
-            x = acc / n
+                if inplace:
+                    acc += self.resblocks[i * n + j](x)
+                else:
+                    acc = acc + self.resblocks[i * n + j](x)
+            x = acc.div_(n) if inplace else acc / n
         x = self.conv_post(self.activation_post(x))
         if self.cfg.use_tanh_at_final:
             x = torch.tanh(x)

@@ -63,7 +63,7 @@ class _WeightNormed(nn.Module):
         super().__init__()
         self._cached_weight: Tensor | None = None
         self._cache_key: tuple[object, ...] | None = None
-        self._cached_cl: tuple[Tensor, Tensor] | None = None
+        self._cached_cl: tuple[tuple[object, ...], Tensor] | None = None
 
     def _reset(self) -> None:
         """Random initialisation (used only without a checkpoint): v ~ N(0, 1/fan_in), w = v, bias 0."""
@@ -80,25 +80,41 @@ class _WeightNormed(nn.Module):
         self._cache_key = None
         self._cached_cl = None
 
+    def _key(self) -> tuple[object, ...]:
+        g, v = self.weight_g, self.weight_v
+        return (id(g), id(v), g._version, v._version, g.device, v.dtype, v.data_ptr())
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and (self.weight_g.requires_grad or self.weight_v.requires_grad)
+
+    def _compute(self) -> Tensor:
+        """``g * v / ||v||`` as a normal (non-inference) tensor, even under ``torch.inference_mode()``."""
+        with torch.inference_mode(False), torch.no_grad():
+            return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
     def weight(self) -> Tensor:
         """The effective weight, same shape as ``weight_v``."""
-        g, v = self.weight_g, self.weight_v
-        if torch.is_grad_enabled() and (g.requires_grad or v.requires_grad):
-            return torch._weight_norm(v, g, 0)
-        key = (id(g), id(v), g._version, v._version, g.device, v.dtype, v.data_ptr())
+        if self._needs_grad():
+            return torch._weight_norm(self.weight_v, self.weight_g, 0)
+        key = self._key()
         if self._cached_weight is None or self._cache_key != key:
-            # Normal (non-inference) tensor even when called under torch.inference_mode().
-            with torch.inference_mode(False), torch.no_grad():
-                self._cached_weight = torch._weight_norm(v, g, 0)
+            self._cached_weight = self._compute()
             self._cache_key = key
         return self._cached_weight
 
     def weight_cl(self) -> Tensor:
-        """The weight as a channels-last [d0, d1, 1, k] tensor, for 2-D convolutions on [B, C, 1, T]."""
-        w = self.weight()
-        if self._cached_cl is None or self._cached_cl[0] is not w:
+        """The weight as a channels-last [d0, d1, 1, k] tensor, for 2-D convolutions on [B, C, 1, T].
+
+        Cached on its own (the 3-D weight is not kept alongside it: inference holds one copy).
+        """
+        if self._needs_grad():
+            return torch._weight_norm(self.weight_v, self.weight_g, 0).unsqueeze(2)
+        key = self._key()
+        if self._cached_cl is None or self._cached_cl[0] != key:
+            self._cached_cl = None
             with torch.inference_mode(False), torch.no_grad():
-                self._cached_cl = (w, w.unsqueeze(2).contiguous(memory_format=torch.channels_last))
+                weight = self._compute().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            self._cached_cl = (key, weight)
         return self._cached_cl[1]
 
 
@@ -188,6 +204,8 @@ class _Downsample(nn.Module):
 
 
 _MAX_LOG_FREQ = 60.0
+_EDGE_INPUT = 8
+"""Input samples each end from which :meth:`Activation1d._upsample` redoes the edge outputs (>= 5 for 12 taps)."""
 """Beyond |alpha| of this, :class:`Activation1d` takes the plain path (exp(alpha) near float limits)."""
 
 
@@ -256,11 +274,9 @@ class Activation1d(nn.Module):
     def _fast(self, x: Tensor, filters: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Channels-last [B, C, 1, T] -> [B, C, 1, T] (inference only), with :meth:`_filters`."""
         b, c, _, t = x.shape
-        pad, crop, left, right = self._geometry()
+        _, _, left, right = self._geometry()
         up_w, down_w, gain = filters
-        u = F.conv_transpose2d(
-            F.pad(x, (pad, pad, 0, 0), mode="replicate"), up_w, stride=(1, 2), padding=(0, crop), groups=c
-        )  # [B, C, 1, 2t] = exp(alpha) * upsampled x
+        u = self._upsample(x, up_w)  # [B, C, 1, 2t] = exp(alpha) * upsampled x
         zp = torch.empty(b, c, 1, 2 * t + left + right, dtype=x.dtype, device=x.device,
                          memory_format=torch.channels_last)
         z = zp[..., left : left + 2 * t]
@@ -270,6 +286,31 @@ class Activation1d(nn.Module):
         zp[..., :left] = z[..., :1]
         zp[..., left + 2 * t :] = z[..., -1:]
         return F.conv2d(zp, down_w, stride=(1, 2), groups=c)
+
+    def _upsample(self, x: Tensor, up_w: Tensor) -> Tensor:
+        """Channels-last ``[B, C, 1, t] -> [B, C, 1, 2t]``: the replicate-padded up filter, without the padded copy.
+
+        The transposed convolution of the unpadded input already gives every output sample but
+        the few (5 for 12 taps) at each end that read replicated samples; those are redone from
+        :data:`_EDGE_INPUT` input samples at each end, padded. Short inputs take the padded path.
+        """
+        t = x.shape[-1]
+        if t < 2 * _EDGE_INPUT:
+            return self._padded_upsample(x, up_w)
+        pad, crop, _, _ = self._geometry()
+        inner = crop - 2 * pad  # the transposed conv's padding once the replicated samples are gone
+        u = F.conv_transpose2d(x, up_w, stride=(1, 2), padding=(0, inner), groups=x.shape[1])
+        head, tail, n = up_w.shape[-1] - 2 - inner, inner, _EDGE_INPUT  # outputs reading x[-1] / x[t]
+        u[..., :head] = self._padded_upsample(x[..., :n].contiguous(), up_w)[..., :head]
+        u[..., 2 * t - tail :] = self._padded_upsample(x[..., t - n :].contiguous(), up_w)[..., 2 * n - tail :]
+        return u
+
+    def _padded_upsample(self, x: Tensor, up_w: Tensor) -> Tensor:
+        """Replicate-pad, then the folded up filter: ``[B, C, 1, t] -> [B, C, 1, 2t]``."""
+        pad, crop, _, _ = self._geometry()
+        return F.conv_transpose2d(
+            F.pad(x, (pad, pad, 0, 0), mode="replicate"), up_w, stride=(1, 2), padding=(0, crop), groups=x.shape[1]
+        )
 
     def _filters(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor] | None:
         """(up filter * a, down filter / a as channels-last [C, 1, 1, k]; gain g [1, C, 1, 1]), cached.

@@ -243,7 +243,7 @@ def test_decode_iter_pieces_equal_decode(codec, small_chunks):
     """Long codes come out in several pieces that concatenate to exactly ``decode``; short ones in one."""
     codes = codec.encode(speechlike(1.3, seed=4))
     pieces = list(codec.decode_iter(codes, streams=3))
-    assert len(pieces) > 2 and all(p.numel() for p in pieces)
+    assert len(pieces) > 1 and all(p.numel() for p in pieces)
     assert torch.equal(torch.cat(pieces), codec.decode(codes, streams=3))
     codec.chunks = ChunkConfig()
     (whole,) = list(codec.decode_iter(codes))

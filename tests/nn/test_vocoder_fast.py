@@ -57,7 +57,7 @@ def _activation(channels: int, seed: int, scale: float = 0.5) -> Activation1d:
     return act
 
 
-@pytest.mark.parametrize("length", [1, 4, 29])
+@pytest.mark.parametrize("length", [1, 4, 15, 16, 29, 70])
 def test_activation_layouts_agree(length):
     act = _activation(5, length)
     x = torch.randn(2, 5, length, generator=torch.Generator().manual_seed(1))
