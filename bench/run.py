@@ -69,6 +69,8 @@ def summarize(result: dict[str, object], rss_mb: float) -> dict[str, object]:
     seconds = float(result["seconds"])
     runs = result["runs"]
     samples = [r["matmul_gflops"] for r in runs] + [result["matmul_gflops_end"]]
+    if result.get("dtype") == "bfloat16":  # the floor of a bfloat16 run: its GEMMs run at the bf16 rate
+        samples = [r["matmul_gflops_bf16"] for r in runs]
     gemm, gemm_best = statistics.median(samples), max(samples)
     stage_rtf = {}
     for stage in STAGES[phase]:
@@ -87,7 +89,9 @@ def summarize(result: dict[str, object], rss_mb: float) -> dict[str, object]:
         "stage_rtf": stage_rtf,
         "gflop_per_audio_s": flops_per_s / 1e9,
         "stage_gflop_per_audio_s": {k: v / seconds / 1e9 for k, v in flops["stages"].items()},
+        "dtype": result.get("dtype", "float32"),
         "gemm_gflops": gemm,
+        "gemm_gflops_fp32_bf16": [max(r["matmul_gflops"] for r in runs), max(r.get("matmul_gflops_bf16", 0.0) for r in runs)],
         "gemm_gflops_best": gemm_best,
         "floor_rtf": floor,
         "ratio_to_floor": total / floor if floor else None,
@@ -111,7 +115,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
         gemm = max(a["gemm_gflops_best"], s["gemm_gflops_best"])
         la = max(a["loadavg"] + s["loadavg"] or [0.0])
         cores = statistics.median([a["cores_used"], s["cores_used"]])
-        print(f"{row['seconds']:>6.0f}s | {sa['hubert']:6.3f} {sa['encoder+quantiser']:6.3f} {sa['mel+speaker']:7.3f} "
+        print(f"{row['seconds']:>5.0f}s{row.get('dtype', 'float32')[:4]:>5} | {sa['hubert']:6.3f} {sa['encoder+quantiser']:6.3f} {sa['mel+speaker']:7.3f} "
               f"{sa['other']:5.3f} {a['rtf']:8.3f} {a['ratio_to_floor']:6.2f} {a['peak_rss_mb']:6.0f} | "
               f"{ss['decoders']:8.3f} {ss['vocoder']:7.3f} {ss['other']:5.3f} {s['rtf']:6.3f} "
               f"{s['ratio_to_floor']:6.2f} {s['peak_rss_mb']:6.0f} | {load:6.2f} {gemm:9.1f} {cores:5.2f} {la:7.2f}")
@@ -123,9 +127,10 @@ def print_table(rows: list[dict[str, object]]) -> None:
 def resummarize(path: Path) -> None:
     """Recompute the summary rows of a results file from its raw worker results; rewrite it and print the table."""
     report = json.loads(path.read_text())
-    rows: dict[float, dict[str, object]] = {}
+    rows: dict[tuple[float, str], dict[str, object]] = {}
     for result in report["raw"]:
-        row = rows.setdefault(float(result["seconds_requested"]), {"seconds": float(result["seconds_requested"])})
+        seconds, dtype = float(result["seconds_requested"]), str(result.get("dtype", "float32"))
+        row = rows.setdefault((seconds, dtype), {"seconds": seconds, "dtype": dtype})
         row[str(result["phase"])] = summarize(result, float(result["peak_rss_mb"]))
     report["results"] = list(rows.values())
     path.write_text(json.dumps(report, indent=1) + "\n")
@@ -137,6 +142,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0, 300.0], help="seconds")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                        help="HuBERT / vocoder dtypes to measure (bfloat16: CPUs with native bf16 only)")
     parser.add_argument("--ckpt-dir", type=Path, default=BENCH / ".cache" / "ckpts")
     parser.add_argument("--cache-dir", type=Path, default=BENCH / ".cache" / "hubert", help="converted HuBERT cache")
     parser.add_argument("--out", type=Path, default=BENCH / "results-cpu.json")
@@ -158,20 +165,21 @@ def main() -> None:
     codes_dir = BENCH / ".cache" / "codes"
     codes_dir.mkdir(parents=True, exist_ok=True)
     rows, raw = [], []
-    for seconds in lengths:
+    for seconds, dtype in [(s, d) for s in lengths for d in args.dtypes]:
         runs = args.runs
-        codes = codes_dir / f"bench_{seconds:g}s.soc"
-        row: dict[str, object] = {"seconds": seconds}
+        codes = codes_dir / f"bench_{seconds:g}s_{dtype}.soc"
+        row: dict[str, object] = {"seconds": seconds, "dtype": dtype}
         for phase in ("analysis", "synthesis"):
-            print(f"{seconds:g} s {phase} ({runs} runs) ...", flush=True)
-            cmd = worker + ["--phase", phase, "--seconds", str(seconds), "--runs", str(runs), "--codes", str(codes)]
+            print(f"{seconds:g} s {dtype} {phase} ({runs} runs) ...", flush=True)
+            cmd = worker + ["--phase", phase, "--seconds", str(seconds), "--runs", str(runs), "--codes", str(codes),
+                            "--dtype", dtype]
             result, rss = run_child(cmd, args.threads)
             result["peak_rss_mb"] = rss
             result["seconds_requested"] = seconds
             raw.append(result)
             row[phase] = summarize(result, rss)
             print(f"  RTF {row[phase]['rtf']:.3f} (floor ratio {row[phase]['ratio_to_floor']:.2f}), "
-                  f"peak RSS {rss:.0f} MB", flush=True)
+                  f"peak RSS {rss:.0f} MB, cores {row[phase]['cores_used']:.2f}, load {row[phase]['loadavg']}", flush=True)
         rows.append(row)
 
     print()

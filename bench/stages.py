@@ -176,9 +176,9 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
-def matmul_gflops(n: int = 2048, reps: int = 3) -> float:
-    """Float32 GEMM throughput on the current torch threads, GFLOP/s (best of ``reps``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, reps: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """GEMM throughput (float32 unless ``dtype``) on the current torch threads, GFLOP/s (best of ``reps``)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):

@@ -30,6 +30,7 @@ sys.path.insert(0, str(BENCH))
 
 from stages import StageTimer, flop_counter, loadavg, matmul_gflops, peak_rss_mb, reset_peak_rss  # noqa: E402
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPEECH = REPO.parent / "shared" / "reference" / "golden" / "ground_truth.wav"
 RATE = 16000
 
@@ -63,10 +64,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    codec = SoCodec.from_pretrained(args.ckpt_dir, cache_dir=args.cache_dir)
+    codec = SoCodec.from_pretrained(args.ckpt_dir, cache_dir=args.cache_dir, dtype=DTYPES[args.dtype])
     load_s = time.perf_counter() - t0
     result: dict[str, object] = {
-        "phase": args.phase, "threads": torch.get_num_threads(), "import_s": import_s, "load_s": load_s,
+        "phase": args.phase, "dtype": args.dtype, "threads": torch.get_num_threads(), "import_s": import_s, "load_s": load_s,
         "loadavg_start": loadavg(),
     }
     if args.phase == "analysis":
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     runs: list[dict[str, object]] = []
     reset_peak_rss()
     for _ in range(args.runs):
-        record: dict[str, object] = {"matmul_gflops": matmul_gflops(), "loadavg": loadavg()}
+        record: dict[str, object] = {"matmul_gflops": matmul_gflops(), "matmul_gflops_bf16": matmul_gflops(dtype=torch.bfloat16),
+                                     "loadavg": loadavg()}
         timer.reset()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with timer.phase(args.phase):
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ckpt-dir", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="HuBERT / vocoder compute dtype")
     parser.add_argument("--load-only", action="store_true", help="only load the codec (converts the HuBERT cache)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
