@@ -165,3 +165,23 @@ def test_float32_paths_agree_at_the_golden_tolerance(tmp_path):
         assert_close_golden(codec32.decode(codes), expected)
         assert_close_golden(batched, expected)
         assert_close_golden(torch.cat(list(codec32.decode_stream(codes.tokens.split(2), codes))), expected)
+
+
+def test_bfloat16_on_cpu_follows_the_cpu(tmp_path, monkeypatch):
+    """Allowed where the CPU has native bfloat16 (tokens close to float32's), refused elsewhere with one line."""
+    import socodec.inference.core as core
+    from socodec.errors import SoCodecError
+
+    wav = torch.sin(torch.arange(12_000) / 7.0) * 0.3
+    reference = tiny_codec(tmp_path / "a").encode(wav)
+    if core.cpu_has_native_bf16():
+        codec16 = tiny_codec(tmp_path / "b").to_device("cpu", torch.bfloat16)
+        codes = codec16.encode(wav)
+        assert codes.tokens.shape == reference.tokens.shape
+        assert torch.equal(codes.speaker, reference.speaker)  # the speaker encoder stays in float32
+        assert codec16.decode(codes).dtype == torch.float32
+    monkeypatch.setattr(core, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(SoCodecError, match="native bfloat16"):
+        tiny_codec(tmp_path / "c").to_device("cpu", torch.bfloat16)
+    with pytest.raises(SoCodecError, match="float16 is only supported on CUDA"):
+        tiny_codec(tmp_path / "d").to_device("cpu", torch.float16)
