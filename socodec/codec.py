@@ -226,9 +226,8 @@ class SoCodec(CodecCore):
         """:meth:`decode` yielded piece by piece: audio chunks ``[n_i]`` float32 (on CPU), in order.
 
         Concatenated, the pieces are exactly ``decode(codes, streams, speaker)``. Codes longer than
-        ``chunks.vocoder_chunk`` mel frames come out in pieces of ``chunks.decode_chunk`` token
-        frames, so a caller writing each piece out (e.g. :func:`socodec.audio.save_audio_stream`)
-        needs memory bounded by the chunk sizes, however long the audio; shorter codes come out
+        ``chunks.vocoder_chunk`` mel frames come out piece by piece (about one per vocoder chunk),
+        so a caller writing each piece out (e.g. :func:`socodec.audio.save_audio_stream`) needs memory bounded by the chunk sizes, however long the audio; shorter codes come out
         as one piece. The codes are checked before anything is yielded.
         """
         item = self.decode_inputs(codes, streams, speaker)
