@@ -233,12 +233,12 @@ class SoCodec(CodecCore):
         item = self.decode_inputs(codes, streams, speaker)
         return self._iter_item(item)
 
+    @torch.inference_mode()  # on a generator, torch enters/leaves the mode around each step
     def _iter_item(self, item: DecodeInputs) -> Iterator[torch.Tensor]:
-        with torch.inference_mode():
-            if self.decoded_whole(item.frames):
-                yield self.decode_whole(item)
-            else:
-                yield from iter_synthesis(self, item)
+        if self.decoded_whole(item.frames):
+            yield self.decode_whole(item)
+        else:
+            yield from iter_synthesis(self, item)
 
     @torch.inference_mode()
     def decode_stream(

@@ -50,7 +50,8 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise CheckpointError(f"{p}: not a file")
     try:
-        return load_file(str(p), device="cpu")
+        with torch.inference_mode(False):  # weights become parameters: never inference tensors
+            return load_file(str(p), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{p}: not a readable safetensors file ({one_line(exc)})") from None
 
@@ -100,7 +101,11 @@ def load_strict(
             raise CheckpointError(f"{source}: key '{prefix}{key}' has dtype {tensor.dtype}, expected floating point")
     # assign=True keeps the (memory-mapped) file tensors as the parameters: weights a
     # call never uses (the vocoder during encode, say) are never paged into memory.
-    module.load_state_dict({k: v.to(wanted[k].dtype) for k, v in found.items()}, strict=True, assign=True)
+    # An inference tensor (made under torch.inference_mode, e.g. by a caller's own loading) cannot
+    # become a parameter: copy those; file tensors are assigned as they are.
+    with torch.inference_mode(False):
+        state = {k: (v.clone() if v.is_inference() else v).to(wanted[k].dtype) for k, v in found.items()}
+        module.load_state_dict(state, strict=True, assign=True)
 
 
 

@@ -207,7 +207,8 @@ def _read_cache(cache: Path, signature: Mapping[str, str]) -> tuple[HubertConfig
             logger.info("HuBERT cache %s is stale: converting the checkpoint again", cache)
             return None
         cfg = _config_from_json(meta["config"])
-        return cfg, load_file(str(cache), device="cpu")
+        with torch.inference_mode(False):  # these become parameters: never inference tensors
+            return cfg, load_file(str(cache), device="cpu")
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, SoCodecError) as exc:
         logger.warning("HuBERT cache %s is unreadable (%s): converting the checkpoint again", cache, exc)
         return None

@@ -181,3 +181,12 @@ def test_cuda(tmp_path, dtype):
     if dtype == torch.float32:
         assert torch.equal(codes.tokens, golden_case["tokens"])
         assert_close_golden(wav, golden_case["output_wav"][LEAD : LEAD + wav.numel()])
+
+
+def test_decode_iter_does_not_leak_inference_mode(codec, golden_case):
+    """A half-consumed decode_iter must leave the caller's autograd state alone."""
+    pieces = codec.decode_iter(load_codes(GOLDEN / f"reference_features_{golden_case['name']}.pt"))
+    next(pieces)
+    assert not torch.is_inference_mode_enabled()
+    x = torch.ones(2, requires_grad=True)
+    assert (x * 2).sum().requires_grad
