@@ -14,7 +14,8 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import GOLDEN, assert_close_golden
+from conftest import GOLDEN, assert_close_golden, load_tiny_codec
+from socodec.config import PADDINGS
 from socodec import Codes, SoCodec
 from socodec.config import LEAD_SAMPLES, ChunkConfig, padded_length, token_frames
 from socodec.inference.synthesis import VocoderStream
@@ -23,20 +24,12 @@ TOL = 1e-5
 # (input samples, lead): one sample, within a mel frame, on the token grid, within the receptive
 # field of a boundary, a few tenths of a second; leads of 0.5 s, none and off the frame grid
 CASES = ((1, LEAD_SAMPLES), (159, 0), (1920, 3333), (2240, LEAD_SAMPLES), (5000, 0), (9_123, LEAD_SAMPLES))
-PADDINGS = ("published", "grid")
-
-
-def tiny_codec(cache_dir) -> SoCodec:
-    return SoCodec.from_files(
-        GOLDEN / "hubert_tiny_fairseq.pt", GOLDEN / "analyzer_tiny.safetensors", GOLDEN / "vocoder_tiny.safetensors",
-        GOLDEN / "analyzer_tiny.json", GOLDEN / "vocoder_tiny.json", cache_dir=cache_dir,
-    )
 
 
 @pytest.fixture(scope="module")
 def codec(tmp_path_factory) -> SoCodec:
     """The tiny models with the decoders and the vocoder in float64 (exactness checks)."""
-    model = tiny_codec(tmp_path_factory.mktemp("cache"))
+    model = load_tiny_codec(tmp_path_factory.mktemp("cache"))
     model.analyzer.double()
     model.vocoder.double()
     model.compute_dtype = torch.float64
@@ -158,7 +151,7 @@ def test_vocoder_stream_synthesises_only_the_output_frames(codec):
 
 
 def test_float32_paths_agree_at_the_golden_tolerance(tmp_path):
-    codec32 = tiny_codec(tmp_path)
+    codec32 = load_tiny_codec(tmp_path)
     items = [make_codes(codec32, n, LEAD_SAMPLES, "published", seed) for seed, n in enumerate((5000, 1919))]
     for codes, batched in zip(items, codec32.decode(items)):
         expected = full_then_trim(codec32, codes)
@@ -173,15 +166,15 @@ def test_bfloat16_on_cpu_follows_the_cpu(tmp_path, monkeypatch):
     from socodec.errors import SoCodecError
 
     wav = torch.sin(torch.arange(12_000) / 7.0) * 0.3
-    reference = tiny_codec(tmp_path / "a").encode(wav)
+    reference = load_tiny_codec(tmp_path / "a").encode(wav)
     if core.cpu_has_native_bf16():
-        codec16 = tiny_codec(tmp_path / "b").to_device("cpu", torch.bfloat16)
+        codec16 = load_tiny_codec(tmp_path / "b").to_device("cpu", torch.bfloat16)
         codes = codec16.encode(wav)
         assert codes.tokens.shape == reference.tokens.shape
         assert torch.equal(codes.speaker, reference.speaker)  # the speaker encoder stays in float32
         assert codec16.decode(codes).dtype == torch.float32
     monkeypatch.setattr(core, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(SoCodecError, match="native bfloat16"):
-        tiny_codec(tmp_path / "c").to_device("cpu", torch.bfloat16)
+        load_tiny_codec(tmp_path / "c").to_device("cpu", torch.bfloat16)
     with pytest.raises(SoCodecError, match="float16 is only supported on CUDA"):
-        tiny_codec(tmp_path / "d").to_device("cpu", torch.float16)
+        load_tiny_codec(tmp_path / "d").to_device("cpu", torch.float16)
