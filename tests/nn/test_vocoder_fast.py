@@ -70,6 +70,17 @@ def test_activation_layouts_agree(length):
     assert (flat - act.reference(x)).abs().max().item() < 1e-5
 
 
+def test_bfloat16_activation_runs_in_float32_on_cpu():
+    """A bfloat16 channels-last input is activated in float32 and rounded once (the CPU fast path)."""
+    act = _activation(6, 11)
+    x = channels_last_1d(torch.randn(1, 6, 50, generator=torch.Generator().manual_seed(4))).bfloat16()
+    with torch.inference_mode():
+        out = act(x)
+        wide = act(x.float())
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, wide.bfloat16())
+
+
 def test_activation_extreme_alpha_takes_the_plain_path():
     act = _activation(3, 7)
     with torch.no_grad():
