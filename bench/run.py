@@ -30,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from stages import ANALYSIS_STAGES, SYNTHESIS_STAGES, loadavg, report_header  # noqa: E402
+from stages import ANALYSIS_STAGES, SYNTHESIS_STAGES, git_state, loadavg, report_header  # noqa: E402
 
 STAGES = {"analysis": ANALYSIS_STAGES, "synthesis": SYNTHESIS_STAGES}
 
@@ -148,6 +148,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=BENCH / ".cache" / "hubert", help="converted HuBERT cache")
     parser.add_argument("--out", type=Path, default=BENCH / "results-cpu.json")
     parser.add_argument("--from-json", type=Path, help="re-summarise the raw runs of an earlier --out file and print")
+    parser.add_argument("--padding", choices=["published", "grid"],
+                        help="analysis padding (default: the package's default)")
+    parser.add_argument("--package", type=Path, default=REPO,
+                        help="folder holding the socodec package to measure, e.g. a `git worktree` of an earlier "
+                             "commit (default: this checkout); the harness is always this one")
     args = parser.parse_args()
     if args.runs < 1 or args.threads < 1:
         parser.error("--runs and --threads must be positive")
@@ -157,7 +162,7 @@ def main() -> None:
 
     ensure_checkpoints(args.ckpt_dir)
     worker = [sys.executable, str(BENCH / "worker.py"), "--threads", str(args.threads),
-              "--ckpt-dir", str(args.ckpt_dir), "--cache-dir", str(args.cache_dir)]
+              "--ckpt-dir", str(args.ckpt_dir), "--cache-dir", str(args.cache_dir), "--package", str(args.package)]
     first, _ = run_child(worker + ["--load-only"], args.threads)  # converts the HuBERT cache if needed
     print(f"first load (converts the HuBERT cache if absent): {first['load_s']:.2f} s", flush=True)
 
@@ -167,13 +172,15 @@ def main() -> None:
     rows, raw = [], []
     for seconds, dtype in [(s, d) for s in lengths for d in args.dtypes]:
         runs = args.runs
-        codes = codes_dir / f"bench_{seconds:g}s_{dtype}.soc"
-        row: dict[str, object] = {"seconds": seconds, "dtype": dtype}
+        codes = codes_dir / f"bench_{seconds:g}s_{dtype}{'_' + args.padding if args.padding else ''}.soc"
+        row: dict[str, object] = {"seconds": seconds, "dtype": dtype, "padding": args.padding or "default"}
         for phase in ("analysis", "synthesis"):
             print(f"{seconds:g} s {dtype} {phase} ({runs} runs) ...", flush=True)
             cmd = worker + ["--phase", phase, "--seconds", str(seconds), "--runs", str(runs), "--codes", str(codes),
-                            "--dtype", dtype]
+                            "--dtype", dtype] + (["--padding", args.padding] if args.padding else [])
             result, rss = run_child(cmd, args.threads)
+            result["peak_rss_wait4_mb"] = rss  # includes the FLOP-counting run
+            rss = float(result.get("peak_rss_process_mb", rss))
             result["peak_rss_mb"] = rss
             result["seconds_requested"] = seconds
             raw.append(result)
@@ -186,6 +193,7 @@ def main() -> None:
     print_table(rows)
     report = {
         **report_header(args.threads),
+        "package": {"path": str(args.package), **git_state(args.package)},
         "runs": args.runs,
         "first_load_s": first["load_s"],
         "loadavg_end": loadavg(),

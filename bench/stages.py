@@ -39,8 +39,10 @@ class StageTimer:
 
     def __init__(self, codec: nn.Module) -> None:
         self._stage_of: dict[int, str] = {}
+        # HuBERT only if it is loaded: touching ``codec.hubert`` would load it (synthesis never does)
+        hubert = dict(codec.named_children()).get("hubert")
         roots = {
-            "hubert": codec.hubert,
+            "hubert": hubert if hubert is not None else (),
             "encoder+quantiser": codec.analyzer.encoder,
             _QUANTISER: codec.analyzer.vq,
             "mel+speaker": codec.analyzer.speaker_encoder,
@@ -238,11 +240,11 @@ def machine() -> dict[str, object]:
     }
 
 
-def git_state() -> dict[str, object]:
-    """The repository's commit and whether tracked files differ from it."""
+def git_state(root: Path | None = None) -> dict[str, object]:
+    """The commit of the checkout at ``root`` (default: this one) and whether tracked files differ from it."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+            return subprocess.run(["git", *args], cwd=root or Path(__file__).resolve().parents[1], capture_output=True,
                                   text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""

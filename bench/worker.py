@@ -3,11 +3,12 @@
     python bench/worker.py --phase analysis --seconds 60 --codes X.soc --ckpt-dir DIR --cache-dir DIR
     python bench/worker.py --phase synthesis --codes X.soc --ckpt-dir DIR --cache-dir DIR
 
-Loads the codec (timed), then one warm-up encode (or decode) under torch's FLOP
-counter (FLOPs per stage), then ``--runs`` timed runs with per-stage wall times;
-a float32 GEMM throughput sample is taken before each run. Analysis writes its
+Loads the codec (timed), then one warm-up encode (or decode), ``--runs`` timed runs
+with per-stage wall times (a float32 and a bfloat16 GEMM throughput sample before each),
+reads the process's peak RSS (VmHWM), and last one more run under torch's FLOP counter
+(FLOPs per stage; it raises the peak, hence last). Analysis writes its
 codes to ``--codes`` for the synthesis process. Prints one JSON line; the parent
-reads the process's peak RSS from ``wait4``.
+also reads the whole process's peak RSS from ``wait4``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-from stages import StageTimer, flop_counter, loadavg, matmul_gflops, peak_rss_mb, reset_peak_rss  # noqa: E402
+from stages import StageTimer, flop_counter, loadavg, matmul_gflops, peak_rss_mb  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPEECH = REPO.parent / "shared" / "reference" / "golden" / "ground_truth.wav"
@@ -68,29 +69,26 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     load_s = time.perf_counter() - t0
     result: dict[str, object] = {
         "phase": args.phase, "dtype": args.dtype, "threads": torch.get_num_threads(), "import_s": import_s, "load_s": load_s,
-        "loadavg_start": loadavg(),
+        "loadavg_start": loadavg(), "package": str(Path(sys.modules["socodec"].__file__).parent),
     }
     if args.phase == "analysis":
         wav, result["input"] = speech_like(args.seconds)
         result["seconds"] = wav.size / RATE
-        work = lambda: codec.encode(wav, RATE)  # noqa: E731
+        options = {"padding": args.padding} if args.padding else {}
+        work = lambda: codec.encode(wav, RATE, **options)  # noqa: E731
+        codec.hubert  # noqa: B018 -- load the deferred HuBERT now, so the stage timer sees it
     else:
         codes = load_codes(args.codes)
         result["seconds"] = codes.num_samples / RATE
         work = lambda: codec.decode(codes)  # noqa: E731
     timer = StageTimer(codec)
 
-    # Warm-up run, counted: FLOPs per stage (the counter runs the ops for real).
-    with flop_counter() as counter:
-        timer.counter = counter
-        with timer.phase(args.phase):
-            out = work()
-        result["flops"] = {"stages": dict(timer.flops), "total": counter.get_total_flops()}
-    timer.counter = None
+    # Warm-up run (not counted), then the timed runs.
+    with timer.phase(args.phase):
+        out = work()
     result["warmup"] = {"stages": dict(timer.seconds)}
 
     runs: list[dict[str, object]] = []
-    reset_peak_rss()
     for _ in range(args.runs):
         record: dict[str, object] = {"matmul_gflops": matmul_gflops(), "matmul_gflops_bf16": matmul_gflops(dtype=torch.bfloat16),
                                      "loadavg": loadavg()}
@@ -102,7 +100,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                       stages=dict(timer.seconds))
         runs.append(record)
     result["runs"] = runs
-    result["peak_rss_after_load_mb"] = peak_rss_mb()
+    # Peak of the process so far (loading, warm-up and runs): what a user's process reaches.
+    result["peak_rss_process_mb"] = peak_rss_mb()
+
+    # Last, one more run under torch's FLOP counter (FLOPs per stage). The counter intercepts
+    # every op and raises the peak, which is why it comes after the RSS reading.
+    timer.reset()
+    with flop_counter() as counter:
+        timer.counter = counter
+        with timer.phase(args.phase):
+            work()
+        result["flops"] = {"stages": dict(timer.flops), "total": counter.get_total_flops()}
+    timer.counter = None
     result["matmul_gflops_end"] = matmul_gflops()
     result["loadavg_end"] = loadavg()
     if args.phase == "analysis":
@@ -125,7 +134,10 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="HuBERT / vocoder compute dtype")
     parser.add_argument("--load-only", action="store_true", help="only load the codec (converts the HuBERT cache)")
+    parser.add_argument("--padding", choices=("published", "grid"), help="analysis padding (default: the package's)")
+    parser.add_argument("--package", type=Path, default=REPO, help="folder holding the socodec package to measure")
     args = parser.parse_args()
+    sys.path.insert(0, str(args.package.resolve()))  # before the first socodec import
     logging.basicConfig(level=logging.WARNING)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
