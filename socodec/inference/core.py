@@ -54,7 +54,7 @@ def cpu_has_native_bf16() -> bool:
 class HubertSource(Protocol):
     """Something that loads HuBERT when called (see :class:`socodec.loading.modules.HubertLoader`)."""
 
-    def __call__(self) -> HubertFeatures: ...
+    def __call__(self, dtype: torch.dtype = torch.float32) -> HubertFeatures: ...
 
     def check(self) -> None: ...
 
@@ -122,7 +122,7 @@ class CodecCore(nn.Module):
             assert self._hubert_source is not None
             source = self._hubert_source
             log.debug("loading HuBERT on first use")
-            module = source()
+            module = source(self.compute_dtype)  # loaded in the compute dtype: no float32 copy on the way
             self.identity.setdefault("hubert", source.fingerprint())
             module.to(self.device, self.compute_dtype)
             self._modules["hubert"] = module

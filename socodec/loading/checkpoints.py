@@ -8,9 +8,10 @@ caller declares training-only are ignored; anything else fails with one
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -54,6 +55,51 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(p), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{p}: not a readable safetensors file ({one_line(exc)})") from None
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_as(path: str | Path, dtype: torch.dtype, keep: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """Read a safetensors file tensor by tensor, floating-point tensors converted to ``dtype``.
+
+    Plain reads, not a memory map: a memory-mapped file keeps every page it has touched
+    resident until its last tensor is released, so converting a mapped checkpoint costs
+    its stored size plus the converted size at once. Here the peak is the converted tensors
+    plus one tensor as stored. Keys in ``keep`` stay as stored.
+    """
+    p = Path(path)
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with p.open("rb") as f, torch.inference_mode(False):  # weights become parameters
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= p.stat().st_size - 8:
+                raise ValueError(f"header length {size} does not fit the file")
+            header = json.loads(f.read(size))
+            base = 8 + size
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                start, end = info["data_offsets"]
+                stored, shape = _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+                if end == start:
+                    tensor = torch.empty(shape, dtype=stored)
+                else:
+                    buf = bytearray(end - start)
+                    f.seek(base + start)
+                    if f.readinto(buf) != len(buf):
+                        raise ValueError(f"tensor '{key}' is truncated")
+                    tensor = torch.frombuffer(buf, dtype=stored).reshape(shape)
+                if tensor.is_floating_point() and tensor.dtype != dtype and key not in keep:
+                    tensor = tensor.to(dtype)
+                out[key] = tensor
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{p}: not a readable safetensors file ({one_line(exc)})") from None
+    return out
 
 
 def load_strict(

@@ -25,7 +25,7 @@ from torch import Tensor
 from socodec.config import HubertConfig
 from socodec.errors import CheckpointError, SoCodecError
 from socodec.fileio import atomic_path
-from socodec.loading.checkpoints import load_strict
+from socodec.loading.checkpoints import load_strict, read_safetensors_as
 from socodec.loading.fairseq import read_fairseq_checkpoint
 from socodec.nn.hubert import POS_CONV, HubertFeatures
 
@@ -124,15 +124,18 @@ def fairseq_to_hf(
     return out
 
 
-def build_hubert(cfg: HubertConfig, state: Mapping[str, Tensor], source: str | Path) -> HubertFeatures:
-    """A :class:`HubertFeatures` in eval mode holding ``state`` (HF names), strictly checked.
+def build_hubert(
+    cfg: HubertConfig, state: Mapping[str, Tensor], source: str | Path, dtype: torch.dtype = torch.float32
+) -> HubertFeatures:
+    """A :class:`HubertFeatures` in eval mode holding ``state`` (HF names) in ``dtype``, strictly checked.
 
-    The module is built on the meta device and the tensors are assigned (no random init, no copy).
-    The positional conv's weight norm (g, v) is folded into one weight here, once: the numbers the
-    parametrisation would compute on every call.
+    The module is built on the meta device and the tensors are assigned (no random init, no copy
+    when they already have ``dtype``). The positional conv's weight norm (g, v) is folded into one
+    weight here, once (in the precision of g and v): the numbers the parametrisation would compute
+    on every call.
     """
     with torch.device("meta"):
-        module = HubertFeatures(cfg)
+        module = HubertFeatures(cfg).to(dtype)
     tensors = {k: v.to("cpu") for k, v in state.items()}
     if POS_CONV_G in tensors and POS_CONV_V in tensors:
         g, v = tensors.pop(POS_CONV_G), tensors.pop(POS_CONV_V)
@@ -169,27 +172,30 @@ def cache_path(pt_path: Path, cache_dir: Path) -> Path:
 
 
 def load_hubert_weights(
-    pt_path: str | Path, cache_dir: Path | None = None
+    pt_path: str | Path, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[HubertConfig, dict[str, Tensor]]:
     """HuBERT config and state dict (HF names) from a fairseq ``.pt``, via a safetensors cache.
 
     The first call converts the checkpoint and writes ``cache_dir`` (default :func:`default_cache_dir`)
     atomically; later calls memory-map the cached file as long as the source's size, mtime and
-    head/tail hash are unchanged. An unwritable cache directory only costs a warning.
+    head/tail hash are unchanged. With another ``dtype`` than float32 the cached tensors are read
+    one by one and converted instead (the positional conv's weight-norm pair stays float32 for
+    :func:`build_hubert` to fold), so that float32 and converted weights are never all in memory
+    at once. An unwritable cache directory only costs a warning.
     """
     p = Path(pt_path)
     if not p.is_file():
         raise CheckpointError(f"{p}: HuBERT checkpoint not found" if not p.exists() else f"{p}: not a file")
     signature = source_signature(p)
     cache = cache_path(p, Path(cache_dir) if cache_dir is not None else default_cache_dir())
-    cached = _read_cache(cache, signature)
+    cached = _read_cache(cache, signature, dtype)
     if cached is not None:
         logger.debug("HuBERT weights from cache %s", cache)
         return cached
     state, cfg = read_fairseq_checkpoint(p)  # memory-mapped from the .pt
     hf_state = fairseq_to_hf(state, cfg, source=p)
     _write_cache(cache, cfg, hf_state, {**signature, "source": str(p.resolve())})
-    cached = _read_cache(cache, signature)
+    cached = _read_cache(cache, signature, dtype)
     if cached is not None:
         return cached
     # No cache: copy out of the .pt's memory map, so that rewriting the .pt later cannot
@@ -197,7 +203,9 @@ def load_hubert_weights(
     return cfg, {k: v.clone() for k, v in hf_state.items()}
 
 
-def _read_cache(cache: Path, signature: Mapping[str, str]) -> tuple[HubertConfig, dict[str, Tensor]] | None:
+def _read_cache(
+    cache: Path, signature: Mapping[str, str], dtype: torch.dtype
+) -> tuple[HubertConfig, dict[str, Tensor]] | None:
     if not cache.is_file():
         return None
     try:
@@ -207,6 +215,8 @@ def _read_cache(cache: Path, signature: Mapping[str, str]) -> tuple[HubertConfig
             logger.info("HuBERT cache %s is stale: converting the checkpoint again", cache)
             return None
         cfg = _config_from_json(meta["config"])
+        if dtype != torch.float32:
+            return cfg, read_safetensors_as(cache, dtype, keep=(POS_CONV_G, POS_CONV_V))
         with torch.inference_mode(False):  # these become parameters: never inference tensors
             return cfg, load_file(str(cache), device="cpu")
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, SoCodecError) as exc:

@@ -69,10 +69,11 @@ class HubertLoader:
         assert self.path is not None
         return file_fingerprint(self.path)
 
-    def __call__(self) -> HubertFeatures:
+    def __call__(self, dtype: torch.dtype = torch.float32) -> HubertFeatures:
+        """Load HuBERT with its weights in ``dtype`` (read and converted tensor by tensor when not float32)."""
         self.check()
         assert self.path is not None
-        cfg, state = load_hubert_weights(self.path, self.cache_dir)
+        cfg, state = load_hubert_weights(self.path, self.cache_dir, dtype)
         source: Path = self.path
         if self.override:
             log.info("%s carries HuBERT weights; they override %s", self.analyzer_source, self.path)
@@ -82,7 +83,7 @@ class HubertLoader:
             raise CheckpointError(
                 f"{self.path}: HuBERT width {cfg.embed_dim} does not match the analyzer config's in_dim {self.in_dim}"
             )
-        return build_hubert(cfg, state, source=source)
+        return build_hubert(cfg, state, source=source, dtype=dtype)
 
 
 @dataclass(frozen=True)
