@@ -6,7 +6,9 @@ In one process, float32 and the other variants are timed interleaved (so machine
 both alike) on the real-size random checkpoints (``bench/.cache/ckpts``) and on the tiny
 golden models with the golden inputs. Reports: token frames equal to float32 (all streams),
 per-stream agreement, speaker-vector max abs error, decoded-audio max abs difference and SNR
-(float32 decode of the same codes as the reference), and the analysis / synthesis speed-up.
+(float32 decode of the same codes as the reference), the analysis / synthesis speed-up, and
+how fragile the tokens are (:func:`noise_sensitivity`: agreement under white noise of known
+size on the float32 features, beside the bfloat16 features' relative error).
 """
 
 from __future__ import annotations
@@ -61,9 +63,44 @@ def compare(ref_codes, codes, ref_audio, audio) -> dict[str, float]:
 
 def int8_hubert(codec) -> None:
     """HuBERT's linear layers as dynamically quantised int8 (torch.ao), in place."""
-    from torch.ao.quantization import quantize_dynamic
+    import warnings
 
-    codec._modules["hubert"] = quantize_dynamic(codec.hubert, {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch.ao's deprecation notices
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        codec._modules["hubert"] = quantize_dynamic(codec.hubert, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def noise_sensitivity(codec, low, wav: torch.Tensor, levels=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                      draws: int = 5) -> dict[str, object]:
+    """How fragile the tokens are: frames equal when white noise is added to float32 HuBERT features.
+
+    For each relative level r, ``draws`` times: features + noise with norm r * ||features||, then
+    the float32 encoder and quantiser; the fraction of token frames (all streams) equal to the
+    noiseless tokens. For comparison, the relative error ||f_low - f|| / ||f|| of the features
+    of ``low`` (the bfloat16 codec) and its token-frame agreement.
+    """
+    from socodec.config import LEAD_SAMPLES
+
+    padded = codec.pad(codec.mono(wav, RATE), LEAD_SAMPLES)[None]
+    with torch.inference_mode():
+        feats = codec.features(padded)
+        ref = codec.analyzer.tokens(feats)[0]
+        low_feats = low.features(padded)
+        out: dict[str, object] = {
+            "bfloat16_relative_feature_error": float((low_feats - feats).norm() / feats.norm()),
+            "bfloat16_frames_equal": float((codec.analyzer.tokens(low_feats)[0] == ref).all(dim=1).float().mean()),
+        }
+        gen = torch.Generator().manual_seed(0)
+        for level in levels:
+            equal = []
+            for _ in range(draws):
+                noise = torch.randn(feats.shape, generator=gen)
+                noisy = feats + noise * (level * feats.norm() / noise.norm())
+                equal.append(float((codec.analyzer.tokens(noisy)[0] == ref).all(dim=1).float().mean()))
+            out[f"noise_{level:g}"] = {"median": statistics.median(equal), "draws": equal}
+    return out
 
 
 def measure(load, wav: torch.Tensor, runs: int) -> dict[str, object]:
@@ -75,10 +112,11 @@ def measure(load, wav: torch.Tensor, runs: int) -> dict[str, object]:
     int8_hubert(int8)
     variants["int8_hubert"] = int8
     codes = {name: codec.encode(wav) for name, codec in variants.items()}
+    sensitivity = noise_sensitivity(variants["float32"], variants["bfloat16"], wav)
     ref = variants["float32"]
     audio = {name: variants[name if name != "int8_hubert" else "float32"].decode(codes[name]) for name in variants}
     ref_from_codes = {name: ref.decode(codes[name]) for name in variants}
-    out: dict[str, object] = {}
+    out: dict[str, object] = {"sensitivity": sensitivity}
     for name in ("bfloat16", "int8_hubert"):
         row = compare(codes["float32"], codes[name], audio["float32"], audio[name])
         # synthesis alone: the same codes through float32 and this variant's vocoder

@@ -1,7 +1,7 @@
 """Corpus throughput: ``socodec tokenize`` against the per-file command line, on many short clips.
 
     python bench/corpus.py [--clips 200] [--min-seconds 1.5] [--max-seconds 6] [--threads 2]
-                           [--one-by-one 20] [--skip-ray] [--tiny]
+                           [--one-by-one 20] [--skip-ray] [--modes MODE ...] [--tiny]
                            [--ckpt-dir bench/.cache/ckpts] [--out bench/results-corpus-cpu.json]
 
 Writes ``--clips`` clips of speech-like 16-bit audio (lengths spread evenly between
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one-by-one", type=int, default=20, metavar="N", help="clips for the one-by-one mode")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--modes", nargs="+", metavar="MODE", help="run only these modes, in this order")
     parser.add_argument("--tiny", action="store_true", help="the small test models (a quick check of the script)")
     parser.add_argument("--ckpt-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -205,6 +206,11 @@ def main() -> None:
     if not args.skip_ray:
         modes["tokenize_ray"] = ([[*py, "tokenize", str(clips), "-o", str(work / "tok_ray"), "-q", "--engine",
                                    "ray", *model]], total)
+    if args.modes:
+        unknown = sorted(set(args.modes) - set(modes))
+        if unknown:
+            raise SystemExit(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(modes)}")
+        modes = {name: modes[name] for name in args.modes}
     results: dict[str, dict[str, object]] = {}
     for name, (commands, seconds) in modes.items():
         for folder in ("one", "dir", "dir_batch", "tok", "tok2", "tok_ray"):
@@ -215,10 +221,10 @@ def main() -> None:
         result = timed(commands, args.threads)
         result.update(before, audio_s=seconds, throughput=seconds / result["wall_s"])
         results[name] = result
-    base = results["directory"]["throughput"]
+    base = results["directory"]["throughput"] if "directory" in results else float("nan")
     for result in results.values():
         result["vs_directory"] = result["throughput"] / base
-    if "tokenize_ray" in results:
+    if "tokenize_ray" in results and "tokenize" in results:
         results["tokenize_ray"]["overhead_vs_local_s"] = results["tokenize_ray"]["wall_s"] - results["tokenize"]["wall_s"]
     report = {**report_header(args.threads), "clips": args.clips, "seconds": [args.min_seconds, args.max_seconds],
               "audio_s": total, "model": "tiny test models" if args.tiny else "real-size random weights",

@@ -105,13 +105,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     # Last, one more run under torch's FLOP counter (FLOPs per stage). The counter intercepts
     # every op and raises the peak, which is why it comes after the RSS reading.
-    timer.reset()
-    with flop_counter() as counter:
-        timer.counter = counter
-        with timer.phase(args.phase):
-            work()
-        result["flops"] = {"stages": dict(timer.flops), "total": counter.get_total_flops()}
-    timer.counter = None
+    if not args.no_flops:
+        timer.reset()
+        with flop_counter() as counter:
+            timer.counter = counter
+            with timer.phase(args.phase):
+                work()
+            result["flops"] = {"stages": dict(timer.flops), "total": counter.get_total_flops()}
+        timer.counter = None
     result["matmul_gflops_end"] = matmul_gflops()
     result["loadavg_end"] = loadavg()
     if args.phase == "analysis":
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="HuBERT / vocoder compute dtype")
     parser.add_argument("--load-only", action="store_true", help="only load the codec (converts the HuBERT cache)")
     parser.add_argument("--padding", choices=("published", "grid"), help="analysis padding (default: the package's)")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting run")
     parser.add_argument("--package", type=Path, default=REPO, help="folder holding the socodec package to measure")
     args = parser.parse_args()
     sys.path.insert(0, str(args.package.resolve()))  # before the first socodec import

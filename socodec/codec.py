@@ -27,6 +27,7 @@ from socodec.config import DEFAULT_PADDING, LEAD_SAMPLES, SAMPLE_RATE, AnalyzerC
 from socodec.errors import CheckpointError
 from socodec.inference.batching import decode_batch, encode_batch
 from socodec.inference.core import CodecCore, DecodeInputs
+from socodec.inference.heap import release_heap
 from socodec.inference.longform import PaddedSignal, encode_long
 from socodec.inference.synthesis import SynthesisStream, gather, iter_synthesis, trimmed_length
 from socodec.loading.checkpoints import HUBERT_FILE, CheckpointPaths
@@ -141,11 +142,14 @@ class SoCodec(CodecCore):
         lead_n = LEAD_SAMPLES if lead else 0
         self.check_padding(padding)
         self.check_analysis()
-        if isinstance(wav, (list, tuple)):
-            return self._encode_list([self.mono(w, sample_rate) for w in wav], lead_n, padding)
-        if isinstance(wav, (str, Path)):
-            return self._encode_file(Path(wav), lead_n, padding)
-        return self._encode_mono(self.mono(wav, sample_rate), lead_n, padding)
+        try:
+            if isinstance(wav, (list, tuple)):
+                return self._encode_list([self.mono(w, sample_rate) for w in wav], lead_n, padding)
+            if isinstance(wav, (str, Path)):
+                return self._encode_file(Path(wav), lead_n, padding)
+            return self._encode_mono(self.mono(wav, sample_rate), lead_n, padding)
+        finally:
+            release_heap()
 
     def _encode_list(self, clips: list[torch.Tensor], lead: int, padding: str) -> list[Codes]:
         """Short clips in one batch, long ones window by window, results in input order."""
@@ -196,13 +200,16 @@ class SoCodec(CodecCore):
             ``codes.num_samples`` samples when the codes know their lead and length,
             otherwise the full ``1920 * T``.
 
-        Codes longer than ``chunks.vocoder_chunk`` mel frames (10 s by default) are synthesised
+        Codes longer than ``chunks.vocoder_chunk`` mel frames (6 s by default) are synthesised
         in chunks (:func:`socodec.inference.synthesis.iter_synthesis`), equal to the whole-sequence
         result.
         """
-        if isinstance(codes, (list, tuple)):
-            return self._decode_list([self.decode_inputs(c, streams, speaker) for c in codes])
-        return self._decode_item(self.decode_inputs(codes, streams, speaker))
+        try:
+            if isinstance(codes, (list, tuple)):
+                return self._decode_list([self.decode_inputs(c, streams, speaker) for c in codes])
+            return self._decode_item(self.decode_inputs(codes, streams, speaker))
+        finally:
+            release_heap()
 
     def _decode_list(self, items: list[DecodeInputs]) -> list[torch.Tensor]:
         """Short items in one batch, long ones in chunks, results in input order."""

@@ -298,17 +298,19 @@ class ChunkConfig:
         hubert_window: token frames kept per HuBERT window (167 = 20.04 s).
         hubert_context: token frames of context on each side of a window (9 = 1.08 s).
             Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole.
-        decode_chunk: token frames per decoder step when synthesising long inputs (84 = 10 s, one
+        decode_chunk: token frames per decoder step when synthesising long inputs (50 = 6 s, one
             vocoder chunk: bounds the decoders' activations).
-        vocoder_chunk: mel frames (10 ms) per vocoder call (1000 = 10 s), plus 14 frames of
+        vocoder_chunk: mel frames (10 ms) per vocoder call (600 = 6 s), plus 14 frames of
             context on each side. Inputs of at most this many mel frames are synthesised whole.
+            The vocoder's activations (~0.3 GB per 1000 frames in float32) scale with it; the
+            context costs 28 / ``vocoder_chunk`` extra work (~5 % at 600).
         mel_chunk: mel frames per block of the long-input log-mel (6000 = 60 s).
     """
 
     hubert_window: int = 167
     hubert_context: int = 9
-    decode_chunk: int = 84
-    vocoder_chunk: int = 1000
+    decode_chunk: int = 50
+    vocoder_chunk: int = 600
     mel_chunk: int = 6000
 
     def __post_init__(self) -> None:

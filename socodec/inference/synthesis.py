@@ -41,6 +41,7 @@ from torch import Tensor
 from socodec.errors import CodesError
 from socodec.inference.causal_stream import CausalStreamer
 from socodec.inference.core import CodecCore, DecodeInputs
+from socodec.inference.heap import release_heap
 from socodec.nn.vocoder import Vocoder
 
 __all__ = ["SynthesisStream", "VocoderStream", "iter_synthesis", "gather", "trimmed_length", "LOOKAHEAD_MEL_FRAMES"]
@@ -177,7 +178,7 @@ class SynthesisStream:
         stop = None if num_samples is None else max(first, -(-(lead + num_samples) // hop))
         self.samples_out = first * hop  # untrimmed position of the next sample produced
         self._decoders = CausalStreamer()
-        self._vocoder = VocoderStream(core.vocoder, core.compute_dtype, vocoder_chunk_frames, first, stop, eager)
+        self._vocoder = VocoderStream(core.vocoder, core.vocoder_dtype, vocoder_chunk_frames, first, stop, eager)
 
     @property
     def latency_samples(self) -> int:
@@ -260,6 +261,7 @@ def iter_synthesis(core: CodecCore, item: DecodeInputs) -> Iterator[Tensor]:
     )
     for start in range(0, tokens.shape[0], chunk_frames):
         piece = stream.push(tokens[start : start + chunk_frames])
+        release_heap()  # one synthesis step's blocks, back to the system before the next
         log.debug("synthesis: %d of %d frames", min(tokens.shape[0], start + chunk_frames), tokens.shape[0])
         if piece.numel():
             yield piece

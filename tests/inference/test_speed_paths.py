@@ -161,18 +161,22 @@ def test_float32_paths_agree_at_the_golden_tolerance(tmp_path):
 
 
 def test_bfloat16_on_cpu_follows_the_cpu(tmp_path, monkeypatch):
-    """Allowed where the CPU has native bfloat16 (tokens close to float32's), refused elsewhere with one line."""
+    """Allowed where the CPU has native bfloat16 (HuBERT in bfloat16, the vocoder in float32:
+    decoding equals float32's), refused elsewhere with one line."""
     import socodec.inference.core as core
     from socodec.errors import SoCodecError
 
     wav = torch.sin(torch.arange(12_000) / 7.0) * 0.3
-    reference = load_tiny_codec(tmp_path / "a").encode(wav)
+    codec32 = load_tiny_codec(tmp_path / "a")
+    reference = codec32.encode(wav)
     if core.cpu_has_native_bf16():
         codec16 = load_tiny_codec(tmp_path / "b").to_device("cpu", torch.bfloat16)
         codes = codec16.encode(wav)
+        assert {p.dtype for p in codec16.hubert.parameters()} == {torch.bfloat16}
+        assert codec16.vocoder_dtype == torch.float32
         assert codes.tokens.shape == reference.tokens.shape
         assert torch.equal(codes.speaker, reference.speaker)  # the speaker encoder stays in float32
-        assert codec16.decode(codes).dtype == torch.float32
+        assert torch.equal(codec16.decode(codes), codec32.decode(codes))
     monkeypatch.setattr(core, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(SoCodecError, match="native bfloat16"):
         load_tiny_codec(tmp_path / "c").to_device("cpu", torch.bfloat16)

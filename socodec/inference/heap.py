@@ -1,0 +1,35 @@
+"""Handing freed heap memory back to the operating system between calls.
+
+glibc's allocator keeps freed blocks for reuse, and tensors of ever-different sizes (clips of
+different lengths, say) leave the heap fragmented, so that the resident memory of a process
+that encodes many files creeps up by a few MiB per file. ``malloc_trim(0)`` returns the free
+pages; it takes well under a millisecond here, so it is called once per encode or decode call
+and once per synthesis step. A no-op where the C library has no ``malloc_trim`` (musl, macOS,
+Windows).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+from typing import Callable
+
+__all__ = ["release_heap"]
+
+
+@functools.lru_cache(maxsize=1)
+def _trim_function() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def release_heap() -> None:
+    """Return the C heap's free pages to the operating system (glibc), else do nothing."""
+    trim = _trim_function()
+    if trim is not None:
+        trim(0)
