@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
-                        help="HuBERT / vocoder dtypes to measure (bfloat16: CPUs with native bf16 only)")
+                        help="HuBERT dtypes to measure (bfloat16: CPUs with native bf16 only; the vocoder stays float32 on CPU)")
     parser.add_argument("--ckpt-dir", type=Path, default=BENCH / ".cache" / "ckpts")
     parser.add_argument("--cache-dir", type=Path, default=BENCH / ".cache" / "hubert", help="converted HuBERT cache")
     parser.add_argument("--out", type=Path, default=BENCH / "results-cpu.json")

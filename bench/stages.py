@@ -197,17 +197,8 @@ def loadavg() -> list[float]:
         return []
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux ``clear_refs``); False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_rss_mb() -> float:
-    """Peak RSS since start or the last :func:`reset_peak_rss`, MB (VmHWM; ru_maxrss elsewhere)."""
+    """Peak RSS of this process so far, MB (VmHWM; ru_maxrss elsewhere)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

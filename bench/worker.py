@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ckpt-dir", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="HuBERT / vocoder compute dtype")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype of HuBERT (on CPU the vocoder stays float32)")
     parser.add_argument("--load-only", action="store_true", help="only load the codec (converts the HuBERT cache)")
     parser.add_argument("--padding", choices=("published", "grid"), help="analysis padding (default: the package's)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting run")

@@ -103,7 +103,7 @@ class SoCodec(CodecCore):
         """
         modules = load_modules(
             hubert, analyzer, vocoder, analyzer_config=analyzer_config, vocoder_config=vocoder_config,
-            cache_dir=cache_dir, lazy_hubert=lazy_hubert or hubert is None,
+            cache_dir=cache_dir, lazy_hubert=lazy_hubert or hubert is None, hubert_dtype=dtype,
         )
         codec = cls(modules.hubert, modules.analyzer, modules.vocoder, identity=modules.identity, dtype=dtype)
         return codec.to_device(device, dtype)

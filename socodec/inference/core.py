@@ -85,7 +85,7 @@ class CodecCore(nn.Module):
         analyzer: encoder, quantiser, speaker encoder and mel decoders.
         vocoder: log-mel -> 16 kHz audio.
         identity: fingerprints of the weight files (stored in the codes it makes).
-        dtype: HuBERT / vocoder compute dtype (see :meth:`to_device`).
+        dtype: compute dtype of HuBERT, and on CUDA of the vocoder (see :meth:`to_device`).
         chunks: chunk sizes bounding memory on long inputs (settable attribute).
     """
 

@@ -38,6 +38,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from socodec.config import ChunkConfig
 from socodec.errors import CodesError
 from socodec.inference.causal_stream import CausalStreamer
 from socodec.inference.core import CodecCore, DecodeInputs
@@ -72,7 +73,7 @@ class VocoderStream:
         self,
         vocoder: Vocoder,
         dtype: torch.dtype = torch.float32,
-        chunk_frames: int = 1000,
+        chunk_frames: int = ChunkConfig.vocoder_chunk,
         first_frame: int = 0,
         stop_frame: int | None = None,
         eager: bool = True,
@@ -153,7 +154,7 @@ class SynthesisStream:
         streams: int | None = None,
         lead: int = 0,
         num_samples: int | None = None,
-        vocoder_chunk_frames: int = 1000,
+        vocoder_chunk_frames: int = ChunkConfig.vocoder_chunk,
         eager: bool = True,
     ) -> None:
         analyzer = core.analyzer

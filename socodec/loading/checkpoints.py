@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Mapping
@@ -80,12 +81,18 @@ def read_safetensors_as(path: str | Path, dtype: torch.dtype, keep: Collection[s
             if not 0 < size <= p.stat().st_size - 8:
                 raise ValueError(f"header length {size} does not fit the file")
             header = json.loads(f.read(size))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
             base = 8 + size
             for key, info in header.items():
                 if key == "__metadata__":
                     continue
                 start, end = info["data_offsets"]
+                if info["dtype"] not in _SAFETENSORS_DTYPES:
+                    raise ValueError(f"tensor '{key}' has unsupported dtype {info['dtype']}")
                 stored, shape = _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+                if (end - start) != math.prod(shape) * stored.itemsize:
+                    raise ValueError(f"tensor '{key}' has {end - start} bytes for shape {list(shape)}")
                 if end == start:
                     tensor = torch.empty(shape, dtype=stored)
                 else:

@@ -114,8 +114,12 @@ def load_modules(
     vocoder_config: str | Path | VocoderConfig | None = None,
     cache_dir: str | Path | None = None,
     lazy_hubert: bool = True,
+    hubert_dtype: torch.dtype = torch.float32,
 ) -> LoadedModules:
     """Construct and fill HuBERT (now, or on first use when ``lazy_hubert``), analyzer and vocoder.
+
+    ``hubert_dtype``: the precision HuBERT is loaded in when it is loaded now (a deferred HuBERT
+    is loaded in whatever precision its first user asks for).
 
     Configs default to the released model's. Every key is checked (see
     :func:`~socodec.loading.checkpoints.load_strict`); problems raise :class:`CheckpointError`
@@ -132,7 +136,7 @@ def load_modules(
     )
     # HuBERT first when it is wanted now: its width is checked against the analyzer config before
     # the analyzer file is, which names the likelier mistake (a config for another model size).
-    hubert_model: HubertFeatures | HubertLoader = loader if lazy_hubert else loader()
+    hubert_model: HubertFeatures | HubertLoader = loader if lazy_hubert else loader(hubert_dtype)
     analyzer_model = load_analyzer(a_cfg, a_state, source=a_path)
     vocoder_model = load_vocoder(v_cfg, vocoder)
     identity = {"analyzer": file_fingerprint(a_path), "vocoder": file_fingerprint(vocoder)}

@@ -263,8 +263,9 @@ class Activation1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         alpha, beta = self.act.alpha, self.act.beta
-        # oneDNN has no fast bfloat16 depthwise path on CPU (~5x slower than float32 here):
-        # a bfloat16 input is activated in float32 between the vocoder's bfloat16 convolutions
+        # oneDNN has no fast bfloat16 depthwise path on CPU (~5x slower than float32 here): a caller
+        # who runs the vocoder in bfloat16 on CPU (socodec itself keeps it float32 there) gets the
+        # activation in float32 between its bfloat16 convolutions
         widen = x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 4
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, beta)):
             filters = None

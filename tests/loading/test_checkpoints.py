@@ -51,12 +51,27 @@ def test_read_as_float32_equals_load_file(tmp_path: Path) -> None:
     assert all(torch.equal(got[k], expected[k]) and got[k].dtype == expected[k].dtype for k in expected)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def _with_header(data: bytes, header: bytes) -> bytes:
+    size = int.from_bytes(data[:8], "little")
+    return len(header).to_bytes(8, "little") + header + data[8 + size :]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "list_header", "wrong_size", "unknown_dtype"])
 def test_read_as_damaged_file_is_one_checkpoint_error(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "mixed.safetensors"
     _mixed_file(path)
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) - 20] if damage == "truncate" else b"\xff" * 8 + data[8:])
+    size = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + size]
+    damaged = {
+        "truncate": lambda: data[: len(data) - 20],
+        "garbage": lambda: b"\xff" * 8 + data[8:],
+        "list_header": lambda: _with_header(data, b"[]"),
+        "wrong_size": lambda: _with_header(data, header.replace(b'"shape":[7,5]', b'"shape":[7,6]')),
+        "unknown_dtype": lambda: _with_header(data, header.replace(b'"dtype":"F16"', b'"dtype":"F8_E4M3"')),
+    }[damage]()
+    assert damaged != data
+    path.write_bytes(damaged)
     with pytest.raises(CheckpointError, match="mixed.safetensors"):
         read_safetensors_as(path, torch.bfloat16)
 
@@ -74,3 +89,14 @@ def test_hubert_loads_straight_into_bfloat16(tmp_path: Path) -> None:
     assert {v.dtype for v in direct.values()} == {torch.bfloat16}
     assert set(direct) == set(converted)
     assert all(torch.equal(direct[k], converted[k]) for k in direct)
+
+
+def test_eager_hubert_loads_in_the_requested_dtype(tmp_path: Path) -> None:
+    from socodec.loading.modules import load_modules
+
+    modules = load_modules(
+        GOLDEN / "hubert_tiny_fairseq.pt", GOLDEN / "analyzer_tiny.safetensors", GOLDEN / "vocoder_tiny.safetensors",
+        GOLDEN / "analyzer_tiny.json", GOLDEN / "vocoder_tiny.json", cache_dir=tmp_path,
+        lazy_hubert=False, hubert_dtype=torch.bfloat16,
+    )
+    assert {p.dtype for p in modules.hubert.parameters()} == {torch.bfloat16}
