@@ -42,7 +42,6 @@ from socodec.config import ChunkConfig
 from socodec.errors import CodesError
 from socodec.inference.causal_stream import CausalStreamer
 from socodec.inference.core import CodecCore, DecodeInputs
-from socodec.inference.heap import release_heap
 from socodec.nn.vocoder import Vocoder
 
 __all__ = ["SynthesisStream", "VocoderStream", "iter_synthesis", "gather", "trimmed_length", "LOOKAHEAD_MEL_FRAMES"]
@@ -262,7 +261,6 @@ def iter_synthesis(core: CodecCore, item: DecodeInputs) -> Iterator[Tensor]:
     )
     for start in range(0, tokens.shape[0], chunk_frames):
         piece = stream.push(tokens[start : start + chunk_frames])
-        release_heap()  # one synthesis step's blocks, back to the system before the next
         log.debug("synthesis: %d of %d frames", min(tokens.shape[0], start + chunk_frames), tokens.shape[0])
         if piece.numel():
             yield piece
