@@ -69,7 +69,8 @@ def summarize(result: dict[str, object], rss_mb: float) -> dict[str, object]:
     seconds = float(result["seconds"])
     runs = result["runs"]
     samples = [r["matmul_gflops"] for r in runs] + [result["matmul_gflops_end"]]
-    if result.get("dtype") == "bfloat16":  # the floor of a bfloat16 run: its GEMMs run at the bf16 rate
+    if result.get("dtype") == "bfloat16" and phase == "analysis":
+        # HuBERT's GEMMs run at the bf16 rate; on CPU the vocoder stays float32 (synthesis: float32 rate)
         samples = [r["matmul_gflops_bf16"] for r in runs]
     gemm, gemm_best = statistics.median(samples), max(samples)
     stage_rtf = {}
