@@ -242,10 +242,13 @@ class SoCodec(CodecCore):
 
     @torch.inference_mode()  # on a generator, torch enters/leaves the mode around each step
     def _iter_item(self, item: DecodeInputs) -> Iterator[torch.Tensor]:
-        if self.decoded_whole(item.frames):
-            yield self.decode_whole(item)
-        else:
-            yield from iter_synthesis(self, item)
+        try:
+            if self.decoded_whole(item.frames):
+                yield self.decode_whole(item)
+            else:
+                yield from iter_synthesis(self, item)
+        finally:
+            release_heap()  # like encode/decode: the command line decodes file after file this way
 
     @torch.inference_mode()
     def decode_stream(

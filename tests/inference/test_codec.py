@@ -190,3 +190,18 @@ def test_decode_iter_does_not_leak_inference_mode(codec, golden_case):
     assert not torch.is_inference_mode_enabled()
     x = torch.ones(2, requires_grad=True)
     assert (x * 2).sum().requires_grad
+
+
+def test_every_call_hands_freed_heap_back(codec, golden_case, monkeypatch):
+    """encode, decode and a fully consumed decode_iter each end by trimming the heap once."""
+    import socodec.codec as codec_module
+
+    calls = []
+    monkeypatch.setattr(codec_module, "release_heap", lambda: calls.append(1))
+    codes = codec.encode(golden_case["input_wav"])
+    assert len(calls) == 1
+    audio = codec.decode(codes)
+    assert len(calls) == 2
+    pieces = list(codec.decode_iter(codes))
+    assert len(calls) == 3
+    assert torch.equal(torch.cat(pieces), audio)
