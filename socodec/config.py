@@ -27,6 +27,12 @@ LEAD_SAMPLES = 8000
 PADDINGS = ("published", "grid")
 DEFAULT_PADDING = "published"
 HUBERT_TAIL_SAMPLES = 3200
+#: how HuBERT's attention saw the input, as recorded in token files: every frame attends to every
+#: other ("full", the published model's arithmetic, exact tokens) or only to frames of its window
+#: ("windowed": approximate tokens, linear time); see :class:`ChunkConfig`
+ATTENTION_FULL = "full"
+ATTENTION_WINDOWED = "windowed"
+ATTENTIONS = (ATTENTION_FULL, ATTENTION_WINDOWED)
 #: epsilon of HuBERT's waveform standardisation (``F.layer_norm``); every path must use this one
 NORMALIZE_EPS = 1e-5
 
@@ -295,9 +301,19 @@ class ChunkConfig:
     input length (measured on CPU, float32; see the README).
 
     Attributes:
-        hubert_window: token frames kept per HuBERT window (167 = 20.04 s).
+        exact_max_seconds: longest analysed signal (seconds, lead and padding included) whose
+            HuBERT attention spans every frame, as the published model's does (exact tokens).
+            Longer inputs fall back to windowed attention (:attr:`hubert_window`) with a warning:
+            full attention costs time growing with the square of the length (600 = 10 min).
+        hubert_window_seconds: None (default): HuBERT attention spans every frame up to
+            :attr:`exact_max_seconds`. A number of seconds: windowed attention of that length for
+            every input longer than one window (what ``encode`` does when its ``hubert_window``
+            argument is not given; ``--hubert-window`` on the command line).
+        hubert_window: token frames kept per HuBERT window when attention falls back to windows
+            above :attr:`exact_max_seconds` (167 = 20.04 s).
         hubert_context: token frames of context on each side of a window (9 = 1.08 s).
-            Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole.
+            Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole, in
+            one pass with every stage held at once; longer ones stage by stage in chunks.
         decode_chunk: token frames per decoder step when synthesising long inputs (50 = 6 s, one
             vocoder chunk: bounds the decoders' activations).
         vocoder_chunk: mel frames (10 ms) per vocoder call (600 = 6 s), plus 14 frames of
@@ -307,6 +323,8 @@ class ChunkConfig:
         mel_chunk: mel frames per block of the long-input log-mel (6000 = 60 s).
     """
 
+    exact_max_seconds: float = 600.0
+    hubert_window_seconds: float | None = None
     hubert_window: int = 167
     hubert_context: int = 9
     decode_chunk: int = 50
@@ -318,6 +336,13 @@ class ChunkConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ChunkConfig.{name} must be a positive integer, got {value!r}")
+        limit = self.exact_max_seconds
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
+            raise ConfigError(f"ChunkConfig.exact_max_seconds must be a positive number of seconds, got {limit!r}")
+        window = self.hubert_window_seconds
+        if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float))
+                                   or not 0 < window < float("inf")):
+            raise ConfigError(f"ChunkConfig.hubert_window_seconds must be None or a positive number, got {window!r}")
         ctx = self.hubert_context
         if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0:
             raise ConfigError(f"ChunkConfig.hubert_context must be a non-negative integer, got {ctx!r}")

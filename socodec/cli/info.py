@@ -57,9 +57,20 @@ def format_summary(s: dict) -> str:
         f"  input length  {s['num_samples'] if s['num_samples'] is not None else 'unknown'} samples, "
         f"lead {s['lead'] if s['lead'] is not None else 'unknown'}",
         f"  padding       {s.get('padding') or 'unknown'}",
+        f"  attention     {_attention(s)}",
         f"  model         {model}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _attention(s: dict) -> str:
+    """How HuBERT's attention saw the input: whether the tokens are the published ones."""
+    attention = s.get("attention")
+    if attention == "full":
+        return "full (the published model's tokens)"
+    if attention == "windowed":
+        return f"windowed, {s.get('hubert_window'):g} s windows (approximate tokens)"
+    return "unknown (not recorded in this file)"
 
 
 def _rate(bitrate: float | None) -> str:

@@ -11,6 +11,7 @@ A command that needs the model calls :func:`add_model_arguments` on its parser,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--no-download", action="store_true", help="never download missing weights")
     model.add_argument("--batch-size", type=int, default=1, metavar="N",
                        help="run up to N files of similar length through the model together (default: %(default)s)")
+    model.add_argument("--hubert-window", type=float, default=None, metavar="SECONDS",
+                       help="analyse inputs longer than SECONDS with HuBERT attention in windows of that length: "
+                            "linear time, tokens close to but not the published ones (default: attention over the "
+                            "whole input, the published tokens)")
+    model.add_argument("--exact-max-seconds", type=float, default=600.0, metavar="SECONDS",
+                       help="longest input analysed with attention over the whole input; longer ones fall back "
+                            "to 20 s windows with a warning (default: %(default)g, time grows with the square "
+                            "of the length)")
 
 
 def model_options(ns: argparse.Namespace) -> ModelOptions:
@@ -50,6 +59,10 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
         raise UsageError("--threads must be at least 1")
     if ns.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if ns.hubert_window is not None and not 0.12 <= ns.hubert_window < float("inf"):
+        raise UsageError("--hubert-window must be at least 0.12 seconds (one token frame)")
+    if not 0 < ns.exact_max_seconds < float("inf"):
+        raise UsageError("--exact-max-seconds must be a positive number of seconds")
     try:
         torch.device(ns.device)
     except (RuntimeError, ValueError):
@@ -63,6 +76,8 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
         threads=ns.threads,
         allow_download=not ns.no_download,
         batch_size=ns.batch_size,
+        hubert_window=ns.hubert_window,
+        exact_max_seconds=ns.exact_max_seconds,
     )
 
 
@@ -86,11 +101,14 @@ def load_codec(opts: ModelOptions, analysis: bool = True) -> SoCodec:
 
     paths = resolve_checkpoints(opts.ckpt_dir, allow_download=opts.allow_download, need_hubert=analysis)
     try:
-        return SoCodec.from_files(
+        codec = SoCodec.from_files(
             paths.hubert if paths.hubert.is_file() else None, paths.analyzer, paths.vocoder,
             analyzer_config=opts.analyzer_config, vocoder_config=opts.vocoder_config,
             device=opts.device, dtype=opts.dtype, lazy_hubert=not analysis,
         )
+        codec.chunks = dataclasses.replace(codec.chunks, exact_max_seconds=opts.exact_max_seconds,
+                                           hubert_window_seconds=opts.hubert_window)
+        return codec
     except SoCodecError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. torch refusing the device: one line, not a traceback

@@ -38,6 +38,8 @@ class ModelOptions:
     threads: int | None = None
     allow_download: bool = True
     batch_size: int = 1
+    hubert_window: float | None = None
+    exact_max_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
