@@ -50,13 +50,14 @@ def child(args: argparse.Namespace) -> None:
 
         x = codec.mono(wav, RATE)
         tokens = {}
-        with torch.inference_mode():  # HuBERT, encoder and quantiser in float64, one pass, full attention
+        with torch.inference_mode():  # HuBERT and the encoder in float64, one pass, full attention
+            encoder = codec.analyzer.encoder
             codec.hubert.double()
-            codec.analyzer.double()
+            encoder.double()
             padded = codec.pad(x.double(), LEAD_SAMPLES)[None]
-            tokens["reference"] = codec.analyzer.tokens(codec.hubert(padded))[0]
+            tokens["reference"] = codec.analyzer.vq.encode(encoder(codec.hubert(padded)).float())[0]
             codec.hubert.float()
-            codec.analyzer.float()
+            encoder.float()
         for mode, window in MODES.items():
             tokens[mode] = codec.encode(wav, RATE, hubert_window=window).tokens
         ref = tokens["reference"]
