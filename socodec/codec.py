@@ -162,16 +162,16 @@ class SoCodec(CodecCore):
         finally:
             release_heap()
 
-    def _plan(self, samples: int, padding: str, hubert_window: float | None, warn: bool = True) \
+    def _plan(self, num_samples: int, lead: int, padding: str, hubert_window: float | None, warn: bool = True) \
             -> tuple[bool, int | None]:
         """(analysed whole in one pass?, HuBERT window in token frames or None for full attention)."""
-        window = self.analysis_window(samples, padding, hubert_window, warn=warn)
-        return window is None and self.analysed_whole(samples, padding), window
+        window = self.analysis_window(num_samples, lead, padding, hubert_window, warn=warn)
+        return window is None and self.analysed_whole(lead + num_samples, padding), window
 
     def _encode_list(self, clips: list[torch.Tensor], lead: int, padding: str,
                      hubert_window: float | None) -> list[Codes]:
         """Short clips in one batch, long ones stage by stage, results in input order."""
-        short = [i for i, x in enumerate(clips) if self._plan(lead + x.numel(), padding, hubert_window, warn=False)[0]]
+        short = [i for i, x in enumerate(clips) if self._plan(x.numel(), lead, padding, hubert_window, warn=False)[0]]
         batch = encode_batch(self, [clips[i] for i in short], lead, padding)
         results: dict[int, Codes] = dict(zip(short, batch))
         for i, x in enumerate(clips):
@@ -181,11 +181,11 @@ class SoCodec(CodecCore):
 
     def _encode_file(self, path: Path, lead: int, padding: str, hubert_window: float | None) -> Codes:
         """An audio file -> Codes; long files stream from disk."""
-        approx = lead + math.ceil(file_duration(path) * SAMPLE_RATE)
-        if self._plan(approx, padding, hubert_window, warn=False)[0]:
+        approx = math.ceil(file_duration(path) * SAMPLE_RATE)
+        if self._plan(approx, lead, padding, hubert_window, warn=False)[0]:
             return self._encode_mono(load_audio(path), lead, padding, hubert_window)
         with FileSource(path) as source:
-            whole, window = self._plan(lead + source.num_samples, padding, hubert_window)
+            whole, window = self._plan(source.num_samples, lead, padding, hubert_window)
             if whole:  # the header's duration was approximate
                 return self.encode_whole(source.read(0, source.num_samples), lead, padding)
             total = self.padded_length(lead + source.num_samples, padding)
@@ -194,7 +194,7 @@ class SoCodec(CodecCore):
 
     def _encode_mono(self, x: torch.Tensor, lead: int, padding: str, hubert_window: float | None) -> Codes:
         """``[N]`` 16 kHz mono -> Codes, whole or stage by stage depending on the length."""
-        whole, window = self._plan(lead + x.numel(), padding, hubert_window)
+        whole, window = self._plan(x.numel(), lead, padding, hubert_window)
         if whole:
             return self.encode_whole(x, lead, padding)
         signal = PaddedSignal(x, lead, self.padded_length(lead + x.numel(), padding))

@@ -301,8 +301,8 @@ class ChunkConfig:
     input length (measured on CPU, float32; see the README).
 
     Attributes:
-        exact_max_seconds: longest analysed signal (seconds, lead and padding included) whose
-            HuBERT attention spans every frame, as the published model's does (exact tokens).
+        exact_max_seconds: longest input (seconds of audio) whose HuBERT attention spans every
+            frame, as the published model's does (exact tokens).
             Longer inputs fall back to windowed attention (:attr:`hubert_window`) with a warning:
             full attention costs time growing with the square of the length (600 = 10 min).
         hubert_window_seconds: None (default): HuBERT attention spans every frame up to

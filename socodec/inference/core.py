@@ -222,21 +222,21 @@ class CodecCore(nn.Module):
         (:meth:`encode_whole`, batches), rather than stage by stage in chunks (long inputs)."""
         return self.token_frames(self.padded_length(samples, padding)) <= self.chunks.hubert_span
 
-    def analysis_window(self, samples: int, padding: str = DEFAULT_PADDING,
+    def analysis_window(self, num_samples: int, lead: int, padding: str = DEFAULT_PADDING,
                         hubert_window: float | None = None, warn: bool = True) -> int | None:
-        """Token frames per HuBERT attention window for ``samples`` (lead included); None: full attention.
+        """Token frames per HuBERT attention window for an input of ``num_samples`` (after ``lead``
+        zeros); None: full attention.
 
         Full attention (every frame attends to every frame, the published arithmetic) unless
-        ``hubert_window`` (seconds; None: ``chunks.hubert_window_seconds``) asks for windows, or the padded signal is longer than
-        ``chunks.exact_max_seconds``: then windows of ``chunks.hubert_window`` frames, with a
-        warning (unless ``warn`` is False). An input that fits in one window (plus its context) gets
-        full attention anyway.
+        ``hubert_window`` (seconds; None: ``chunks.hubert_window_seconds``) asks for windows, or the
+        input is longer than ``chunks.exact_max_seconds``: then windows of ``chunks.hubert_window``
+        frames, with a warning (unless ``warn`` is False). An input that fits in one window (plus
+        its context) gets full attention anyway.
         """
-        length = self.padded_length(samples, padding)
         if hubert_window is None:
             hubert_window = self.chunks.hubert_window_seconds
         if hubert_window is None:
-            if length <= self.chunks.exact_max_seconds * SAMPLE_RATE:
+            if num_samples <= self.chunks.exact_max_seconds * SAMPLE_RATE:
                 return None
             window = self.chunks.hubert_window
             if warn:
@@ -244,11 +244,12 @@ class CodecCore(nn.Module):
                     "%.1f s input is longer than the exact-analysis limit of %g s (exact_max_seconds; "
                     "--exact-max-seconds on the command line): HuBERT attention runs in %.2f s windows, so "
                     "the tokens approximate the published ones (recorded as windowed)",
-                    length / SAMPLE_RATE, self.chunks.exact_max_seconds, window * self.hop / SAMPLE_RATE,
+                    num_samples / SAMPLE_RATE, self.chunks.exact_max_seconds, window * self.hop / SAMPLE_RATE,
                 )
         else:
             window = self.window_frames(hubert_window)
-        return None if self.token_frames(length) <= window + 2 * self.chunks.hubert_context else window
+        frames = self.token_frames(self.padded_length(lead + num_samples, padding))
+        return None if frames <= window + 2 * self.chunks.hubert_context else window
 
     def window_frames(self, seconds: float) -> int:
         """Token frames of a HuBERT window of ``seconds`` (at least one frame; :class:`SoCodecError` if invalid)."""
