@@ -11,7 +11,7 @@ from conftest import GOLDEN, MANIFESTS, assert_close_golden
 from socodec.loading.checkpoints import read_safetensors
 from socodec.config import AnalyzerConfig
 from socodec.errors import CheckpointError
-from socodec.loading.analyzer import is_unused_analyzer_key, load_analyzer
+from socodec.loading.modules import is_unused_analyzer_key, load_analyzer
 from socodec.nn.analyzer import Analyzer
 
 
