@@ -32,7 +32,7 @@ from socodec.inference.longform import PaddedSignal, encode_long
 from socodec.inference.synthesis import SynthesisStream, gather, iter_synthesis, trimmed_length
 from socodec.loading.checkpoints import HUBERT_FILE, CheckpointPaths
 from socodec.loading.modules import load_modules
-from socodec.sources import FileSource, file_duration
+from socodec.audio import FileSource, file_duration
 
 __all__ = ["SoCodec"]
 
@@ -126,7 +126,7 @@ class SoCodec(CodecCore):
                 batch (:func:`socodec.inference.batching.encode_batch`): each result equals the
                 clip's own; or the path of an audio file (its own rate; same result as encoding
                 :func:`~socodec.audio.load_audio` of it). A long file is read from disk window
-                by window (:class:`~socodec.sources.FileSource`), never held whole.
+                by window (:class:`~socodec.audio.FileSource`), never held whole.
             sample_rate: rate of ``wav`` when it is samples; resampled to 16 kHz.
             lead: prepend 0.5 s of zeros like the published model (default).
             padding: ``"published"`` (default): the published command line's padding, so the

@@ -27,7 +27,7 @@ from socodec.cli.options import ConvertOptions
 from socodec.codes import Codes, load_codes, save_codes
 from socodec.config import SAMPLE_RATE
 from socodec.errors import SoCodecError, one_line
-from socodec.sources import file_duration
+from socodec.audio import file_duration
 
 if TYPE_CHECKING:
     from socodec.codec import SoCodec

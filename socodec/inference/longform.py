@@ -27,7 +27,7 @@ path (:meth:`CodecCore.encode_whole`), with the same numbers.
   over 30-60 s; 77 % measured over 40 s on real-size random weights); codes record it
   (``Codes.attention == "windowed"``). Time and memory are linear in the length.
 * **Encoder** (causal): consumes the features chunk by chunk through
-  :class:`~socodec.inference.causal_stream.CausalStreamer` — exact.
+  :class:`~socodec.nn.causal.CausalStreamer` — exact.
 * **Mel / speaker**: the log-mel is computed in blocks straight from the (virtually)
   padded signal; above the speaker encoder's ``long_threshold`` (60 s) it is not even held:
   :class:`LazyMel` recomputes it for each of the encoder's chunked passes
@@ -36,7 +36,7 @@ path (:meth:`CodecCore.encode_whole`), with the same numbers.
 The padded signal is materialised only for full attention (4 bytes a sample: 38 MB per
 10 minutes); otherwise :class:`PaddedSignal` serves slices of ``lead zeros + audio + zero
 padding``, the audio coming from memory or, for ``SoCodec.encode(path)``, from the file on
-disk (:mod:`socodec.sources`).
+disk (:mod:`socodec.audio`).
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ from torch import Tensor
 
 from socodec.config import HUBERT_TAIL_SAMPLES, NORMALIZE_EPS
 from socodec.errors import SoCodecError
-from socodec.inference.causal_stream import CausalStreamer
+from socodec.nn.causal import CausalStreamer
 from socodec.inference.core import CodecCore
 from socodec.nn.mel import MelSpectrogram
-from socodec.sources import FileSource, TensorSource
+from socodec.audio import FileSource, TensorSource
 
 __all__ = [
     "PaddedSignal", "hubert_windows", "full_features", "windowed_features", "encode_long", "stream_tokens", "long_mel",
@@ -68,8 +68,8 @@ _STATS_BLOCK = 1 << 20
 class PaddedSignal:
     """``lead`` zeros + the samples of ``source`` + zeros up to ``length`` samples, served by slices.
 
-    Never materialised: the samples come from a :class:`~socodec.sources.TensorSource` (memory)
-    or a :class:`~socodec.sources.FileSource` (read from disk on demand).
+    Never materialised: the samples come from a :class:`~socodec.audio.TensorSource` (memory)
+    or a :class:`~socodec.audio.FileSource` (read from disk on demand).
 
     Args:
         source: ``[n]`` float32 mono 16 kHz samples (a tensor is wrapped in a TensorSource),

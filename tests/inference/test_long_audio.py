@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import GOLDEN, assert_close_golden
 from socodec import SoCodec
-from socodec.inference.causal_stream import CausalStreamer, causal_context
+from socodec.nn.causal import CausalStreamer, causal_context
 from socodec.errors import SoCodecError
 from socodec.config import ChunkConfig
 from socodec.inference.longform import (
