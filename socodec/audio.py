@@ -19,7 +19,7 @@ import torch
 
 from socodec.config import SAMPLE_RATE
 from socodec.errors import AudioError, one_line
-from socodec.fileio import atomic_path
+from socodec.fileio import atomic_path, write_reason
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +198,15 @@ def save_audio_stream(
                 raise
             sink.check()  # closing writes the header
     except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as exc:
-        raise AudioError(f"{p}: cannot write ({one_line(exc)})") from None
+        raise AudioError(f"{p}: cannot write ({write_reason(exc)})") from None
 
 
 class _ErrorKeepingFile:
     """A binary file for libsndfile's virtual I/O that keeps the first ``OSError`` of a write.
 
     libsndfile would turn it into a generic "unspecified internal error" (and ``cffi`` would
-    print a traceback): instead the write reports 0 bytes and :meth:`check` re-raises the
-    original error (ENOSPC, EFBIG, ...) with its message.
+    print a traceback): instead the write (or the seek, which flushes) reports failure and
+    :meth:`check` re-raises the original error (ENOSPC, EFBIG, ...) with its message.
     """
 
     def __init__(self, raw: BinaryIO) -> None:
@@ -227,10 +227,18 @@ class _ErrorKeepingFile:
         return self.raw.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self.raw.seek(offset, whence)
+        try:  # a buffered file flushes before seeking: the disk error can surface here too
+            return self.raw.seek(offset, whence)
+        except OSError as exc:
+            self.error = self.error or exc
+            return -1
 
     def tell(self) -> int:
-        return self.raw.tell()
+        try:
+            return self.raw.tell()
+        except OSError as exc:
+            self.error = self.error or exc
+            return -1
 
     def check(self) -> None:
         if self.error is not None:

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from socodec.cli.common import EXIT_OK, UsageError, require_extra
+from socodec.cli.common import EXIT_OK, Parser, UsageError, require_extra
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.errors import SoCodecError
@@ -37,7 +37,7 @@ class DemoOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec demo",
         description="A local web app: speech -> tokens (.soc/.pt, token table) -> speech at 1-4 streams, "
                     "voice swap, token file decoding. Stop it with Ctrl-C.",
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'on' asks Gradio's servers for a public link to this app (default: off)")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_model_arguments(p)
+    add_model_arguments(p, batch_size=False)
     return p
 
 

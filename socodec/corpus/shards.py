@@ -30,7 +30,7 @@ from socodec import __version__
 from socodec.config import SAMPLE_RATE
 from socodec.corpus.schema import SHARD_FORMAT, pa, pq, shard_info
 from socodec.errors import SoCodecError, one_line
-from socodec.fileio import atomic_path, atomic_write
+from socodec.fileio import atomic_path, atomic_write, write_reason
 
 __all__ = ["ShardStore", "ShardStats", "MANIFEST_FORMAT"]
 
@@ -135,8 +135,11 @@ class ShardStore:
         path = self.shard_dir / self.shard_name(index)
         if path.exists():
             raise SoCodecError(f"{path}: exists already; refusing to overwrite a complete shard")
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+        except OSError as exc:  # a full disk: one line naming the file; the shard is written on the next run
+            raise SoCodecError(f"{path}: cannot write ({write_reason(exc)})") from None
         return path
 
     def write_manifest(self, stats: ShardStats, padding: str, errors: list[dict[str, str]], run: dict[str, Any]) \
@@ -156,7 +159,10 @@ class ShardStore:
             "errors_file": "errors.jsonl",
             "last_run": run,
         }
-        atomic_write(self.root / "manifest.json",
-                     lambda p: p.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8"))
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
-        atomic_write(self.root / "errors.jsonl", lambda p: p.write_text(lines, "utf-8"))
+        files = {"manifest.json": json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "errors.jsonl": lines}
+        for name, text in files.items():
+            try:
+                atomic_write(self.root / name, lambda p: p.write_text(text, "utf-8"))
+            except OSError as exc:
+                raise SoCodecError(f"{self.root / name}: cannot write ({write_reason(exc)})") from None
