@@ -184,6 +184,8 @@ def save_audio_stream(
         raise AudioError(f"unknown sample format '{sample_format}' (choose from {', '.join(SAMPLE_FORMATS)})")
     if fmt == "FLAC" and subtype == "FLOAT":
         raise AudioError(f"{p}: flac cannot hold float samples; use pcm16 or pcm24")
+    if fmt == "WAV" and subtype == "FLOAT":
+        fmt = "WAVEX"  # float WAV with the extensible header that tools such as sox expect
     try:
         with atomic_path(p) as tmp, tmp.open("wb") as raw:
             sink = _ErrorKeepingFile(raw)

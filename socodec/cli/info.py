@@ -37,6 +37,7 @@ def main(argv: list[str]) -> int:
             log.error("%s", one_line(exc))
             status = 1
             continue
+        summary["model"] = dict(sorted((summary.get("model") or {}).items()))  # one order for .pt and .soc
         summary["file"] = str(path)
         results.append(summary)
         if not args.json:

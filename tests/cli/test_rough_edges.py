@@ -145,3 +145,52 @@ def test_failed_write_into_a_missing_place_warns_about_nothing(tmp_path, caplog)
         with atomic_path(tmp_path / "file" / "out.wav") as tmp:
             tmp.write_bytes(b"data")
     assert caplog.records == []
+
+
+# ---------------------------------------------------------------- outputs and files (25.5, 26.3, 26.5)
+
+
+def test_several_inputs_with_a_file_like_output_are_refused(ws, tmp_path):
+    out = tmp_path / "two.wav"
+    r = socodec(ws, ws["wav"], ws["wav2"], out, *model_args(ws))
+    assert r.returncode == 2, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and str(out) in lines[0] and "folder" in lines[0], r.stderr
+    assert not out.exists()
+    assert "new folder" not in r.stderr
+
+
+def test_new_folder_is_announced_only_once_made(ws, tmp_path):
+    out = tmp_path / "made"
+    r = socodec(ws, ws["wav"], ws["wav2"], out, *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    assert any("new folder" in ln and str(out) in ln for ln in r.stderr.splitlines()), r.stderr
+    missing = tmp_path / "never"
+    no_model = ["--ckpt-dir", str(tmp_path / "no-model"), *model_args(ws)[2:]]
+    r = socodec(ws, ws["wav"], ws["wav2"], missing, *no_model)
+    assert r.returncode != 0 and "new folder" not in r.stderr and not missing.exists(), r.stderr
+
+
+def test_info_lists_fingerprints_in_one_order(ws, tmp_path):
+    codes = hc.good_codes()
+    codes.model = {"vocoder": "v" * 12, "analyzer": "a" * 12, "hubert": "h" * 12}
+    outputs = []
+    for suffix in (".pt", ".soc"):
+        path = save_codes(codes, tmp_path / f"c{suffix}")
+        r = socodec(ws, "info", path)
+        assert r.returncode == 0, r.stderr
+        outputs.append(next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("model")))
+    assert outputs[0] == outputs[1] == "  model         analyzer aaaaaaaaaaaa, hubert hhhhhhhhhhhh, vocoder vvvvvvvvvvvv"
+
+
+def test_float_wav_has_the_extensible_header(ws, tmp_path):
+    out = tmp_path / "float.wav"
+    r = socodec(ws, ws["soc"], out, "--sample-format", "float", *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    head = out.read_bytes()[:64]
+    fmt = head.index(b"fmt ")
+    size = int.from_bytes(head[fmt + 4:fmt + 8], "little")
+    tag = int.from_bytes(head[fmt + 8:fmt + 10], "little")
+    assert (size, tag) == (40, 0xFFFE), (size, hex(tag))
+    import soundfile as sf
+    assert sf.info(str(out)).subtype == "FLOAT"
