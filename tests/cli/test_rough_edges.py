@@ -194,3 +194,28 @@ def test_float_wav_has_the_extensible_header(ws, tmp_path):
     assert (size, tag) == (40, 0xFFFE), (size, hex(tag))
     import soundfile as sf
     assert sf.info(str(out)).subtype == "FLOAT"
+
+
+# ---------------------------------------------------------------- tokens of another model (25.4)
+
+
+def test_decoding_tokens_of_another_model_warns_once(ws, tmp_path):
+    from socodec.codes import load_codes
+
+    own = tmp_path / "own.soc"
+    r = socodec(ws, ws["wav"], own, *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    r = socodec(ws, own, tmp_path / "own.wav", *model_args(ws))
+    assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr
+    codes = load_codes(own)
+    ours = codes.model["analyzer"]
+    codes.model = {**codes.model, "analyzer": "f1e2d3c4b5a6"}
+    folder = tmp_path / "other"
+    folder.mkdir()
+    for name in ("a.soc", "b.pt"):
+        save_codes(codes, folder / name)
+    r = socodec(ws, folder, tmp_path / "decoded", *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1, r.stderr
+    assert "f1e2d3c4b5a6" in warnings[0] and ours in warnings[0] and "another analyzer" in warnings[0]
