@@ -219,3 +219,17 @@ def test_decoding_tokens_of_another_model_warns_once(ws, tmp_path):
     warnings = [ln for ln in r.stderr.splitlines() if "WARNING" in ln]
     assert len(warnings) == 1, r.stderr
     assert "f1e2d3c4b5a6" in warnings[0] and ours in warnings[0] and "another analyzer" in warnings[0]
+
+
+# ---------------------------------------------------------------- messages in our words (25.7)
+
+
+@pytest.mark.parametrize("text", [b"hello world\n", b"tokens 1 2 3\n"])
+def test_text_file_named_pt_is_called_what_it_is(ws, tmp_path, text):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(text)
+    r = socodec(ws, "info", path)
+    assert r.returncode == 1
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "neither a zip archive nor a pickle" in lines[0], r.stderr
+    assert "unpickle" not in lines[0]
