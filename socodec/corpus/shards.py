@@ -71,8 +71,10 @@ class ShardStore:
             raise SoCodecError(f"{self.root}: the output must be a folder, and this is a file")
         self.shard_dir = self.root / "shards"
         self._lock_fd: int | None = None
+        self._made: list[Path] = []
 
     def __enter__(self) -> "ShardStore":
+        self._made = [d for d in (self.shard_dir, *self.shard_dir.parents) if not d.exists()]
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -87,10 +89,25 @@ class ShardStore:
         self._remove_leftovers()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+            if exc_type is not None:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """After a failed run: the folders this run made are removed again while nothing was written in them."""
+        if not self._made or any(self.shard_dir.iterdir()):
+            return
+        if {p.name for p in self.root.iterdir()} - {"shards", ".lock"}:
+            return
+        (self.root / ".lock").unlink(missing_ok=True)
+        for folder in self._made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def _remove_leftovers(self) -> None:
         """Delete temporary shard files left by a run that was killed while writing."""
