@@ -27,7 +27,7 @@ from torch import Tensor
 
 from socodec.config import SAMPLE_RATE
 from socodec.errors import AudioError, one_line
-from socodec.fileio import atomic_path
+from socodec.fileio import atomic_path, write_reason
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,8 @@ def save_audio_stream(
         raise AudioError(f"unknown sample format '{sample_format}' (choose from {', '.join(SAMPLE_FORMATS)})")
     if fmt == "FLAC" and subtype == "FLOAT":
         raise AudioError(f"{p}: flac cannot hold float samples; use pcm16 or pcm24")
+    if fmt == "WAV" and subtype == "FLOAT":
+        fmt = "WAVEX"  # float WAV with the extensible header that tools such as sox expect
     try:
         with atomic_path(p) as tmp, tmp.open("wb") as raw:
             sink = _ErrorKeepingFile(raw)
@@ -206,15 +208,15 @@ def save_audio_stream(
                 raise
             sink.check()  # closing writes the header
     except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as exc:
-        raise AudioError(f"{p}: cannot write ({one_line(exc)})") from None
+        raise AudioError(f"{p}: cannot write ({write_reason(exc)})") from None
 
 
 class _ErrorKeepingFile:
     """A binary file for libsndfile's virtual I/O that keeps the first ``OSError`` of a write.
 
     libsndfile would turn it into a generic "unspecified internal error" (and ``cffi`` would
-    print a traceback): instead the write reports 0 bytes and :meth:`check` re-raises the
-    original error (ENOSPC, EFBIG, ...) with its message.
+    print a traceback): instead the write (or the seek, which flushes) reports failure and
+    :meth:`check` re-raises the original error (ENOSPC, EFBIG, ...) with its message.
     """
 
     def __init__(self, raw: BinaryIO) -> None:
@@ -235,10 +237,18 @@ class _ErrorKeepingFile:
         return self.raw.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self.raw.seek(offset, whence)
+        try:  # a buffered file flushes before seeking: the disk error can surface here too
+            return self.raw.seek(offset, whence)
+        except OSError as exc:
+            self.error = self.error or exc
+            return -1
 
     def tell(self) -> int:
-        return self.raw.tell()
+        try:
+            return self.raw.tell()
+        except OSError as exc:
+            self.error = self.error or exc
+            return -1
 
     def check(self) -> None:
         if self.error is not None:

@@ -11,9 +11,10 @@ stderr and an exit status (see ``docs/guarantees.md``):
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from socodec.errors import SoCodecError, one_line
 
@@ -35,6 +36,17 @@ class MissingExtra(SoCodecError):
     def __init__(self, what: str, package: str, extra: str) -> None:
         super().__init__(f"{what} needs the Python package '{package.split('.')[0]}', which is not installed: "
                          f"pip install 'socodec[{extra}]'")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose option errors are one line (``UsageError``, exit status 2), not the usage text.
+
+    Every ``socodec`` command builds its parser from this class, so ``--streams 7`` and
+    ``--sample-format pcm8`` are reported alike: ``socodec: ERROR: <what>; see 'socodec --help'``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
 def require_extra(what: str, extra: str, *modules: str) -> None:

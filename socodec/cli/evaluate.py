@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from socodec.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, require_extra
+from socodec.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, require_extra
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.config import DEFAULT_PADDING, PADDINGS
@@ -52,7 +52,7 @@ class EvalOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec eval",
         description="Analysis-synthesis of every input at each stream count, with PESQ, STOI, ESTOI, log-mel "
                     "distance, SI-SDR, multi-resolution STFT distance, bitrate and speaker similarity. "

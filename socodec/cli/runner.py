@@ -46,6 +46,7 @@ class Runner:
         self._speaker: torch.Tensor | None = None
         self._encoded: dict[Job, Codes] = {}  # filled by prefetch (--batch-size)
         self._decoded: dict[Job, torch.Tensor] = {}
+        self._warned_model = False
 
     @property
     def codec(self) -> SoCodec:
@@ -97,6 +98,7 @@ class Runner:
         else:
             codes = self.encode(job.input)
         if not is_token_file(job.output):
+            self.check_model(codes, job.input)
             codes = self.adjust(codes)
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +112,21 @@ class Runner:
                 save_audio(job.output, self._decoded.pop(job), sample_format=fmt)
             else:  # written piece by piece: hours of audio are never held whole
                 save_audio_stream(job.output, self.codec.decode_iter(codes), sample_format=fmt)
+
+    def check_model(self, codes: Codes, source: Path) -> None:
+        """Warn (once a run) when ``codes`` were made by another analyzer than the one decoding them.
+
+        Token files record the fingerprints of the weights that made them; a model of the same
+        size but other weights (a fine-tuned export, say) decodes them without error, into
+        other sounds than the tokens stood for.
+        """
+        made_by, ours = codes.model.get("analyzer"), self.codec.identity.get("analyzer")
+        if self._warned_model or not made_by or not ours or made_by == ours:
+            return
+        self._warned_model = True
+        log.warning("%s: made by another analyzer (%s) than the one decoding it (%s, from the model options); "
+                    "the audio may not be what the tokens stood for: decode with the model that made them",
+                    source, made_by, ours)
 
     def adjust(self, codes: Codes) -> Codes:
         """Apply ``--streams`` and ``--speaker`` to ``codes``."""
@@ -149,7 +166,9 @@ class Runner:
             for job in todo:
                 if not is_token_file(job.output) and (job in self._encoded or is_token_file(job.input)):
                     try:
-                        codes = self.adjust(self._encoded[job] if job in self._encoded else load_codes(job.input))
+                        codes = self._encoded[job] if job in self._encoded else load_codes(job.input)
+                        self.check_model(codes, job.input)
+                        codes = self.adjust(codes)
                     except SoCodecError:
                         continue
                     if codec.decoded_whole(codes.num_frames):

@@ -49,6 +49,10 @@ def encode_pt(meta: dict[str, Any], tokens: torch.Tensor, speaker: torch.Tensor)
 
 def read_pt(path: Path) -> dict[str, Any]:
     """``{"token", "speaker", and whichever META_KEYS the file has}``; types are checked by ``Codes``."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise CodesError("not a torch file: it is neither a zip archive nor a pickle (a text file named .pt?)")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols in corrupt files
             warnings.simplefilter("ignore")
