@@ -48,7 +48,10 @@ def serve_uvicorn(codec: SoCodec, opts: ServeOptions, host: str, port: int) -> N
     log.info("socodec serve listening on http://%s:%d (Ctrl-C to stop)", host, bound[1])
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the service stopped as asked
+        pass
     finally:
+        log.info("socodec serve stopped")
         app.state.pool.executor.shutdown(wait=False, cancel_futures=True)
         sock.close()
 
