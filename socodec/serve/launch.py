@@ -89,6 +89,8 @@ def serve_ray(load: Callable[[], SoCodec], opts: ServeOptions, host: str, port: 
                  host, port, replicas)
         while True:
             time.sleep(3600)
+    except KeyboardInterrupt:  # Ctrl-C: the service stops as asked
+        log.info("socodec serve stopping")
     finally:
         try:
             serve.shutdown()
