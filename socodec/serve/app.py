@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,6 +51,7 @@ __all__ = ["ServeOptions", "build_app", "WS_BUSY", "WS_BAD_DATA", "WS_POLICY"]
 log = logging.getLogger(__name__)
 
 WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_BUSY = 1007, 1008, 1009, 1011, 1013
+_QUEUED_MESSAGES = 256  # client messages a stream holds before the client has to wait
 
 
 @dataclass(frozen=True)
@@ -273,32 +276,24 @@ def build_app(codec: SoCodec, opts: ServeOptions = ServeOptions()) -> Starlette:
         return data
 
     async def _run_stream(ws: WebSocket) -> tuple[int, str]:
-        """Serve one session; returns the close code and reason."""
+        """Serve one session; returns the close code and reason.
+
+        A reader task queues the client's messages (at most ``_QUEUED_MESSAGES``, then the
+        client waits); each synthesis step takes every frame queued so far, so a stream that
+        fell behind catches up with fewer, larger steps (the output does not depend on them).
+        """
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=_QUEUED_MESSAGES)
+
+        async def read() -> None:
+            try:
+                while True:
+                    await inbox.put(await receive(ws))
+            except Exception as exc:  # noqa: BLE001 - handed to the synthesis loop, in order
+                await inbox.put(exc)
+
+        reader = asyncio.create_task(read())
         try:
-            start = parse_stream_start(await receive(ws) or "", summary["speaker_dim"], codec.num_streams)
-            synth = SynthesisStream(codec, start.speaker, start.streams, start.lead, start.num_samples,
-                                    codec.chunks.vocoder_chunk)
-            first_tokens: float | None = None
-            sent_audio = False
-            while True:
-                frames = parse_frames(await receive(ws) or "")
-                if first_tokens is None:
-                    first_tokens = time.perf_counter()
-                if frames is None:
-                    audio = await pool.run(synth.finish)
-                elif frames.shape[0] == 0:
-                    continue
-                else:
-                    audio = await pool.run(synth.push, frames)
-                    metrics.frames.inc(frames.shape[0])
-                if audio.numel():
-                    await ws.send_bytes(pcm_bytes(audio, start.sample_format))
-                    metrics.audio_seconds.inc(audio.numel() / SAMPLE_RATE)
-                    if not sent_audio:
-                        metrics.first_audio.observe(time.perf_counter() - first_tokens)
-                        sent_audio = True
-                if frames is None:
-                    return 1000, ""
+            return await _synthesise(ws, inbox)
         except _Failure as exc:
             return WS_TOO_BIG, exc.message
         except SoCodecError as exc:  # BadRequest and the synthesis checks (CodesError)
@@ -308,6 +303,49 @@ def build_app(codec: SoCodec, opts: ServeOptions = ServeOptions()) -> Starlette:
         except Exception:  # noqa: BLE001 - a bug: logged, the client only learns that it failed
             log.exception("stream failed")
             return WS_INTERNAL, "internal error"
+        finally:
+            reader.cancel()
+
+    async def _synthesise(ws: WebSocket, inbox: asyncio.Queue) -> tuple[int, str]:
+        def take(item: Any) -> Any:
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+        start = parse_stream_start(take(await inbox.get()) or "", summary["speaker_dim"], codec.num_streams)
+        synth = SynthesisStream(codec, start.speaker, start.streams, start.lead, start.num_samples,
+                                codec.chunks.vocoder_chunk)
+        first_tokens: float | None = None
+        sent_audio = end = False
+        while not end:
+            pieces = []
+            item = await inbox.get()
+            while True:
+                frames = parse_frames(take(item) or "")
+                if frames is None:
+                    end = True
+                elif frames.shape[0]:
+                    pieces.append(frames)
+                if end or inbox.empty():
+                    break
+                item = inbox.get_nowait()
+            if first_tokens is None and (pieces or end):
+                first_tokens = time.perf_counter()
+            if pieces:
+                frames = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+                audio = await pool.run(synth.push, frames)
+                metrics.frames.inc(frames.shape[0])
+                await send_audio(ws, audio, start.sample_format)
+                if audio.numel() and not sent_audio:
+                    metrics.first_audio.observe(time.perf_counter() - first_tokens)
+                    sent_audio = True
+        await send_audio(ws, await pool.run(synth.finish), start.sample_format)
+        return 1000, ""
+
+    async def send_audio(ws: WebSocket, audio: torch.Tensor, sample_format: str) -> None:
+        if audio.numel():
+            await ws.send_bytes(pcm_bytes(audio, sample_format))
+            metrics.audio_seconds.inc(audio.numel() / SAMPLE_RATE)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return JSONResponse({"error": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
