@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "eval": ("evaluate", "eval"),
     "demo": ("demo", "demo"),
     "train": ("train", "train"),
+    "serve": ("serve", "serve"),
 }
 
 
