@@ -104,10 +104,10 @@ def resolve_checkpoints(
     with _quiet_hub(progress=log.isEnabledFor(logging.INFO)):
         for name in todo:
             release = RELEASES[name]
-            log.info("downloading %s from %s (revision %s)", name, release.repo, release.revision)
             try:  # one request without retries first, so that no network fails in seconds
                 get_hf_file_metadata(hf_hub_url(release.repo, name, revision=release.revision),
                                      timeout=PROBE_TIMEOUT_S)
+                log.info("downloading %s from %s (revision %s)", name, release.repo, release.revision)
                 got = hf_hub_download(repo_id=release.repo, filename=name, revision=release.revision,
                                       etag_timeout=PROBE_TIMEOUT_S)
             except Exception as exc:  # network, auth, missing repo: all end the same way for the user
