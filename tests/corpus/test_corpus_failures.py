@@ -142,3 +142,48 @@ def test_max_errors_stops_tokenize_on_a_broken_corpus(tmp_path: Path) -> None:
     assert len((tmp_path / "out" / "errors.jsonl").read_text().splitlines()) == 2
     usage = run(socodec("tokenize", wavs, "-o", tmp_path / "o2", "--max-errors", "lots"), env)
     assert usage.returncode == 2 and "--max-errors" in usage.stderr
+
+
+# ---------------------------------------------------------------- the folder command and eval
+
+
+def convert(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, codec, *args: object) -> tuple[int, str]:
+    """``socodec IN OUT ...`` in-process with ``codec`` as the loaded model: (exit status, stderr lines)."""
+    from socodec.cli import main
+
+    monkeypatch.setattr("socodec.cli.runner.load_codec", lambda *a, **k: codec)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        status = main([str(a) for a in args])
+    finally:
+        root.handlers[:], root.level = handlers, level
+    return status, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_out_of_memory_stops_the_folder_command(tmp_path: Path, monkeypatch, capsys) -> None:
+    wavs = write_wavs(tmp_path / "wavs", 3)
+    codec = flaky(str(tmp_path / "cache"), "oom", 1)
+    status, err = convert(monkeypatch, capsys, codec, wavs, tmp_path / "out", "-t", ".soc", "-q")
+    assert status == 1 and len(err) == 1 and "out of memory" in err[0], err
+    assert len(list((tmp_path / "out").glob("*.soc"))) == 1 and codec.calls == 2  # the third file is not tried
+
+
+def test_max_errors_stops_the_folder_command(tmp_path: Path, monkeypatch, capsys) -> None:
+    wavs = write_wavs(tmp_path / "wavs", 0, bad=4)
+    status, err = convert(monkeypatch, capsys, plain(str(tmp_path / "cache")), wavs, tmp_path / "out", "-t", ".soc",
+                          "-q", "--max-errors", "2")
+    assert status == 1 and len(err) == 4 and "--max-errors 2" in err[-1], err
+
+
+def test_eval_fallback_is_counted_and_a_systematic_failure_stops_it(tmp_path: Path) -> None:
+    from socodec.evaluate.inputs import EvalItem
+    from socodec.evaluate.run import EvalConfig, evaluate
+
+    wavs = write_wavs(tmp_path / "wavs", 2)
+    items = [EvalItem(p.stem, p) for p in sorted(wavs.glob("*.wav"))]
+    config = EvalConfig(streams=(4,), batch_size=2, examples=0)
+    result = evaluate(flaky(str(tmp_path / "cache"), "batch"), items, config)
+    assert len(result.results) == 2 and not result.errors and result.fallbacks == 1
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate(flaky(str(tmp_path / "cache"), "oom", 0), items, config)
