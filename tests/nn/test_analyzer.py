@@ -107,7 +107,7 @@ class _MatmulSpy(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func in (torch.Tensor.__matmul__, torch.matmul, torch.mm):
+        if getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm"):
             cls.seen.append((torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()))
         return super().__torch_function__(func, types, args, kwargs or {})
 
