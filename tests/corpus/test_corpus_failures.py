@@ -187,3 +187,20 @@ def test_eval_fallback_is_counted_and_a_systematic_failure_stops_it(tmp_path: Pa
     assert len(result.results) == 2 and not result.errors and result.fallbacks == 1
     with pytest.raises(RuntimeError, match="out of memory"):
         evaluate(flaky(str(tmp_path / "cache"), "oom", 0), items, config)
+
+
+def test_the_output_folder_lock_needs_no_fcntl(tmp_path: Path) -> None:
+    """The folder lock is portable (filelock): the module imports and locks where fcntl does not exist."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['fcntl'] = None\n"
+            "from socodec.corpus.shards import ShardStore\n"
+            "from socodec.errors import SoCodecError\n"
+            f"with ShardStore({str(tmp_path / 'o')!r}):\n"
+            f"    try:\n        ShardStore({str(tmp_path / 'o')!r}).__enter__()\n"
+            "    except SoCodecError as exc:\n        print('refused:', exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout and "another socodec tokenize" in result.stdout
