@@ -115,7 +115,11 @@ def _reason(exc: BaseException, name: str | None = None) -> str:
 
 
 def load_encoder(load: Callable[[], SoCodec], threads: int | None, padding: str) -> BatchEncoder:
-    """Set torch's thread count, load the model with ``load()`` and wrap it (each worker does this once)."""
+    """Set torch's thread count, turn heap trimming on, load the model with ``load()`` and wrap it
+    (each worker does this once; the worker process is ours)."""
+    from socodec.inference.heap import trim_heap_after_calls
+
+    trim_heap_after_calls()
     if threads:
         torch.set_num_threads(threads)
     return BatchEncoder(load(), padding)

@@ -205,3 +205,19 @@ def test_every_call_hands_freed_heap_back(codec, golden_case, monkeypatch):
     pieces = list(codec.decode_iter(codes))
     assert len(calls) == 3
     assert torch.equal(torch.cat(pieces), audio)
+
+
+def test_heap_trimming_is_opt_in_for_the_api(codec, golden_case, monkeypatch):
+    """A library call leaves the process heap alone; the corpus workers (and the command line) opt in."""
+    from socodec.corpus.encoder import load_encoder
+    from socodec.inference import heap
+
+    trims = []
+    monkeypatch.setattr(heap, "_trim_function", lambda: trims.append)
+    monkeypatch.setattr(heap, "_TRIM", False)
+    codec.encode(golden_case["input_wav"])
+    assert trims == [] and not heap.heap_trimming()
+    load_encoder(lambda: codec, None, "published")
+    assert heap.heap_trimming()
+    codec.encode(golden_case["input_wav"])
+    assert trims == [0]
