@@ -221,3 +221,34 @@ def test_heap_trimming_is_opt_in_for_the_api(codec, golden_case, monkeypatch):
     assert heap.heap_trimming()
     codec.encode(golden_case["input_wav"])
     assert trims == [0]
+
+
+def test_a_deferred_hubert_loads_once_when_threads_ask_together(codec):
+    """The demo's events run in threads: the first-use load must not run twice at once."""
+    import threading
+    import time
+
+    from socodec.inference.core import CodecCore
+
+    calls = []
+
+    class SlowSource:
+        def __call__(self, dtype):
+            calls.append(dtype)
+            time.sleep(0.3)
+            return codec.hubert
+
+        def fingerprint(self) -> str:
+            return "slow"
+
+        def check(self) -> None:
+            pass
+
+    core = CodecCore(SlowSource(), codec.analyzer, codec.vocoder)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(core.hubert)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(calls) == 1 and len(got) == 4 and all(m is codec.hubert for m in got)
