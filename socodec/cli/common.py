@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Callable, NoReturn
 
-from socodec.errors import SoCodecError, one_line
+from socodec.errors import ErrorLimit, SoCodecError, one_line
 
 log = logging.getLogger("socodec")
 
@@ -61,6 +61,20 @@ def require_extra(what: str, extra: str, *modules: str) -> None:
             importlib.import_module(name)
         except ImportError:
             raise MissingExtra(what, name, extra) from None
+
+
+def add_max_errors_argument(p: argparse.ArgumentParser) -> None:
+    """``--max-errors``: the failed-input limit of the batch commands (parsed into an :class:`ErrorLimit`)."""
+
+    def limit(text: str) -> ErrorLimit:
+        try:
+            return ErrorLimit.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("--max-errors takes", "takes")) from None
+
+    p.add_argument("--max-errors", type=limit, default=ErrorLimit(), metavar="N|P%",
+                   help="stop when more inputs than this fail: a count, a percentage of the inputs done "
+                        "(judged after 100 inputs) or 'none' (default: 1%%)")
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from socodec.errors import ErrorLimit
+
 #: ``--dtype`` names and the torch types they stand for.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -80,6 +82,7 @@ class ConvertOptions:
     model: ModelOptions = field(default_factory=ModelOptions)
     coding: CodingOptions = field(default_factory=CodingOptions)
     ids: tuple[str, ...] | None = None
+    max_errors: ErrorLimit = field(default_factory=ErrorLimit)
 
     @property
     def to_stdout(self) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from socodec import __version__
 from socodec.audio import SAMPLE_FORMATS, WRITE_SUFFIXES
-from socodec.cli.common import Parser, UsageError
+from socodec.cli.common import Parser, UsageError, add_max_errors_argument
 from socodec.cli.model import add_model_arguments, model_options
 from socodec.cli.options import CodingOptions, ConvertOptions
 from socodec.codes import TOKEN_SUFFIXES
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output suffix in directory mode (default: .soc for audio inputs, .wav for tokens)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    add_max_errors_argument(p)
     add_model_arguments(p)
     coding = p.add_argument_group("coding")
     coding.add_argument("--streams", type=int, default=None, metavar="K",
@@ -95,6 +96,7 @@ def convert_options(ns: argparse.Namespace) -> ConvertOptions:
         model=model_options(ns),
         coding=coding,
         ids=None if ns.ids is None else tuple(i for i in ns.ids.split(",") if i),
+        max_errors=ns.max_errors,
     )
 
 

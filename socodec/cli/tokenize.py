@@ -14,7 +14,7 @@ import functools
 import logging
 from pathlib import Path
 
-from socodec.cli.common import Parser, UsageError, require_extra
+from socodec.cli.common import Parser, UsageError, add_max_errors_argument, require_extra
 from socodec.cli.model import add_model_arguments, load_codec, model_options
 from socodec.config import DEFAULT_PADDING, PADDINGS
 
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="published: the published command line's tokens (default); grid: pad to the 120 ms grid")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local Ray")
+    add_max_errors_argument(p)
     add_model_arguments(p, threads_default="the CPU cores divided among the workers")
     p.set_defaults(batch_size=DEFAULT_BATCH_SIZE)
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar")
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> int:
     opts = TokenizeOptions(
         inputs=tuple(args.inputs), out_dir=args.output, engine=args.engine, workers=args.workers,
         threads=model.threads, shard_size=args.shard_size, batch_size=model.batch_size, padding=args.padding,
-        device=model.device, ray_address=args.ray_address, quiet=args.quiet,
+        device=model.device, ray_address=args.ray_address, quiet=args.quiet, max_errors=args.max_errors,
     )
     try:
         summary = tokenize(opts, functools.partial(load_codec, model))

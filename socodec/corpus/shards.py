@@ -17,10 +17,8 @@ process ends, however it ends).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,29 +68,29 @@ class ShardStore:
         if self.root.exists() and not self.root.is_dir():
             raise SoCodecError(f"{self.root}: the output must be a folder, and this is a file")
         self.shard_dir = self.root / "shards"
-        self._lock_fd: int | None = None
+        self._lock = None
         self._made: list[Path] = []
 
     def __enter__(self) -> "ShardStore":
+        from filelock import FileLock, Timeout
+
         self._made = [d for d in (self.shard_dir, *self.shard_dir.parents) if not d.exists()]
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            lock = FileLock(str(self.root / ".lock"), thread_local=False)
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SoCodecError(f"{self.root}: another socodec tokenize is writing this folder") from None
         except OSError as exc:
             raise SoCodecError(f"{self.root}: cannot create the output folder ({one_line(exc)})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise SoCodecError(f"{self.root}: another socodec tokenize is writing this folder") from None
-        self._lock_fd = fd
+        self._lock = lock
         self._remove_leftovers()
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
             if exc_type is not None:
                 self._remove_if_empty()
 

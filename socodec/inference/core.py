@@ -14,6 +14,7 @@ log-mel ``[B, 12T, n_mels]``; synthesised audio ``[B, 1920 T]``.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -39,6 +40,8 @@ __all__ = ["CodecCore", "HubertSource", "DecodeInputs", "MAX_CHANNELS", "cpu_has
 MAX_CHANNELS = 16
 
 log = logging.getLogger(__name__)
+
+_HUBERT_LOAD = threading.Lock()  # a deferred HuBERT is loaded once, even when threads (a web app) ask together
 
 
 def cpu_has_native_bf16() -> bool:
@@ -121,15 +124,19 @@ class CodecCore(nn.Module):
     def hubert(self) -> HubertFeatures:
         """The HuBERT module, loaded now if it was deferred (``CheckpointError`` if it cannot be)."""
         module = self._modules.get("hubert")
-        if module is None:
-            assert self._hubert_source is not None
-            source = self._hubert_source
-            log.debug("loading HuBERT on first use")
-            module = source(self.compute_dtype)  # loaded in the compute dtype: no float32 copy on the way
-            self.identity.setdefault("hubert", source.fingerprint())
-            module.to(self.device, self.compute_dtype)
-            self._modules["hubert"] = module
-            self._hubert_source = None
+        if module is not None:
+            return module  # type: ignore[return-value]
+        with _HUBERT_LOAD:
+            module = self._modules.get("hubert")  # another thread may have loaded it meanwhile
+            if module is None:
+                assert self._hubert_source is not None
+                source = self._hubert_source
+                log.debug("loading HuBERT on first use")
+                module = source(self.compute_dtype)  # loaded in the compute dtype: no float32 copy on the way
+                self.identity.setdefault("hubert", source.fingerprint())
+                module.to(self.device, self.compute_dtype)
+                self._modules["hubert"] = module
+                self._hubert_source = None
         return module  # type: ignore[return-value]
 
     def check_analysis(self) -> None:
