@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,33 @@ def test_text_file_named_pt_is_called_what_it_is(ws, tmp_path, text):
     lines = error_lines(r.stderr)
     assert len(lines) == 1 and "neither a zip archive nor a pickle" in lines[0], r.stderr
     assert "unpickle" not in lines[0]
+
+
+# ---------------------------------------------------------------- leftovers after kill -9 (25.13)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_kill_9_during_tokenize_leaves_no_semaphore_warning(ws, tmp_path):
+    corpus = tmp_path / "corpus"
+    hc.build(corpus, {f"u{i}.wav": hc.AUDIO_OK["pcm16.wav"] for i in range(6)})
+    argv = [sys.executable, "-m", "socodec", "tokenize", corpus, "-o", tmp_path / "tokens", "--workers", "2",
+            "--batch-size", "1", *model_args(ws)]
+    proc = subprocess.Popen(list(map(str, argv)), env=env_for(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 3 and proc.poll() is None:  # the tracker and two workers
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        kids = _children(proc.pid)  # killed while the workers still start up: the harder case
+    finally:
+        proc.kill()
+    _, err = proc.communicate(timeout=120)  # stderr closes once the workers and the tracker have exited
+    assert "leaked semaphore" not in err and "resource_tracker" not in err, err
+    assert not [pid for pid in kids if Path(f"/proc/{pid}").exists()], "worker processes outlived the run"
