@@ -15,8 +15,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from socodec.cli.common import UsageError
 from socodec.cli.options import DTYPES, ModelOptions
 from socodec.errors import SoCodecError, one_line
@@ -58,6 +56,8 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
     batch = getattr(ns, "batch_size", 1)
     if batch < 1:
         raise UsageError("--batch-size must be at least 1")
+    import torch  # here, not at import: --help and --version never load torch
+
     try:
         torch.device(ns.device)
     except (RuntimeError, ValueError):
@@ -77,6 +77,8 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
 def apply_threads(opts: ModelOptions) -> None:
     """``--threads``: torch's CPU thread count for this process."""
     if opts.threads is not None:
+        import torch
+
         torch.set_num_threads(opts.threads)
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from socodec.audio import WRITE_SUFFIXES
 from socodec.cli.common import UsageError, require_extra
 from socodec.cli.jobs import is_audio_file, is_token_file
 from socodec.cli.model import load_codec
 from socodec.cli.options import ConvertOptions
 from socodec.codes import load_codes
+from socodec.config import WRITE_SUFFIXES
 from socodec.errors import SoCodecError
 
 __all__ = ["SHARD_SUFFIX", "is_shard_input", "decode_shards"]

@@ -283,3 +283,22 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+# ---------------------------------------------------------------- start-up without torch (25.15)
+
+_NO_TORCH = """
+import contextlib, io, sys
+from socodec.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    status = main(sys.argv[1:])
+print(status, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], [], *([name, "--help"] for name in COMMANDS)],
+                         ids=lambda a: " ".join(a) or "no-arguments")
+def test_version_and_help_never_import_torch(ws, args):
+    r = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], env=env_for(ws), capture_output=True, text=True,
+                       timeout=TIMEOUT_S)
+    assert r.stdout.split() == [str(2 if not args else 0), "False"], r.stdout + r.stderr
