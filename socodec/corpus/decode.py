@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 
 from socodec.audio import save_audio_stream
-from socodec.corpus.schema import read_codes, shard_files, pa, pq
+from socodec.corpus.schema import read_codes
 from socodec.errors import SoCodecError, one_line
 
 __all__ = ["decode_shard", "DecodeReport", "output_path"]
@@ -70,13 +70,8 @@ def decode_shard(
     """
     out = Path(out_dir)
     wanted = None if ids is None else list(dict.fromkeys(ids))
-    if wanted is not None:
-        missing = set(wanted) - _all_ids(shard)
-        if missing:
-            raise SoCodecError(f"{shard}: no rows with id {', '.join(sorted(missing)[:5])}"
-                               + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     report = DecodeReport()
-    for utt_id, codes in read_codes(shard, wanted):
+    for utt_id, codes in read_codes(shard, wanted):  # an unknown id raises before the first row
         try:
             path = output_path(out, utt_id, suffix)
             if path.exists() and not overwrite:
@@ -93,12 +88,3 @@ def decode_shard(
         report.written.append(path)
     return report
 
-
-def _all_ids(shard: str | Path) -> set[str]:
-    ids: set[str] = set()
-    for file in shard_files(shard):
-        try:
-            ids.update(pq.read_table(file, columns=["id"]).column("id").to_pylist())
-        except (OSError, pa.ArrowException, KeyError) as exc:
-            raise SoCodecError(f"{file}: cannot read token rows ({one_line(exc)})") from None
-    return ids
