@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -52,6 +52,7 @@ def decode_shard(
     suffix: str = ".wav",
     overwrite: bool = False,
     skip_existing: bool = False,
+    on_row: Callable[[str], object] | None = None,
 ) -> DecodeReport:
     """Decode the rows of ``shard`` (a ``.parquet`` file or a tokenize output folder) to audio files.
 
@@ -65,6 +66,8 @@ def decode_shard(
         suffix: ``.wav`` or ``.flac``.
         overwrite: replace existing files; otherwise they are an error for their row
             (or skipped with ``skip_existing``).
+        on_row: called with each row's id once it is done (written, skipped or failed), e.g. to
+            advance a progress bar.
     Returns:
         A :class:`DecodeReport`; a row that fails is logged on one line and the others go on.
     """
@@ -81,10 +84,11 @@ def decode_shard(
                 raise SoCodecError(f"{path}: exists (overwrite it with -f)")
             path.parent.mkdir(parents=True, exist_ok=True)
             save_audio_stream(path, codec.decode_iter(codes, streams, speaker), sample_format=sample_format)
+            report.written.append(path)
         except SoCodecError as exc:
             log.error("%s: %s", utt_id, one_line(exc))
             report.failed.append((utt_id, one_line(exc)))
-            continue
-        report.written.append(path)
+        finally:
+            if on_row is not None:
+                on_row(utt_id)
     return report
-

@@ -302,3 +302,48 @@ def test_version_and_help_never_import_torch(ws, args):
     r = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], env=env_for(ws), capture_output=True, text=True,
                        timeout=TIMEOUT_S)
     assert r.stdout.split() == [str(2 if not args else 0), "False"], r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- progress on a terminal (25.6)
+
+
+def _on_terminal(ws: dict[str, Path], *args: object) -> tuple[int, str]:
+    """Run ``socodec ARGS`` with stderr on a pseudo-terminal: ``(exit status, what the terminal showed)``."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "socodec", *map(str, args)], env=env_for(ws), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    try:
+        while chunk := os.read(master, 65536):
+            shown += chunk
+    except OSError:  # EIO: the terminal's other end is closed
+        pass
+    finally:
+        os.close(master)
+    return proc.wait(timeout=TIMEOUT_S), shown.decode(errors="replace")
+
+
+def test_long_decode_shows_its_progress_on_a_terminal(ws, tmp_path):
+    long = save_codes(hc.good_codes(frames=1200), tmp_path / "long.soc")  # 144 s of audio: more than 2 s of work
+    status, shown = _on_terminal(ws, long, tmp_path / "long.wav", *model_args(ws))
+    assert status == 0, shown
+    assert "s of audio" in shown and "decode" in shown, shown
+    status, shown = _on_terminal(ws, ws["soc"], tmp_path / "short.wav", *model_args(ws))
+    assert status == 0 and "s of audio" not in shown, shown  # done within the delay: nothing shown
+
+
+def test_shard_decoding_shows_a_bar_on_a_terminal(ws, tmp_path):
+    from socodec.corpus import write_codes
+
+    shard = write_codes(tmp_path / "rows.parquet", [(f"u{i}", hc.good_codes(seed=i)) for i in range(3)])
+    status, shown = _on_terminal(ws, shard, tmp_path / "wavs", *model_args(ws))
+    assert status == 0, shown
+    assert "3/3" in shown and "decode" in shown, shown
+    assert len(list((tmp_path / "wavs").glob("*.wav"))) == 3
