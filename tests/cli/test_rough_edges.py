@@ -347,3 +347,18 @@ def test_shard_decoding_shows_a_bar_on_a_terminal(ws, tmp_path):
     assert status == 0, shown
     assert "3/3" in shown and "decode" in shown, shown
     assert len(list((tmp_path / "wavs").glob("*.wav"))) == 3
+
+
+def test_ray_address_without_a_cluster_is_said_with_our_flags(ws, tmp_path):
+    out = tmp_path / "new" / "tokens"
+    ray_tmp = tmp_path / "ray"  # where Ray looks for the cluster of this machine: none here, whatever else runs
+    ray_tmp.mkdir()
+    env = {**env_for(ws), "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)}
+    r = subprocess.run([sys.executable, "-m", "socodec", "tokenize", str(ws["wav"]), "-o", str(out), "--engine", "ray",
+                        "--ray-address", "auto", "-q", *model_args(ws)], env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "--ray-address auto" in lines[0] and "ray start --head" in lines[0], r.stderr
+    assert "`--address`" not in r.stderr and "RAY_ADDRESS" not in r.stderr
+    assert not (tmp_path / "new").exists()  # nothing left behind
