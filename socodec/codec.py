@@ -25,9 +25,9 @@ from socodec.audio import load_audio
 from socodec.codes import Codes
 from socodec.config import DEFAULT_PADDING, LEAD_SAMPLES, SAMPLE_RATE, AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError
-from socodec.inference.batching import decode_batch, encode_batch
+from socodec.inference.core import decode_batch, encode_batch
 from socodec.inference.core import CodecCore, DecodeInputs
-from socodec.inference.heap import release_heap
+from socodec.inference.core import release_heap
 from socodec.inference.longform import PaddedSignal, encode_long
 from socodec.inference.synthesis import SynthesisStream, gather, iter_synthesis, trimmed_length
 from socodec.loading.checkpoints import HUBERT_FILE, CheckpointPaths
@@ -123,7 +123,7 @@ class SoCodec(CodecCore):
         Args:
             wav: ``[N]`` mono or ``[C, N]`` multi-channel audio in [-1, 1] (averaged to mono),
                 or a list/tuple of such clips (all at ``sample_rate``), analysed as one padded
-                batch (:func:`socodec.inference.batching.encode_batch`): each result equals the
+                batch (:func:`socodec.inference.core.encode_batch`): each result equals the
                 clip's own; or the path of an audio file (its own rate; same result as encoding
                 :func:`~socodec.audio.load_audio` of it). A long file is read from disk window
                 by window (:class:`~socodec.audio.FileSource`), never held whole.
@@ -213,7 +213,7 @@ class SoCodec(CodecCore):
 
         Args:
             codes: tokens ``[T, S]`` and speaker ``[D]``, or a list/tuple of Codes decoded as
-                one padded batch (:func:`socodec.inference.batching.decode_batch`): each result
+                one padded batch (:func:`socodec.inference.core.decode_batch`): each result
                 equals the item's own decode.
             streams: decode only the first ``streams`` streams (default: all in ``codes``).
             speaker: optional ``[D]`` speaker vector replacing ``codes.speaker`` (voice swap).

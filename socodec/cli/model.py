@@ -107,7 +107,7 @@ def load_codec(opts: ModelOptions, analysis: bool = True) -> SoCodec:
     this torch cannot use, a dtype the device does not support).
     """
     from socodec.codec import SoCodec
-    from socodec.inference.heap import trim_heap_after_calls
+    from socodec.inference.core import trim_heap_after_calls
     from socodec.loading.download import resolve_checkpoints
 
     trim_heap_after_calls()  # the command line owns its process: hand freed memory back file after file

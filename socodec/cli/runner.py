@@ -249,7 +249,7 @@ def _batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     """``--batch-size``: jobs grouped by input file size, so similar lengths batch together."""
     if batch_size <= 1:
         return []
-    from socodec.inference.batching import length_groups
+    from socodec.inference.core import length_groups
 
     def size(job: Job) -> int:
         try:

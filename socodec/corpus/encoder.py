@@ -117,7 +117,7 @@ def _reason(exc: BaseException, name: str | None = None) -> str:
 def load_encoder(load: Callable[[], SoCodec], threads: int | None, padding: str) -> BatchEncoder:
     """Set torch's thread count, turn heap trimming on, load the model with ``load()`` and wrap it
     (each worker does this once; the worker process is ours)."""
-    from socodec.inference.heap import trim_heap_after_calls
+    from socodec.inference.core import trim_heap_after_calls
 
     trim_heap_after_calls()
     if threads:

@@ -23,7 +23,7 @@ from socodec.loading.checkpoints import HUBERT_FILE, file_fingerprint, load_stri
 from socodec.loading.hubert import build_hubert, fairseq_to_hf, load_hubert_weights
 from socodec.nn.analyzer import Analyzer
 from socodec.nn.hubert import HubertFeatures
-from socodec.nn.quantizer import is_training_only
+from socodec.nn.analyzer import is_training_only
 from socodec.nn.vocoder import Vocoder
 
 __all__ = ["HubertLoader", "LoadedModules", "load_modules", "load_vocoder"]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from socodec.codec import SoCodec
 from socodec.config import SAMPLES_PER_TOKEN
-from socodec.nn.quantizer import ProductQuantizer
+from socodec.nn.analyzer import ProductQuantizer
 from socodec.train.config import TrainConfig
 from socodec.train.losses import LossTerms
 from socodec.train.model import ClipSettings, TrainOutput

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from socodec.nn.quantizer import ProductQuantizer
+from socodec.nn.analyzer import ProductQuantizer
 from socodec.train import distributed
 
 
@@ -142,7 +142,7 @@ class VQSettings:
 
 
 class EmaQuantizerTrainer(nn.Module):
-    """Trains a :class:`~socodec.nn.quantizer.ProductQuantizer`: holds the EMA statistics
+    """Trains a :class:`~socodec.nn.analyzer.ProductQuantizer`: holds the EMA statistics
     (``stats.j``) and runs the training forward (:meth:`forward`)."""
 
     def __init__(self, vq: ProductQuantizer) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from conftest import GOLDEN, assert_close_golden, tiny_ckpt_dir
 from socodec import Codes, SoCodec
-from socodec.inference.batching import decode_batch, encode_batch, length_groups
+from socodec.inference.core import decode_batch, encode_batch, length_groups
 from socodec.errors import CodesError
 from socodec.config import ChunkConfig
 

@@ -113,7 +113,7 @@ class _MatmulSpy(torch.Tensor):
 
 
 def test_nearest_code_search_is_full_float32_under_tf32_and_restores_it() -> None:
-    from socodec.nn.quantizer import Codebook
+    from socodec.nn.analyzer import Codebook
 
     book = Codebook(16, 8)
     book.embed.copy_(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)))

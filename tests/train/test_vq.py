@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from socodec.nn.quantizer import ProductQuantizer
+from socodec.nn.analyzer import ProductQuantizer
 from socodec.train.model import ClipSettings, random_clip
 from socodec.train.vq import (EmaQuantizerTrainer, VQSettings, consistent_sums, ema_update, kmeans, ordered_keep,
                               smoothed_counts)
