@@ -24,9 +24,12 @@ from typing import Iterator
 
 __all__ = ["drop_stderr_lines", "RAY_NATIVE_LOG"]
 
-RAY_NATIVE_LOG = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIW] \d+ \d+\] ")
-"""A debug, info or warning line of Ray's native log format: ``[2025-01-01 12:00:00,000 W 123 123] file.cc:42: ...``.
-ERROR (``E``) and FATAL (``F``) lines do not match: they always reach stderr."""
+RAY_NATIVE_LOG = re.compile(
+    rb"^\[\d{4}-\d\d-\d\d [\d:,]+ (?:[DIW] \d+ \d+\] "
+    rb"|E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store)")
+"""A debug, info or warning line of Ray's native log format (``[2025-01-01 12:00:00,000 W 123 123] file.cc:42: ...``),
+and the one ERROR-level line Ray writes about every Ray Data actor pool (a notice, not an error).
+Every other ERROR (``E``) and FATAL (``F``) line does not match: it always reaches stderr."""
 
 
 @contextmanager

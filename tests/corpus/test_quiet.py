@@ -13,6 +13,8 @@ import os
 from socodec.corpus.quiet import RAY_NATIVE_LOG, drop_stderr_lines
 with drop_stderr_lines(RAY_NATIVE_LOG):
     os.write(2, b"[2025-01-01 12:00:00,000 W 11 11] pool.cc:1: chatter about an actor pool\\n")
+    os.write(2, b"[2025-01-01 12:00:00,000 E 11 11] core_worker.cc:2465: Actor with class name: 'MapWorker' and "
+                b"ID: '5f' has constructor arguments in the object store and max_restarts > 0. chatter\\n")
     os.write(2, b"[2025-01-01 12:00:00,001 E 11 11] core.cc:2: the object store is full\\n")
     os.write(2, b"[2025-01-01 12:00:00,002 F 11 11] core.cc:3: check failed\\n")
     os.write(2, b"x" * 300000 + b"\\n")
