@@ -1,25 +1,35 @@
-"""Keeping a native library's log lines off the terminal: a filter on file descriptor 2.
+"""Keeping a native library's chatter off the terminal: a filter on file descriptor 2.
 
 Ray's C++ core worker, inside our process, writes some messages straight to file
 descriptor 2 (no Python logger or setting turns them off), e.g. a warning about every
 Ray Data actor pool. :func:`drop_stderr_lines` passes everything written to the
 process's stderr through a pipe and drops the lines that match a pattern; the rest
-(our progress bar and log lines) goes through unchanged and at once.
+(our progress bar and log lines, and Ray's own ERROR and FATAL lines) goes through
+unchanged and at once. The filter is a small helper process, not a thread, so that what
+was written last still reaches the terminal when this process dies (a fatal error in
+native code, a kill): the helper reads the pipe to its end.
+
+Run as a script (``python -I quiet.py PATTERN``) this module is that helper: standard input
+to standard output, dropping lines that match ``PATTERN``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 __all__ = ["drop_stderr_lines", "RAY_NATIVE_LOG"]
 
-RAY_NATIVE_LOG = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] ")
-"""A line of Ray's native log format: ``[2025-01-01 12:00:00,000 E 123 123] file.cc:42: ...``."""
+RAY_NATIVE_LOG = re.compile(
+    rb"^\[\d{4}-\d\d-\d\d [\d:,]+ (?:[DIW] \d+ \d+\] "
+    rb"|E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store)")
+"""A debug, info or warning line of Ray's native log format (``[2025-01-01 12:00:00,000 W 123 123] file.cc:42: ...``),
+and the one ERROR-level line Ray writes about every Ray Data actor pool (a notice, not an error).
+Every other ERROR (``E``) and FATAL (``F``) line does not match: it always reaches stderr."""
 
 
 @contextmanager
@@ -28,14 +38,19 @@ def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-        read_end, write_end = os.pipe()
     except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to filter
         yield
         return
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    thread = threading.Thread(target=_forward, args=(read_end, saved, pattern), daemon=True)
-    thread.start()
+    try:
+        helper = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), pattern.pattern.decode("latin-1")],
+                                  stdin=subprocess.PIPE, stdout=saved, stderr=saved, start_new_session=True)
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    assert helper.stdin is not None
+    os.dup2(helper.stdin.fileno(), 2)
+    helper.stdin.close()  # fd 2 is now this process's only write end of the pipe
     try:
         yield
     finally:
@@ -43,8 +58,11 @@ def drop_stderr_lines(pattern: re.Pattern[bytes]) -> Iterator[None]:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
-        os.dup2(saved, 2)  # closes the pipe's last write end: the thread sees the end and stops
-        thread.join(timeout=5)
+        os.dup2(saved, 2)  # closes the pipe's last write end here: the helper sees the end and stops
+        try:
+            helper.wait(timeout=5)  # (longer only while a child process still holds the pipe)
+        except subprocess.TimeoutExpired:
+            pass
         os.close(saved)
 
 
@@ -72,3 +90,7 @@ def _write_all(fd: int, data: bytes) -> None:
             data = data[os.write(fd, data):]
     except OSError:
         pass
+
+
+if __name__ == "__main__":  # the helper process of drop_stderr_lines
+    _forward(0, 1, re.compile(sys.argv[1].encode("latin-1")))
