@@ -108,7 +108,7 @@ def load_codec(opts: ModelOptions, analysis: bool = True) -> SoCodec:
     """
     from socodec.codec import SoCodec
     from socodec.inference.core import trim_heap_after_calls
-    from socodec.loading.download import resolve_checkpoints
+    from socodec.loading.checkpoints import resolve_checkpoints
 
     trim_heap_after_calls()  # the command line owns its process: hand freed memory back file after file
     paths = resolve_checkpoints(opts.ckpt_dir, allow_download=opts.allow_download, need_hubert=analysis)

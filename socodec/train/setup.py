@@ -20,7 +20,7 @@ from socodec.codec import SoCodec
 from socodec.config import AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError
 from socodec.loading.checkpoints import ANALYZER_FILE, CheckpointPaths
-from socodec.loading.download import resolve_checkpoints
+from socodec.loading.checkpoints import resolve_checkpoints
 from socodec.nn.analyzer import Analyzer
 from socodec.train import distributed
 from socodec.train.export import write_analyzer

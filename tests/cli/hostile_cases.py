@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from socodec.codes import SOC_MAGIC, Codes, save_codes
-from socodec.loading.fairseq import fairseq_config_dicts, load_fairseq_pickle
+from socodec.loading.hubert import fairseq_config_dicts, load_fairseq_pickle
 
 Builder = Callable[[Path], None]
 

@@ -18,7 +18,7 @@ import torch
 from conftest import GOLDEN, REPO, TINY_CONFIGS, TINY_FILES
 from socodec.codes import Codes, save_codes
 from socodec.errors import CheckpointError
-from socodec.loading import download
+import socodec.loading.checkpoints as download
 from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, RELEASED_FILES, VOCODER_FILE
 
 SPEAKER_DIM = 64  # the tiny golden analyzer's model size

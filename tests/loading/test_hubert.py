@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from conftest import GOLDEN, MANIFESTS, REPO, assert_close_golden
 from socodec.config import HubertConfig
 from socodec.errors import CheckpointError
-from socodec.loading.fairseq import load_fairseq_pickle, read_fairseq_checkpoint
+from socodec.loading.hubert import load_fairseq_pickle, read_fairseq_checkpoint
 from socodec.loading import hubert as hubert_mod
 from socodec.loading.hubert import (
     POS_CONV_G,
@@ -99,7 +99,7 @@ def test_loads_without_fairseq(tmp_path: Path) -> None:
     (shim / "__init__.py").write_text("raise ImportError('fairseq must not be imported')\n")
     code = (
         "import json, sys\n"
-        "from socodec.loading.fairseq import read_fairseq_checkpoint\n"
+        "from socodec.loading.hubert import read_fairseq_checkpoint\n"
         f"state, cfg = read_fairseq_checkpoint({str(HUBERT_PT)!r})\n"
         "loaded = 'fairseq' in sys.modules\n"
         "try:\n    import fairseq\n    shim = False\nexcept ImportError:\n    shim = True\n"
