@@ -36,9 +36,9 @@ def write_reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "Disk quota" in text:
-        return "no space left on the device"
+        return "No space left on device"
     if code == errno.EFBIG or "File too large" in text:
-        return "file too large for this file system or for the limits of this process"
+        return "File too large (beyond a size limit of this file system or of this process)"
     return text or type(exc).__name__
 
 

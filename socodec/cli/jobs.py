@@ -94,14 +94,14 @@ def plan_jobs(inputs: list[Path] | tuple[Path, ...], output: Path, to: str | Non
                              f"a file; drop -t (the suffix {output.suffix} decides), or name a folder")
         if output.exists() and not output.is_dir():
             raise SoCodecError(f"{output}: several inputs need an output directory, and this is a file")
-        if not output.exists() and output.suffix.lower() in (*OUTPUT_SUFFIXES, *AUDIO_SUFFIXES):
-            raise UsageError(f"{output}: several inputs are written into a folder, but this names a file "
-                             f"({output.suffix}); name a folder (and choose its files' suffix with -t)")
         jobs = []
         for item in inputs:
             for path, rel in _expand(item):
                 suffix = to or (".wav" if is_token_file(path) else ".soc")
                 jobs.append(Job(path, output / rel.with_suffix(suffix)))
+        if not output.exists() and output.suffix.lower() in (*OUTPUT_SUFFIXES, *AUDIO_SUFFIXES):
+            raise UsageError(f"{output}: several inputs are written into a folder, but this names a file "
+                             f"({output.suffix}); name a folder (and choose its files' suffix with -t)")
     writers: dict[Path, Path] = {}
     for job in jobs:
         _check_route(job)

@@ -126,7 +126,7 @@ def test_disk_full_while_writing_audio_is_one_line(ws, tmp_path):
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
     lines = error_lines(r.stderr)
-    assert len(lines) == 1 and str(out) in lines[0] and "file too large" in lines[0], r.stderr
+    assert len(lines) == 1 and str(out) in lines[0] and "File too large" in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -136,7 +136,7 @@ def test_disk_full_while_tokenizing_names_the_file(ws, tmp_path):
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr and "unexpected error" not in r.stderr, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
-    assert len(errors) == 1 and str(out) in errors[0] and "file too large" in errors[0], r.stderr
+    assert len(errors) == 1 and str(out) in errors[0] and "File too large" in errors[0], r.stderr
     assert hc.leftovers(out) == []
 
 
