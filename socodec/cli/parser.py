@@ -23,7 +23,8 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "tokenize": "a speech corpus -> Parquet token shards (extra: corpus)",
     "eval": "quality report of the codec on your audio (extra: eval)",
     "demo": "a local web app to try the codec (extra: demo)",
-    "train": "fine-tune the analyzer or vocoder (extra: train)",
+    "train": "fine-tune the analyzer (extra: train)",
+    "serve": "speech <-> tokens as an HTTP/WebSocket service (extra: serve)",
 }
 
 
