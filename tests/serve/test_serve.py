@@ -172,9 +172,10 @@ def offline(ckpts, cli_files):
     return offline_decode(ckpts, cli_files)
 
 
-def stream(server: Server, tokens, speaker, per_message: int, sample_format: str = "f32le") -> np.ndarray:
-    with connect(server.ws, additional_headers=AUTH) as ws:
-        ws.send(json.dumps({"speaker": speaker, "streams": 4, "sample_format": sample_format}))
+def stream_pcm(ws_url: str, start: dict, tokens: list, per_message: int, headers: dict | None = None) -> bytes:
+    """Send ``start``, the frames ``per_message`` at a time and the end; the PCM bytes that came back."""
+    with connect(ws_url, additional_headers=headers or {}) as ws:
+        ws.send(json.dumps(start))
         for i in range(0, len(tokens), per_message):
             ws.send(json.dumps({"tokens": tokens[i : i + per_message]}))
         ws.send(json.dumps({"end": True}))
@@ -185,8 +186,13 @@ def stream(server: Server, tokens, speaker, per_message: int, sample_format: str
         except ConnectionClosed as closed:
             assert closed.rcvd.code == 1000
     assert all(isinstance(p, bytes) for p in pieces)
-    dtype = "<f4" if sample_format == "f32le" else "<i2"
-    return np.frombuffer(b"".join(pieces), dtype=dtype)
+    return b"".join(pieces)
+
+
+def stream(server: Server, tokens, speaker, per_message: int, sample_format: str = "f32le") -> np.ndarray:
+    start = {"speaker": speaker, "streams": 4, "sample_format": sample_format}
+    pcm = stream_pcm(server.ws, start, tokens, per_message, AUTH)
+    return np.frombuffer(pcm, dtype="<f4" if sample_format == "f32le" else "<i2")
 
 
 @pytest.mark.parametrize("per_message", [1, 3, 17])
