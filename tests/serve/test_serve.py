@@ -356,3 +356,18 @@ def test_command_line_errors(ckpts, tmp_path):
     assert r.returncode == 2 and "--engine ray" in r.stderr
     r = cli("serve", "--port", "0", "--ckpt-dir", tmp_path / "nothing", "--no-download", *TINY_CONFIGS)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("blocked, extra, args", [
+    ("prometheus_client", "socodec[serve]", ()),
+    ("ray", "socodec[serve,ray]", ("--engine", "ray", "--port", "18000")),
+])
+def test_a_missing_extra_is_named_before_the_model_loads(tmp_path, blocked, extra, args):
+    shim = tmp_path / "shim" / blocked
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(f"raise ImportError('no {blocked} here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shim"), str(REPO)])}
+    r = subprocess.run([sys.executable, "-m", "socodec", "serve", "--ckpt-dir", str(tmp_path / "none"), *args],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert f"pip install '{extra}'" in r.stderr
