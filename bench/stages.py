@@ -85,7 +85,7 @@ class StageTimer:
     def _wrap_streamer(self) -> None:
         """The causal streaming helper runs layers without calling their ``forward``: time its ``run``."""
         try:
-            from socodec.inference.causal_stream import CausalStreamer
+            from socodec.nn.causal import CausalStreamer
         except ImportError:
             return
         original = getattr(CausalStreamer, "run", None)

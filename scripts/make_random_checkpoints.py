@@ -1,4 +1,4 @@
-"""Write random-weight checkpoints in the released formats, under the released names.
+r"""Write random-weight checkpoints in the released formats, under the released names.
 
 Real size by default (the benchmark uses these: ~1.3 GB HuBERT .pt, analyzer and
 vocoder safetensors); ``--tiny`` writes small models (~10 MB in all) for quick
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import types
 from pathlib import Path
@@ -113,6 +114,7 @@ def write_analyzer(path: Path, cfg: AnalyzerConfig, gen: torch.Generator) -> Non
         shapes[p + "cluster_size"] = (size,)
         shapes[p + "embed_avg"] = (size, dim)
     save_file({k: _random(k, s, gen).contiguous() for k, s in sorted(shapes.items())}, str(path))
+    _readable(path)
 
 
 def write_vocoder(path: Path, cfg: VocoderConfig, gen: torch.Generator) -> None:
@@ -121,6 +123,7 @@ def write_vocoder(path: Path, cfg: VocoderConfig, gen: torch.Generator) -> None:
     for key, value in template.items():
         state[key] = value.clone() if key.endswith("filter") else _random(key, tuple(value.shape), gen)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    _readable(path)
 
 
 def make_random_checkpoints(
@@ -158,6 +161,13 @@ TINY_VOCODER_JSON = {
     "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "activation": "snakebeta", "snake_logscale": True,
     "use_bias_at_final": True, "use_tanh_at_final": True,
 }
+
+
+def _readable(path: Path) -> None:
+    """Give ``path`` the usual mode of a new file (safetensors creates it 0600, readable by its owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def make_tiny_checkpoints(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:

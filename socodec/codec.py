@@ -32,7 +32,7 @@ from socodec.inference.longform import PaddedSignal, encode_long
 from socodec.inference.synthesis import SynthesisStream, gather, iter_synthesis, trimmed_length
 from socodec.loading.checkpoints import HUBERT_FILE, CheckpointPaths
 from socodec.loading.modules import load_modules
-from socodec.sources import FileSource, file_duration
+from socodec.audio import FileSource, file_duration
 
 __all__ = ["SoCodec"]
 
@@ -116,6 +116,7 @@ class SoCodec(CodecCore):
         sample_rate: int = SAMPLE_RATE,
         lead: bool = True,
         padding: str = DEFAULT_PADDING,
+        hubert_window: float | None = None,
     ) -> Codes | list[Codes]:
         """Audio -> :class:`Codes`; a list of clips -> a list of Codes (one batch).
 
@@ -125,60 +126,80 @@ class SoCodec(CodecCore):
                 batch (:func:`socodec.inference.batching.encode_batch`): each result equals the
                 clip's own; or the path of an audio file (its own rate; same result as encoding
                 :func:`~socodec.audio.load_audio` of it). A long file is read from disk window
-                by window (:class:`~socodec.sources.FileSource`), never held whole.
+                by window (:class:`~socodec.audio.FileSource`), never held whole.
             sample_rate: rate of ``wav`` when it is samples; resampled to 16 kHz.
             lead: prepend 0.5 s of zeros like the published model (default).
             padding: ``"published"`` (default): the published command line's padding, so the
                 tokens equal those of its ``.pt`` files (it always appends 1919 zeros: usually
                 one frame more); ``"grid"``: pad to the 1920-sample grid, the published model fed
                 a 1-D signal. See :func:`socodec.config.padded_length`.
+            hubert_window: None (default: ``chunks.hubert_window_seconds``, itself None by
+                default): HuBERT's attention spans the whole input, as the published model's does,
+                so the tokens are the published ones at any length — up to
+                ``chunks.exact_max_seconds`` (10 min); longer inputs fall back to windows of
+                ``chunks.hubert_window`` frames (20 s) with a warning. A number of seconds asks for
+                windowed attention (linear time, approximate tokens) on inputs longer than one
+                window. Either way the codes record it (``Codes.attention``, ``Codes.hubert_window``).
         Returns:
             Codes with tokens ``[T, S]`` int64, speaker ``[D]`` float32, and the input
             length and lead, so :meth:`decode` returns exactly the input's duration.
 
-        Inputs longer than one HuBERT window (``chunks.hubert_span`` frames, 22.2 s by default)
-        are analysed window by window with bounded memory (:mod:`socodec.inference.longform`).
+        Inputs longer than ``chunks.hubert_span`` frames (22.2 s by default) are analysed stage by
+        stage with bounded memory (:mod:`socodec.inference.longform`).
         """
         lead_n = LEAD_SAMPLES if lead else 0
         self.check_padding(padding)
+        if hubert_window is not None:
+            self.window_frames(hubert_window)  # refuse a bad value before any work
         self.check_analysis()
         try:
             if isinstance(wav, (list, tuple)):
-                return self._encode_list([self.mono(w, sample_rate) for w in wav], lead_n, padding)
+                clips = [self.mono(w, sample_rate) for w in wav]
+                return self._encode_list(clips, lead_n, padding, hubert_window)
             if isinstance(wav, (str, Path)):
-                return self._encode_file(Path(wav), lead_n, padding)
-            return self._encode_mono(self.mono(wav, sample_rate), lead_n, padding)
+                return self._encode_file(Path(wav), lead_n, padding, hubert_window)
+            return self._encode_mono(self.mono(wav, sample_rate), lead_n, padding, hubert_window)
         finally:
             release_heap()
 
-    def _encode_list(self, clips: list[torch.Tensor], lead: int, padding: str) -> list[Codes]:
-        """Short clips in one batch, long ones window by window, results in input order."""
-        short = [i for i, x in enumerate(clips) if self.analysed_whole(lead + x.numel(), padding)]
+    def _plan(self, num_samples: int, lead: int, padding: str, hubert_window: float | None, warn: bool = True) \
+            -> tuple[bool, int | None]:
+        """(analysed whole in one pass?, HuBERT window in token frames or None for full attention)."""
+        window = self.analysis_window(num_samples, lead, padding, hubert_window, warn=warn)
+        return window is None and self.analysed_whole(lead + num_samples, padding), window
+
+    def _encode_list(self, clips: list[torch.Tensor], lead: int, padding: str,
+                     hubert_window: float | None) -> list[Codes]:
+        """Short clips in one batch, long ones stage by stage, results in input order."""
+        short = [i for i, x in enumerate(clips) if self._plan(x.numel(), lead, padding, hubert_window, warn=False)[0]]
         batch = encode_batch(self, [clips[i] for i in short], lead, padding)
         results: dict[int, Codes] = dict(zip(short, batch))
         for i, x in enumerate(clips):
             if i not in results:
-                results[i] = self._encode_mono(x, lead, padding)
+                results[i] = self._encode_mono(x, lead, padding, hubert_window)
         return [results[i] for i in range(len(clips))]
 
-    def _encode_file(self, path: Path, lead: int, padding: str) -> Codes:
-        """An audio file -> Codes; files longer than one HuBERT window stream from disk."""
-        if self.analysed_whole(lead + math.ceil(file_duration(path) * SAMPLE_RATE), padding):
-            return self._encode_mono(load_audio(path), lead, padding)
+    def _encode_file(self, path: Path, lead: int, padding: str, hubert_window: float | None) -> Codes:
+        """An audio file -> Codes; long files stream from disk."""
+        approx = math.ceil(file_duration(path) * SAMPLE_RATE)
+        if self._plan(approx, lead, padding, hubert_window, warn=False)[0]:
+            return self._encode_mono(load_audio(path), lead, padding, hubert_window)
         with FileSource(path) as source:
-            if self.analysed_whole(lead + source.num_samples, padding):  # the header's duration was approximate
-                return self._encode_mono(source.read(0, source.num_samples), lead, padding)
+            whole, window = self._plan(source.num_samples, lead, padding, hubert_window)
+            if whole:  # the header's duration was approximate
+                return self.encode_whole(source.read(0, source.num_samples), lead, padding)
             total = self.padded_length(lead + source.num_samples, padding)
-            tokens, speaker = encode_long(self, PaddedSignal(source, lead, total))
-            return self.make_codes(tokens, speaker, source.num_samples, lead, padding)
+            tokens, speaker = encode_long(self, PaddedSignal(source, lead, total), window)
+            return self.make_codes(tokens, speaker, source.num_samples, lead, padding, window)
 
-    def _encode_mono(self, x: torch.Tensor, lead: int, padding: str) -> Codes:
-        """``[N]`` 16 kHz mono -> Codes, whole or window by window depending on the length."""
-        if self.analysed_whole(lead + x.numel(), padding):
+    def _encode_mono(self, x: torch.Tensor, lead: int, padding: str, hubert_window: float | None) -> Codes:
+        """``[N]`` 16 kHz mono -> Codes, whole or stage by stage depending on the length."""
+        whole, window = self._plan(x.numel(), lead, padding, hubert_window)
+        if whole:
             return self.encode_whole(x, lead, padding)
         signal = PaddedSignal(x, lead, self.padded_length(lead + x.numel(), padding))
-        tokens, speaker = encode_long(self, signal)
-        return self.make_codes(tokens, speaker, x.numel(), lead, padding)
+        tokens, speaker = encode_long(self, signal, window)
+        return self.make_codes(tokens, speaker, x.numel(), lead, padding, window)
 
     # ------------------------------------------------------------------ synthesis
     @torch.inference_mode()

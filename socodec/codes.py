@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from socodec.config import PADDINGS, SAMPLE_RATE, SAMPLES_PER_TOKEN
+from socodec.config import ATTENTION_FULL, ATTENTION_WINDOWED, ATTENTIONS, PADDINGS, SAMPLE_RATE, SAMPLES_PER_TOKEN
 from socodec.errors import CodesError
 from socodec.fileio import atomic_write
 from socodec.formats.pt import PT_FORMAT, encode_pt, read_pt
@@ -55,6 +55,18 @@ def _check_optional_count(name: str, value: object) -> None:
         raise CodesError(f"{name} must be a non-negative integer or unknown, got {value!r}")
 
 
+def _check_attention(attention: object, window: object) -> None:
+    """``attention`` is None or one of ATTENTIONS; ``window`` (seconds) is set exactly when windowed."""
+    if attention is not None and attention not in ATTENTIONS:
+        raise CodesError(f"attention must be one of {', '.join(ATTENTIONS)} or unknown, got {attention!r}"[:200])
+    if attention == ATTENTION_WINDOWED:
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < math.inf:
+            raise CodesError(f"windowed attention needs a positive hubert_window in seconds, got {window!r}"[:200])
+    elif window is not None:
+        raise CodesError(f"hubert_window is only recorded with windowed attention, got {window!r} "
+                         f"with attention {attention!r}"[:200])
+
+
 def _check_model(model: object) -> None:
     """``model`` must map str to str."""
     if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in model.items()):
@@ -74,6 +86,10 @@ class Codes:
         model: model identity, e.g. ``{"analyzer": "<sha256 prefix>", "hubert": ..., "vocoder": ...}``.
         padding: how the analysed signal was padded (``"published"`` or ``"grid"``, see
             :func:`socodec.config.padded_length`); None if unknown.
+        attention: how HuBERT's attention saw the input: ``"full"`` (every frame, as the published
+            model: the published tokens) or ``"windowed"`` (windows of ``hubert_window`` seconds:
+            approximate tokens); None if unknown (files written before this was recorded).
+        hubert_window: seconds kept per HuBERT window when ``attention`` is ``"windowed"``, else None.
     """
 
     tokens: torch.Tensor
@@ -83,6 +99,14 @@ class Codes:
     lead: int | None = None
     model: dict[str, str] = field(default_factory=dict)
     padding: str | None = None
+    attention: str | None = None
+    hubert_window: float | None = None
+
+    @property
+    def exact(self) -> bool | None:
+        """True when the tokens are the published model's arithmetic (full attention), False when
+        windowed attention approximated them, None when the file does not say."""
+        return None if self.attention is None else self.attention == ATTENTION_FULL
 
     @property
     def num_frames(self) -> int:
@@ -161,6 +185,7 @@ class Codes:
         _check_model(self.model)
         if self.padding is not None and self.padding not in PADDINGS:
             raise CodesError(f"padding must be one of {', '.join(PADDINGS)} or unknown, got {self.padding!r}"[:200])
+        _check_attention(self.attention, self.hubert_window)
         return self
 
     def trim_range(self) -> tuple[int, int | None]:
@@ -185,6 +210,7 @@ class Codes:
             "bitrate_without_speaker": self.bitrate(include_speaker=False),
             "speaker_dim": self.speaker_dim, "sample_rate": self.sample_rate,
             "num_samples": self.num_samples, "lead": self.lead, "padding": self.padding,
+            "attention": self.attention, "hubert_window": self.hubert_window,
             "model": dict(self.model),
         }
 
@@ -210,7 +236,8 @@ def _suffix(path: Path) -> str:
 
 def _meta(codes: Codes) -> dict[str, Any]:
     return {"sample_rate": codes.sample_rate, "num_samples": codes.num_samples, "lead": codes.lead,
-            "padding": codes.padding, "model": dict(codes.model)}
+            "padding": codes.padding, "attention": codes.attention, "hubert_window": codes.hubert_window,
+            "model": dict(codes.model)}
 
 
 def save_codes(codes: Codes, path: str | Path) -> Path:
@@ -268,6 +295,8 @@ def _load_pt(path: Path) -> Codes:
         lead=obj.get("lead"),
         model=obj.get("model", {}),
         padding=obj.get("padding"),
+        attention=obj.get("attention"),
+        hubert_window=obj.get("hubert_window"),
     ).validate()  # checks types before anything is converted
     return replace(
         raw,
@@ -288,4 +317,6 @@ def _load_soc(path: Path) -> Codes:
         lead=header["lead"],
         model=header["model"],  # checked by Codes.validate in load_codes
         padding=header.get("padding"),
+        attention=header.get("attention"),
+        hubert_window=header.get("hubert_window"),
     )

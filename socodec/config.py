@@ -27,6 +27,12 @@ LEAD_SAMPLES = 8000
 PADDINGS = ("published", "grid")
 DEFAULT_PADDING = "published"
 HUBERT_TAIL_SAMPLES = 3200
+#: how HuBERT's attention saw the input, as recorded in token files: every frame attends to every
+#: other ("full", the published model's arithmetic, exact tokens) or only to frames of its window
+#: ("windowed": approximate tokens, linear time); see :class:`ChunkConfig`
+ATTENTION_FULL = "full"
+ATTENTION_WINDOWED = "windowed"
+ATTENTIONS = (ATTENTION_FULL, ATTENTION_WINDOWED)
 #: epsilon of HuBERT's waveform standardisation (``F.layer_norm``); every path must use this one
 NORMALIZE_EPS = 1e-5
 
@@ -101,21 +107,21 @@ class AnalyzerConfig(_FromJson):
             if d.get("vq_class", "VectorQuantization") != "VectorQuantization":
                 raise ConfigError(f"unsupported vq_class {d['vq_class']!r}")
             cfg = cls(
-                in_dim=int(d["in_dim"]),
-                out_dim=int(d["out_dim"]),
-                model_size=int(d["n_model_size"]),
+                in_dim=_integer(d["in_dim"], "in_dim"),
+                out_dim=_integer(d["out_dim"], "out_dim"),
+                model_size=_integer(d["n_model_size"], "n_model_size"),
                 downsample_scales=tuple(int(s) for s in d["downsample_scales"]),
                 upsample_scales=tuple(tuple(int(s) for s in group) for group in d["upsample_scales"]),
                 codebook_size=tuple(int(s) for s in vq["codebook_size"]),
                 codebook_dim=tuple(int(s) for s in vq["codebook_dim"]),
-                n_streams=int(trees[0]["n_groups"]),
-                samples_per_token=int(d.get("n_samples_per_token", SAMPLES_PER_TOKEN)),
+                n_streams=_integer(trees[0]["n_groups"], "n_groups"),
+                samples_per_token=_integer(d.get("n_samples_per_token", SAMPLES_PER_TOKEN), "n_samples_per_token"),
                 mel=MelConfig(
-                    sample_rate=int(mel.get("sampling_rate", SAMPLE_RATE)),
-                    n_fft=int(mel.get("filter_length", 1024)),
-                    hop_length=int(mel.get("hop_length", MEL_HOP)),
-                    win_length=int(mel.get("win_length", 640)),
-                    n_mels=int(mel.get("n_mel_channels", 80)),
+                    sample_rate=_integer(mel.get("sampling_rate", SAMPLE_RATE), "sampling_rate"),
+                    n_fft=_integer(mel.get("filter_length", 1024), "filter_length"),
+                    hop_length=_integer(mel.get("hop_length", MEL_HOP), "hop_length"),
+                    win_length=_integer(mel.get("win_length", 640), "win_length"),
+                    n_mels=_integer(mel.get("n_mel_channels", 80), "n_mel_channels"),
                 ),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -168,16 +174,17 @@ class VocoderConfig(_FromJson):
             if d.get("activation", "snakebeta") != "snakebeta":
                 raise ConfigError(f"unsupported vocoder activation {d['activation']!r}")
             cfg = cls(
-                num_mels=int(d["num_mels"]),
-                upsample_rates=tuple(int(r) for r in d["upsample_rates"]),
-                upsample_kernel_sizes=tuple(int(k) for k in d["upsample_kernel_sizes"]),
-                upsample_initial_channel=int(d["upsample_initial_channel"]),
-                resblock_kernel_sizes=tuple(int(k) for k in d["resblock_kernel_sizes"]),
-                resblock_dilation_sizes=tuple(tuple(int(x) for x in ds) for ds in d["resblock_dilation_sizes"]),
-                resblock=int(d.get("resblock", 0)),
-                snake_logscale=bool(d.get("snake_logscale", True)),
-                use_bias_at_final=bool(d.get("use_bias_at_final", True)),
-                use_tanh_at_final=bool(d.get("use_tanh_at_final", True)),
+                num_mels=_integer(d["num_mels"], "num_mels"),
+                upsample_rates=tuple(_integer(r, "upsample_rates") for r in d["upsample_rates"]),
+                upsample_kernel_sizes=tuple(_integer(k, "upsample_kernel_sizes") for k in d["upsample_kernel_sizes"]),
+                upsample_initial_channel=_integer(d["upsample_initial_channel"], "upsample_initial_channel"),
+                resblock_kernel_sizes=tuple(_integer(k, "resblock_kernel_sizes") for k in d["resblock_kernel_sizes"]),
+                resblock_dilation_sizes=tuple(tuple(_integer(x, "resblock_dilation_sizes") for x in ds)
+                                              for ds in d["resblock_dilation_sizes"]),
+                resblock=_integer(d.get("resblock", 0), "resblock"),
+                snake_logscale=_flag(d.get("snake_logscale", True), "snake_logscale"),
+                use_bias_at_final=_flag(d.get("use_bias_at_final", True), "use_bias_at_final"),
+                use_tanh_at_final=_flag(d.get("use_tanh_at_final", True), "use_tanh_at_final"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"vocoder config: missing or invalid entry ({exc})") from None
@@ -191,6 +198,9 @@ class VocoderConfig(_FromJson):
             raise ConfigError("vocoder config: resblock kernel and dilation lists differ in length")
         if self.resblock != 0:
             raise ConfigError("vocoder config: only resblock 0 (the released two-conv AMP block) is supported")
+        if not self.snake_logscale:
+            raise ConfigError("vocoder config: only snake_logscale true (the released log-scale SnakeBeta "
+                              "parameters) is supported")
         if self.hop_length != MEL_HOP:
             raise ConfigError(f"vocoder config: upsample rates multiply to {self.hop_length}, expected {MEL_HOP}")
         if self.upsample_initial_channel % (2 ** len(self.upsample_rates)):
@@ -295,9 +305,19 @@ class ChunkConfig:
     input length (measured on CPU, float32; see the README).
 
     Attributes:
-        hubert_window: token frames kept per HuBERT window (167 = 20.04 s).
+        exact_max_seconds: longest input (seconds of audio) whose HuBERT attention spans every
+            frame, as the published model's does (exact tokens).
+            Longer inputs fall back to windowed attention (:attr:`hubert_window`) with a warning:
+            full attention costs time growing with the square of the length (600 = 10 min).
+        hubert_window_seconds: None (default): HuBERT attention spans every frame up to
+            :attr:`exact_max_seconds`. A number of seconds: windowed attention of that length for
+            every input longer than one window (what ``encode`` does when its ``hubert_window``
+            argument is not given; ``--hubert-window`` on the command line).
+        hubert_window: token frames kept per HuBERT window when attention falls back to windows
+            above :attr:`exact_max_seconds` (167 = 20.04 s).
         hubert_context: token frames of context on each side of a window (9 = 1.08 s).
-            Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole.
+            Inputs of at most ``hubert_window + 2 * hubert_context`` frames are analysed whole, in
+            one pass with every stage held at once; longer ones stage by stage in chunks.
         decode_chunk: token frames per decoder step when synthesising long inputs (50 = 6 s, one
             vocoder chunk: bounds the decoders' activations).
         vocoder_chunk: mel frames (10 ms) per vocoder call (600 = 6 s), plus 14 frames of
@@ -307,6 +327,8 @@ class ChunkConfig:
         mel_chunk: mel frames per block of the long-input log-mel (6000 = 60 s).
     """
 
+    exact_max_seconds: float = 600.0
+    hubert_window_seconds: float | None = None
     hubert_window: int = 167
     hubert_context: int = 9
     decode_chunk: int = 50
@@ -318,6 +340,13 @@ class ChunkConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ChunkConfig.{name} must be a positive integer, got {value!r}")
+        limit = self.exact_max_seconds
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
+            raise ConfigError(f"ChunkConfig.exact_max_seconds must be a positive number of seconds, got {limit!r}")
+        window = self.hubert_window_seconds
+        if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float))
+                                   or not 0 < window < float("inf")):
+            raise ConfigError(f"ChunkConfig.hubert_window_seconds must be None or a positive number, got {window!r}")
         ctx = self.hubert_context
         if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0:
             raise ConfigError(f"ChunkConfig.hubert_context must be a non-negative integer, got {ctx!r}")
@@ -354,6 +383,20 @@ def _product(values: Any) -> int:
     for v in values:
         n *= int(v)
     return n
+
+
+def _flag(value: Any, key: str) -> bool:
+    """A JSON boolean; strings such as ``"false"`` and numbers are refused (bool("false") is True)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"config entry {key!r} must be true or false, not {value!r}")
+    return value
+
+
+def _integer(value: Any, key: str) -> int:
+    """A JSON integer; booleans, strings and fractions are refused."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"config entry {key!r} must be an integer, not {value!r}")
+    return value
 
 
 def _read_json(path: str | Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ left untouched: readers never see a partial file.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -24,6 +25,21 @@ def temp_path_for(path: str | Path) -> Path:
     """A fresh hidden temporary path next to ``path`` with the same suffix (nothing is created)."""
     p = Path(path)
     return p.with_name(f".{p.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{p.suffix}")
+
+
+def write_reason(exc: BaseException) -> str:
+    """Why a write failed, in a few words: a full disk (or a file-size limit) is said as such.
+
+    Works for ``OSError`` with an errno and for libraries that only put the system's
+    message in their text (pyarrow's ``OSError``, libsndfile).
+    """
+    text = " ".join(str(exc).split())
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "Disk quota" in text:
+        return "no space left on the device"
+    if code == errno.EFBIG or "File too large" in text:
+        return "file too large for this file system or for the limits of this process"
+    return text or type(exc).__name__
 
 
 def _fsync_file(path: Path) -> None:
@@ -42,6 +58,8 @@ def _fsync_file(path: Path) -> None:
 
 def _remove_quietly(path: Path) -> None:
     """Delete ``path`` if it exists, logging (not raising) on failure."""
+    if not os.path.lexists(path):  # never created (e.g. the write failed before opening it)
+        return
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:

@@ -64,7 +64,7 @@ def golden_case(request) -> dict[str, torch.Tensor]:
 
 
 GOLDEN_CLI = GOLDEN / "cli"
-CLI_CASES = ("ground_truth", "tone", "edge")
+CLI_CASES = ("ground_truth", "tone", "edge", "long40")
 
 
 @pytest.fixture(scope="session", params=CLI_CASES)

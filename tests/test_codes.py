@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import math
 import os
@@ -92,6 +93,9 @@ def test_properties_and_bitrate() -> None:
         {"speaker": torch.tensor([0.0, float("nan")])}, {"speaker": torch.tensor([float("inf")])},
         {"sample_rate": 0}, {"sample_rate": True}, {"num_samples": -1}, {"lead": 1.5},
         {"lead": 8000, "num_samples": 5 * 1920 - 7999}, {"model": {"analyzer": 3}}, {"model": None},
+        {"attention": "sliding"}, {"attention": "windowed"}, {"attention": "windowed", "hubert_window": 0},
+        {"attention": "windowed", "hubert_window": float("inf")}, {"attention": "windowed", "hubert_window": "20"},
+        {"attention": "full", "hubert_window": 20.0}, {"hubert_window": 20.0},
     ],
 )
 def test_validate_rejects(change: dict) -> None:
@@ -137,6 +141,21 @@ def test_round_trip_edge_cases(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(CodesError, match="invalid"):
         save_codes(Codes(tokens=TOK.float(), speaker=SPK), tmp_path / f"f{suffix}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"empty{suffix}", f"extremes{suffix}"])
+
+
+@pytest.mark.parametrize("suffix", TOKEN_SUFFIXES)
+def test_round_trip_records_the_attention(tmp_path: Path, suffix: str) -> None:
+    """Every token format tells exact tokens (full attention) from approximate ones (windows)."""
+    codes = make_codes()
+    for attention, window in (("full", None), ("windowed", 20.04), (None, None)):
+        c = dataclasses.replace(codes, attention=attention, hubert_window=window)
+        back = load_codes(save_codes(c, tmp_path / f"a{suffix}"))
+        assert (back.attention, back.hubert_window, back.exact) == (attention, window, c.exact)
+        assert (back.summary()["attention"], back.summary()["hubert_window"]) == (attention, window)
+    assert [c.exact for c in (dataclasses.replace(codes, attention="full"), codes)] == [True, None]
+    if suffix == ".soc":  # unknown stays out of the header: files without the keys still read
+        save_codes(codes, tmp_path / "old.soc")
+        assert not {"attention", "hubert_window"} & set(soc_parts(tmp_path / "old.soc")[1])
 
 
 def test_soc_model_identity_too_large(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import importlib
 import logging
 import sys
 
-from socodec.cli.common import MissingExtra, UsageError, logging_flags, run_command, setup_logging
+from socodec.cli.common import EXIT_USAGE, MissingExtra, UsageError, logging_flags, run_command, setup_logging
 
 __all__ = ["COMMANDS", "main", "UsageError"]
 
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``socodec`` and ``python -m socodec``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(*logging_flags(argv))
+    if not argv:
+        from socodec.cli.parser import build_parser, commands_text
+
+        sys.stderr.write(f"{build_parser().format_usage()}\n{commands_text()}\n\n'socodec --help' for the options\n")
+        return EXIT_USAGE
     if argv and argv[0] in COMMANDS:
         name, rest = argv[0], argv[1:]
         return run_command(lambda args: _command(name).main(args), rest)

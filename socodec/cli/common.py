@@ -15,9 +15,9 @@ import argparse
 import ipaddress
 import logging
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
-from socodec.errors import SoCodecError, one_line
+from socodec.errors import ErrorLimit, SoCodecError, one_line
 
 log = logging.getLogger("socodec")
 
@@ -39,6 +39,17 @@ class MissingExtra(SoCodecError):
                          f"pip install 'socodec[{extra}]'")
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose option errors are one line (``UsageError``, exit status 2), not the usage text.
+
+    Every ``socodec`` command builds its parser from this class, so ``--streams 7`` and
+    ``--sample-format pcm8`` are reported alike: ``socodec: ERROR: <what>; see 'socodec --help'``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
 def require_extra(what: str, extra: str, *modules: str) -> None:
     """Raise :class:`MissingExtra` unless every module in ``modules`` can be imported.
 
@@ -51,6 +62,20 @@ def require_extra(what: str, extra: str, *modules: str) -> None:
             importlib.import_module(name)
         except ImportError:
             raise MissingExtra(what, name, extra) from None
+
+
+def add_max_errors_argument(p: argparse.ArgumentParser) -> None:
+    """``--max-errors``: the failed-input limit of the batch commands (parsed into an :class:`ErrorLimit`)."""
+
+    def limit(text: str) -> ErrorLimit:
+        try:
+            return ErrorLimit.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("--max-errors takes", "takes")) from None
+
+    p.add_argument("--max-errors", type=limit, default=ErrorLimit(), metavar="N|P%",
+                   help="stop when more inputs than this fail: a count, a percentage of the inputs done "
+                        "(judged after 100 inputs) or 'none' (default: 1%%)")
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -52,4 +52,8 @@ def convert(opts: ConvertOptions) -> int:
         if len(todo) < len(jobs):
             log.info("skipping %d of %d files: their output exists", len(jobs) - len(todo), len(jobs))
         jobs = todo
-    return run_jobs(jobs, opts)
+    new_folder = bool(jobs) and jobs[0].output != opts.output and not opts.output.exists()
+    status = run_jobs(jobs, opts)
+    if new_folder and opts.output.is_dir():  # said once it exists, never for a folder left uncreated
+        log.info("%s/: new folder with %d output file%s", opts.output, len(jobs), "s" if len(jobs) > 1 else "")
+    return status

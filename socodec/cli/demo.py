@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from socodec.cli.common import EXIT_OK, UsageError, add_host_argument, is_loopback, require_extra
+from socodec.cli.common import (
+    EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, add_host_argument, is_loopback, require_extra,
+)
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.errors import SoCodecError
@@ -36,7 +39,7 @@ class DemoOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec demo",
         description="A local web app: speech -> tokens (.soc/.pt, token table) -> speech at 1-4 streams, "
                     "voice swap, token file decoding. Stop it with Ctrl-C.",
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'on' asks Gradio's servers for a public link to this app (default: off)")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_model_arguments(p)
+    add_model_arguments(p, batch_size=False)
     return p
 
 
@@ -78,13 +81,26 @@ def main(argv: list[str]) -> int:
         try:
             app = launch(DemoHandlers(codec, Path(workdir)), opts.host, opts.port, opts.share, block=False)
         except OSError as exc:
-            where = f"{opts.host}:{opts.port}" if opts.port else opts.host
-            raise SoCodecError(f"cannot listen on {where} ({exc.strerror or exc})") from None
+            raise SoCodecError(_listen_failure(opts, exc)) from None
         log.info("socodec demo running at %s (Ctrl-C to stop)", app.local_url)
         if app.share_url:
             log.info("public link: %s", app.share_url)
         try:
-            app.block_thread()
+            while app.is_running:  # not Gradio's block_thread: it swallows Ctrl-C and prints to stdout
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            log.info("socodec demo stopped")
+            return EXIT_INTERRUPTED
         finally:
             app.close()
     return EXIT_OK
+
+
+def _listen_failure(opts: DemoOptions, exc: OSError) -> str:
+    """Why the demo cannot listen, in our words and with our options (Gradio's names its own settings)."""
+    if opts.port is None:
+        return (f"cannot listen on {opts.host}: no free port from 7860 on; choose one with --port "
+                f"({exc.strerror or 'all in use'})")
+    if exc.strerror:
+        return f"cannot listen on {opts.host}:{opts.port} ({exc.strerror}); choose another --host or --port"
+    return f"cannot listen on {opts.host}:{opts.port}: the port is in use; choose another with --port"

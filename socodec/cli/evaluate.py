@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from socodec.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, require_extra
+from socodec.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError,
+                                 add_max_errors_argument, require_extra)
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.config import DEFAULT_PADDING, PADDINGS
-from socodec.errors import SoCodecError
+from socodec.errors import ErrorLimit, SoCodecError
 
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.evaluate.run import EvalRun
@@ -49,10 +50,11 @@ class EvalOptions:
     force: bool = False
     quiet: bool = False
     model: ModelOptions = field(default_factory=ModelOptions)
+    max_errors: ErrorLimit = field(default_factory=ErrorLimit)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec eval",
         description="Analysis-synthesis of every input at each stream count, with PESQ, STOI, ESTOI, log-mel "
                     "distance, SI-SDR, multi-resolution STFT distance, bitrate and speaker similarity. "
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="replace an existing report in REPORT_DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar or table")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_max_errors_argument(p)
     add_model_arguments(p)
     return p
 
@@ -100,7 +103,7 @@ def parse_options(argv: list[str]) -> EvalOptions:
     return EvalOptions(
         inputs=tuple(ns.inputs), report_dir=ns.output, streams=_streams(ns.streams), examples=ns.examples,
         clip_seconds=ns.clip_seconds, lead=not ns.no_lead, padding=ns.padding, force=ns.force, quiet=ns.quiet,
-        model=model_options(ns),
+        model=model_options(ns), max_errors=ns.max_errors,
     )
 
 
@@ -156,7 +159,8 @@ def main(argv: list[str]) -> int:
     apply_threads(opts.model)
     codec = load_codec(opts.model)
     config = EvalConfig(streams=opts.streams, batch_size=opts.model.batch_size, examples=opts.examples,
-                        clip_seconds=opts.clip_seconds, lead=opts.lead, padding=opts.padding)
+                        clip_seconds=opts.clip_seconds, lead=opts.lead, padding=opts.padding,
+                        max_errors=opts.max_errors)
     bar = tqdm(total=len(items), unit="file", disable=opts.quiet or None, dynamic_ncols=True)
 
     def report(line: str) -> None:
@@ -185,6 +189,7 @@ def main(argv: list[str]) -> int:
     html = write_report(run, opts.report_dir)
     if not opts.quiet:
         _print_means(run)
-    log.info("%d of %d files measured, %d failed; report: %s", len(run.results), len(run.results) + len(run.errors),
-             len(run.errors), html)
+    fallbacks = f"; {run.fallbacks} batches redone one by one" if run.fallbacks else ""
+    log.info("%d of %d files measured, %d failed%s; report: %s", len(run.results), len(run.results) + len(run.errors),
+             len(run.errors), fallbacks, html)
     return EXIT_FAILED if run.errors else EXIT_OK

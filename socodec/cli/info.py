@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from socodec.cli.common import Parser
 from socodec.codes import load_codes
 from socodec.errors import SoCodecError, one_line
 
@@ -17,7 +18,7 @@ log = logging.getLogger("socodec")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="socodec info", description="Describe token files (.soc or .pt).")
+    p = Parser(prog="socodec info", description="Describe token files (.soc or .pt).")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -36,6 +37,7 @@ def main(argv: list[str]) -> int:
             log.error("%s", one_line(exc))
             status = 1
             continue
+        summary["model"] = dict(sorted((summary.get("model") or {}).items()))  # one order for .pt and .soc
         summary["file"] = str(path)
         results.append(summary)
         if not args.json:
@@ -57,9 +59,20 @@ def format_summary(s: dict) -> str:
         f"  input length  {s['num_samples'] if s['num_samples'] is not None else 'unknown'} samples, "
         f"lead {s['lead'] if s['lead'] is not None else 'unknown'}",
         f"  padding       {s.get('padding') or 'unknown'}",
+        f"  attention     {_attention(s)}",
         f"  model         {model}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _attention(s: dict) -> str:
+    """How HuBERT's attention saw the input: whether the tokens are the published ones."""
+    attention = s.get("attention")
+    if attention == "full":
+        return "full (the published model's tokens)"
+    if attention == "windowed":
+        return f"windowed, {s.get('hubert_window'):g} s windows (approximate tokens)"
+    return "unknown (not recorded in this file)"
 
 
 def _rate(bitrate: float | None) -> str:

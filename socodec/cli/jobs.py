@@ -95,13 +95,14 @@ def plan_jobs(inputs: list[Path] | tuple[Path, ...], output: Path, to: str | Non
                              f"a file; drop -t (the suffix {output.suffix} decides), or name a folder")
         if output.exists() and not output.is_dir():
             raise SoCodecError(f"{output}: several inputs need an output directory, and this is a file")
+        if not output.exists() and output.suffix.lower() in (*OUTPUT_SUFFIXES, *AUDIO_SUFFIXES):
+            raise UsageError(f"{output}: several inputs are written into a folder, but this names a file "
+                             f"({output.suffix}); name a folder (and choose its files' suffix with -t)")
         jobs = []
         for item in inputs:
             for path, rel in _expand(item):
                 suffix = to or (".wav" if is_token_file(path) else ".soc")
                 jobs.append(Job(path, output / rel.with_suffix(suffix)))
-        if not output.exists():
-            log.info("%s/: new folder for %d output file%s", output, len(jobs), "s" if len(jobs) > 1 else "")
     writers: dict[Path, Path] = {}
     for job in jobs:
         _check_route(job)
@@ -119,7 +120,7 @@ def _check_route(job: Job) -> None:
             f"(audio: {' '.join(AUDIO_SUFFIXES)}; tokens: {' '.join(TOKEN_SUFFIXES)})"
         )
     if job.output.suffix.lower() not in WRITE_SUFFIXES and not is_token_file(job.output):
-        raise SoCodecError(
+        raise UsageError(
             f"{job.output}: unsupported output suffix '{job.output.suffix}' "
             f"(audio: {' '.join(WRITE_SUFFIXES)}; tokens: {' '.join(TOKEN_SUFFIXES)})"
         )
@@ -146,6 +147,10 @@ def check_options(jobs: list[Job], coding: CodingOptions) -> None:
     if coding.sample_format is not None and not decoded:
         raise UsageError("--sample-format only acts on audio outputs (.wav, .flac), and every output here is a "
                          "token file")
+    flac = [job.output for job in jobs if job.output.suffix.lower() == ".flac"]
+    if coding.sample_format == "float" and flac:
+        raise UsageError(f"{flac[0]}: FLAC cannot hold float samples; choose --sample-format pcm16 or pcm24, "
+                         "or a .wav output")
     analysis_options = (("--no-lead", not coding.lead), (f"--padding {coding.padding}", coding.padding != "published"))
     for name, changed in analysis_options:
         if changed and not analysed and not speaker_analysed:

@@ -11,6 +11,7 @@ A command that needs the model calls :func:`add_model_arguments` on its parser,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,8 +28,13 @@ if TYPE_CHECKING:  # the codec (and its torch modules) load only when a command 
 log = logging.getLogger(__name__)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``model`` argument group (checkpoints, configs, device, dtype, threads, batch size)."""
+def add_model_arguments(parser: argparse.ArgumentParser, threads_default: str = "torch's choice",
+                        batch_size: bool = True) -> None:
+    """Add the ``model`` argument group (checkpoints, configs, device, dtype, threads, batch size).
+
+    ``threads_default`` is how ``--help`` states the default of ``--threads``; ``batch_size``
+    False leaves ``--batch-size`` out (for a command that handles one input at a time).
+    """
     model = parser.add_argument_group("model")
     model.add_argument("--ckpt-dir", type=Path, default=None,
                        help="folder with the three released files (default: $SOCODEC_CKPT_DIR or ./ckpts)")
@@ -38,18 +44,33 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                        help="precision of HuBERT (and on CUDA the vocoder): float16 on CUDA; bfloat16 on CUDA or "
                             "on CPUs with native bf16, where it makes analysis ~2.5x faster (default: float32)")
-    model.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    model.add_argument("--threads", type=int, default=None, help=f"CPU threads for torch (default: {threads_default})")
     model.add_argument("--no-download", action="store_true", help="never download missing weights")
-    model.add_argument("--batch-size", type=int, default=1, metavar="N",
-                       help="run up to N files of similar length through the model together (default: %(default)s)")
+    if batch_size:
+        model.add_argument("--batch-size", type=int, default=1, metavar="N",
+                           help="run up to N files of similar length through the model together "
+                                "(default: %(default)s)")
+    model.add_argument("--hubert-window", type=float, default=None, metavar="SECONDS",
+                       help="analyse inputs longer than SECONDS with HuBERT attention in windows of that length: "
+                            "linear time, tokens close to but not the published ones (default: attention over the "
+                            "whole input, the published tokens)")
+    model.add_argument("--exact-max-seconds", type=float, default=600.0, metavar="SECONDS",
+                       help="longest input analysed with attention over the whole input; longer ones fall back "
+                            "to 20 s windows with a warning (default: %(default)g, time grows with the square "
+                            "of the length)")
 
 
 def model_options(ns: argparse.Namespace) -> ModelOptions:
     """The typed model options of a namespace filled by :func:`add_model_arguments`."""
     if ns.threads is not None and ns.threads < 1:
         raise UsageError("--threads must be at least 1")
-    if ns.batch_size < 1:
+    batch = getattr(ns, "batch_size", 1)
+    if batch < 1:
         raise UsageError("--batch-size must be at least 1")
+    if ns.hubert_window is not None and not 0.12 <= ns.hubert_window < float("inf"):
+        raise UsageError("--hubert-window must be at least 0.12 seconds (one token frame)")
+    if not 0 < ns.exact_max_seconds < float("inf"):
+        raise UsageError("--exact-max-seconds must be a positive number of seconds")
     try:
         torch.device(ns.device)
     except (RuntimeError, ValueError):
@@ -62,7 +83,9 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
         dtype=DTYPES[ns.dtype],
         threads=ns.threads,
         allow_download=not ns.no_download,
-        batch_size=ns.batch_size,
+        batch_size=batch,
+        hubert_window=ns.hubert_window,
+        exact_max_seconds=ns.exact_max_seconds,
     )
 
 
@@ -82,15 +105,20 @@ def load_codec(opts: ModelOptions, analysis: bool = True) -> SoCodec:
     this torch cannot use, a dtype the device does not support).
     """
     from socodec.codec import SoCodec
+    from socodec.inference.heap import trim_heap_after_calls
     from socodec.loading.download import resolve_checkpoints
 
+    trim_heap_after_calls()  # the command line owns its process: hand freed memory back file after file
     paths = resolve_checkpoints(opts.ckpt_dir, allow_download=opts.allow_download, need_hubert=analysis)
     try:
-        return SoCodec.from_files(
+        codec = SoCodec.from_files(
             paths.hubert if paths.hubert.is_file() else None, paths.analyzer, paths.vocoder,
             analyzer_config=opts.analyzer_config, vocoder_config=opts.vocoder_config,
             device=opts.device, dtype=opts.dtype, lazy_hubert=not analysis,
         )
+        codec.chunks = dataclasses.replace(codec.chunks, exact_max_seconds=opts.exact_max_seconds,
+                                           hubert_window_seconds=opts.hubert_window)
+        return codec
     except SoCodecError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. torch refusing the device: one line, not a traceback

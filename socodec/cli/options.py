@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from socodec.errors import ErrorLimit
+
 #: ``--dtype`` names and the torch types they stand for.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -38,6 +40,8 @@ class ModelOptions:
     threads: int | None = None
     allow_download: bool = True
     batch_size: int = 1
+    hubert_window: float | None = None
+    exact_max_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
@@ -78,6 +82,7 @@ class ConvertOptions:
     model: ModelOptions = field(default_factory=ModelOptions)
     coding: CodingOptions = field(default_factory=CodingOptions)
     ids: tuple[str, ...] | None = None
+    max_errors: ErrorLimit = field(default_factory=ErrorLimit)
 
     @property
     def to_stdout(self) -> bool:

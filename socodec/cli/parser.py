@@ -12,20 +12,38 @@ from pathlib import Path
 
 from socodec import __version__
 from socodec.audio import SAMPLE_FORMATS, WRITE_SUFFIXES
-from socodec.cli.common import UsageError
+from socodec.cli.common import Parser, UsageError, add_max_errors_argument
 from socodec.cli.model import add_model_arguments, model_options
 from socodec.cli.options import CodingOptions, ConvertOptions
 from socodec.codes import TOKEN_SUFFIXES
 from socodec.config import PADDINGS
 
 
+#: The subcommands as ``socodec --help`` lists them (``socodec COMMAND --help`` tells more).
+COMMAND_SUMMARIES: dict[str, str] = {
+    "info": "describe token files (.soc, .pt)",
+    "tokenize": "a speech corpus -> Parquet token shards (extra: corpus)",
+    "eval": "quality report of the codec on your audio (extra: eval)",
+    "demo": "a local web app to try the codec (extra: demo)",
+    "train": "fine-tune the analyzer or vocoder (extra: train)",
+}
+
+
+def commands_text() -> str:
+    """The subcommand list of ``socodec --help`` and of ``socodec`` run without arguments."""
+    width = max(map(len, COMMAND_SUMMARIES))
+    rows = "\n".join(f"  socodec {name:<{width}}  {what}" for name, what in COMMAND_SUMMARIES.items())
+    return f"commands ('socodec COMMAND --help' for each):\n{rows}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec",
         description="SoCodec speech codec: 16 kHz speech <-> 4 x 16384-value token streams "
         "(120 ms frames, 467 bit/s) + a speaker vector.",
-        epilog="Routes by suffix: audio->audio, audio->tokens (.soc/.pt), tokens->audio, tokens->tokens. "
-        "'socodec info FILE' describes a token file.",
+        epilog="Routes by suffix: audio->audio, audio->tokens (.soc/.pt), tokens->audio, tokens->tokens.\n\n"
+        + commands_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="audio or token files, directories or globs")
     p.add_argument("output", type=Path, metavar="OUT",
@@ -35,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output suffix in directory mode (default: .soc for audio inputs, .wav for tokens)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
+    add_max_errors_argument(p)
     add_model_arguments(p)
     coding = p.add_argument_group("coding")
     coding.add_argument("--streams", type=int, default=None, metavar="K",
@@ -77,6 +96,7 @@ def convert_options(ns: argparse.Namespace) -> ConvertOptions:
         model=model_options(ns),
         coding=coding,
         ids=None if ns.ids is None else tuple(i for i in ns.ids.split(",") if i),
+        max_errors=ns.max_errors,
     )
 
 

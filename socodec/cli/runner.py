@@ -1,7 +1,9 @@
 """Running the convert command's jobs (:mod:`socodec.cli.jobs`) with one model.
 
 Every job writes atomically, so a failed or interrupted job leaves no output;
-one job's failure is reported on one line and the others go on. With
+one job's failure (a bad input) is reported on one line and the others go on, up to
+``--max-errors``; a failure that is not the input's (out of memory, a bug) stops the run
+at once (the outputs written so far are complete; ``--skip-existing`` resumes). With
 ``--batch-size`` the jobs are grouped by input size and each group goes through
 the model as one batch first (:meth:`Runner.prefetch`).
 """
@@ -20,14 +22,13 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from tqdm import tqdm
 
-from socodec.audio import load_audio, save_audio, save_audio_stream
+from socodec.audio import file_duration, load_audio, save_audio, save_audio_stream
 from socodec.cli.jobs import Job, is_audio_file, is_token_file
 from socodec.cli.model import load_codec
 from socodec.cli.options import ConvertOptions
 from socodec.codes import Codes, load_codes, save_codes
 from socodec.config import SAMPLE_RATE
-from socodec.errors import SoCodecError, one_line
-from socodec.sources import file_duration
+from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line
 
 if TYPE_CHECKING:
     from socodec.codec import SoCodec
@@ -46,6 +47,8 @@ class Runner:
         self._speaker: torch.Tensor | None = None
         self._encoded: dict[Job, Codes] = {}  # filled by prefetch (--batch-size)
         self._decoded: dict[Job, torch.Tensor] = {}
+        self._warned_model = False
+        self.fallbacks = Fallbacks(log)
 
     @property
     def codec(self) -> SoCodec:
@@ -97,6 +100,7 @@ class Runner:
         else:
             codes = self.encode(job.input)
         if not is_token_file(job.output):
+            self.check_model(codes, job.input)
             codes = self.adjust(codes)
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +114,21 @@ class Runner:
                 save_audio(job.output, self._decoded.pop(job), sample_format=fmt)
             else:  # written piece by piece: hours of audio are never held whole
                 save_audio_stream(job.output, self.codec.decode_iter(codes), sample_format=fmt)
+
+    def check_model(self, codes: Codes, source: Path) -> None:
+        """Warn (once a run) when ``codes`` were made by another analyzer than the one decoding them.
+
+        Token files record the fingerprints of the weights that made them; a model of the same
+        size but other weights (a fine-tuned export, say) decodes them without error, into
+        other sounds than the tokens stood for.
+        """
+        made_by, ours = codes.model.get("analyzer"), self.codec.identity.get("analyzer")
+        if self._warned_model or not made_by or not ours or made_by == ours:
+            return
+        self._warned_model = True
+        log.warning("%s: made by another analyzer (%s) than the one decoding it (%s, from the model options); "
+                    "the audio may not be what the tokens stood for: decode with the model that made them",
+                    source, made_by, ours)
 
     def adjust(self, codes: Codes) -> Codes:
         """Apply ``--streams`` and ``--speaker`` to ``codes``."""
@@ -130,37 +149,41 @@ class Runner:
         todo = [job for job in group if job.needs_model and (self.opts.force or not job.output.exists())]
         if len(todo) < 2:
             return
-        try:
-            audio = {}
-            codec = self.codec
-            for job in todo:
-                if not is_token_file(job.input):
-                    try:
-                        if codec.analysed_whole(math.ceil(file_duration(job.input) * SAMPLE_RATE)):
-                            audio[job] = load_audio(job.input)  # longer files stream alone in run()
-                    except SoCodecError:
-                        continue
-            if len(audio) > 1:
-                with _without_range_warning():
-                    encoded = codec.encode(list(audio.values()), lead=self.opts.coding.lead,
-                                           padding=self.opts.coding.padding)
-                self._encoded.update(zip(audio, encoded))
-            decode = {}
-            for job in todo:
-                if not is_token_file(job.output) and (job in self._encoded or is_token_file(job.input)):
-                    try:
-                        codes = self.adjust(self._encoded[job] if job in self._encoded else load_codes(job.input))
-                    except SoCodecError:
-                        continue
-                    if codec.decoded_whole(codes.num_frames):
-                        decode[job] = codes  # longer ones are written piece by piece in run()
-            if len(decode) > 1:
-                self._decoded.update(zip(decode, codec.decode(list(decode.values()))))
-        except Exception as exc:  # noqa: BLE001 - the jobs then run one by one and report their own errors
-            log.debug("batch of %d files failed (%s); running them one by one", len(todo), one_line(exc))
-            for job in todo:
+        if self.fallbacks.batch(lambda: self._prefetch(todo), len(todo)) is None:
+            for job in todo:  # they run one by one in run() and report their own errors
                 self._encoded.pop(job, None)
                 self._decoded.pop(job, None)
+
+    def _prefetch(self, todo: list[Job]) -> bool:
+        """The batched work of :meth:`prefetch` (True when done; it raises when the batch fails)."""
+        audio = {}
+        codec = self.codec
+        for job in todo:
+            if not is_token_file(job.input):
+                try:
+                    if codec.analysed_whole(math.ceil(file_duration(job.input) * SAMPLE_RATE)):
+                        audio[job] = load_audio(job.input)  # longer files stream alone in run()
+                except SoCodecError:
+                    continue
+        if len(audio) > 1:
+            with _without_range_warning():
+                encoded = codec.encode(list(audio.values()), lead=self.opts.coding.lead,
+                                       padding=self.opts.coding.padding)
+            self._encoded.update(zip(audio, encoded))
+        decode = {}
+        for job in todo:
+            if not is_token_file(job.output) and (job in self._encoded or is_token_file(job.input)):
+                try:
+                    codes = self._encoded[job] if job in self._encoded else load_codes(job.input)
+                    self.check_model(codes, job.input)
+                    codes = self.adjust(codes)
+                except SoCodecError:
+                    continue
+                if codec.decoded_whole(codes.num_frames):
+                    decode[job] = codes  # longer ones are written piece by piece in run()
+        if len(decode) > 1:
+            self._decoded.update(zip(decode, codec.decode(list(decode.values()))))
+        return True
 
 
 def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
@@ -185,10 +208,14 @@ def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
             except SoCodecError as exc:
                 failed += 1
                 _report(bar, _naming(job, one_line(exc)))
-            except Exception as exc:  # noqa: BLE001 - anything else the libraries raise: one line, go on
+            except Exception as exc:  # noqa: BLE001 - the input's fault: one line, go on; else stop here
+                if not is_item_error(exc):
+                    raise
                 failed += 1
                 log.debug("%s failed", job.input, exc_info=True)
                 _report(bar, f"{job.input}: failed ({type(exc).__name__}: {one_line(exc)})")
+            if failed and opts.max_errors.exceeded(failed, done + failed):
+                raise SoCodecError(opts.max_errors.message(failed, done + failed, "the lines above"))
     except KeyboardInterrupt:
         bar.close()
         log.error("interrupted: %d of %d files done, no partial output left; "
@@ -197,7 +224,8 @@ def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
     finally:
         bar.close()
     if len(jobs) > 1:
-        log.info("%d of %d files done, %d failed", len(jobs) - failed, len(jobs), failed)
+        fallbacks = f"; {runner.fallbacks.count} batches redone one by one" if runner.fallbacks.count else ""
+        log.info("%d of %d files done, %d failed%s", len(jobs) - failed, len(jobs), failed, fallbacks)
     return 1 if failed else 0
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from socodec.cli.common import EXIT_OK, UsageError, add_host_argument, is_loopback, require_extra
+from socodec.cli.common import EXIT_OK, Parser, UsageError, add_host_argument, is_loopback, require_extra
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 
@@ -48,7 +48,7 @@ class ServeCommand:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec serve",
         description="Serve the codec over HTTP and WebSocket: POST /v1/encode, POST /v1/decode, WS /v1/stream "
                     "(streaming synthesis), GET /healthz, GET /metrics. Stop it with Ctrl-C.",
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer <value of $VAR>' on every route but /healthz")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_model_arguments(p)
+    add_model_arguments(p, batch_size=False)
     return p
 
 

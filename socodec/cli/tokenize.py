@@ -14,7 +14,7 @@ import functools
 import logging
 from pathlib import Path
 
-from socodec.cli.common import UsageError, require_extra
+from socodec.cli.common import Parser, UsageError, add_max_errors_argument, require_extra
 from socodec.cli.model import add_model_arguments, load_codec, model_options
 from socodec.config import DEFAULT_PADDING, PADDINGS
 
@@ -27,13 +27,12 @@ DEFAULT_SHARD_SIZE = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec tokenize",
         description="Tokenise a speech corpus into Parquet shards (one row per utterance: id, tokens, speaker "
         "vector, ...). Rerun the same command to resume after an interruption.",
         epilog="Inputs: audio files, folders (recursive), quoted globs, Kaldi/WeNet data folders (wav.scp, "
-        "optional segments) and JSONL manifests (audio_filepath, optional id, offset, duration). "
-        "Here --threads defaults to the CPU cores divided among the workers.",
+        "optional segments) and JSONL manifests (audio_filepath, optional id, offset, duration).",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders, globs, manifests")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
@@ -48,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="published: the published command line's tokens (default); grid: pad to the 120 ms grid")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local Ray")
-    add_model_arguments(p)
+    add_max_errors_argument(p)
+    add_model_arguments(p, threads_default="the CPU cores divided among the workers")
     p.set_defaults(batch_size=DEFAULT_BATCH_SIZE)
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     opts = TokenizeOptions(
         inputs=tuple(args.inputs), out_dir=args.output, engine=args.engine, workers=args.workers,
         threads=model.threads, shard_size=args.shard_size, batch_size=model.batch_size, padding=args.padding,
-        device=model.device, ray_address=args.ray_address, quiet=args.quiet,
+        device=model.device, ray_address=args.ray_address, quiet=args.quiet, max_errors=args.max_errors,
     )
     try:
         summary = tokenize(opts, functools.partial(load_codec, model))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from socodec.cli.common import EXIT_INTERRUPTED, UsageError
+from socodec.cli.common import EXIT_INTERRUPTED, Parser, UsageError
 from socodec.cli.options import DTYPES
 
 __all__ = ["TrainOptions", "build_parser", "main", "train_options"]
@@ -43,7 +43,7 @@ class TrainOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec train",
         description="Fine-tune the SoCodec analyzer (encoder, quantiser, speaker encoder, decoders) on your speech; "
         "HuBERT stays frozen and the vocoder fixed. Rerun the same command to resume.",

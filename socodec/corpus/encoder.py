@@ -4,7 +4,9 @@
 (``codec.encode(list)``, each result equal to the clip's own) and returns an Arrow
 table: the shard columns plus the bookkeeping columns of :data:`RESULT_COLUMNS`. An
 item that cannot be read or encoded becomes a row with an ``_error`` (and empty tokens)
-instead of stopping the batch.
+instead of stopping the batch; a failure that is not the item's (out of memory, a bug) is
+raised and stops the run. A batch that fails as a whole is redone item by item; the
+table's schema metadata :data:`FALLBACK_KEY` says so (the run counts them).
 """
 
 from __future__ import annotations
@@ -17,21 +19,22 @@ import torch
 
 from socodec.codes import Codes
 from socodec.config import DEFAULT_PADDING, PADDINGS
-from socodec.corpus.items import WorkItem
 from socodec.corpus.plan import LONG_SECONDS, Batch
 from socodec.corpus.reading import item_name, probe_seconds, read_item
 from socodec.corpus.schema import codes_table, pa, shard_schema
-from socodec.errors import SoCodecError, one_line
+from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
 
-__all__ = ["BatchEncoder", "RESULT_COLUMNS", "load_encoder"]
+__all__ = ["BatchEncoder", "FALLBACK_KEY", "RESULT_COLUMNS", "load_encoder"]
 
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("_shard", "_pos", "_error", "_model")
 """Bookkeeping columns of a result table: shard index, work-list position, error (null: ok), model JSON."""
+FALLBACK_KEY = b"socodec_fallback"
+"""Schema metadata key of a result table whose batch was redone item by item (value ``b"1"``)."""
 
 
 class BatchEncoder:
@@ -48,6 +51,7 @@ class BatchEncoder:
         self.codec = codec
         self.padding = padding
         self._model = json.dumps(dict(codec.identity), sort_keys=True)
+        self.fallbacks = Fallbacks(log)
 
     def _encode(self, x):
         return self.codec.encode(x, padding=self.padding)
@@ -63,23 +67,21 @@ class BatchEncoder:
                 else:
                     wav, seconds = read_item(item)
                     clips.append((j, wav, seconds))
-            except Exception as exc:  # noqa: BLE001 - a bad input is recorded, never stops the run
+            except Exception as exc:  # noqa: BLE001 - a bad input is recorded, anything else stops the run
+                if not is_item_error(exc):
+                    raise
                 results[j] = (None, 0.0, _reason(exc))
+        fallback = False
         if clips:
-            try:
-                encoded = self._encode([wav for _, wav, _ in clips])
-            except Exception:  # noqa: BLE001 - find the culprit: each clip alone
-                log.debug("batch of %d failed; encoding its items one by one", len(clips), exc_info=True)
-                encoded = [self._encode_alone(batch.items[j], wav) for j, wav, _ in clips]
+            encoded = self.fallbacks.batch(lambda: self._encode([wav for _, wav, _ in clips]), len(clips))
+            if encoded is None:  # find the culprit: each clip alone
+                fallback = True
+                encoded = Fallbacks.each([wav for _, wav, _ in clips], self._encode)
             for (j, _, seconds), codes in zip(clips, encoded):
-                results[j] = (codes, seconds, None) if isinstance(codes, Codes) else (None, 0.0, codes)
-        return self._table(batch, results)
-
-    def _encode_alone(self, item: WorkItem, wav: torch.Tensor) -> Codes | str:
-        try:
-            return self._encode(wav)
-        except Exception as exc:  # noqa: BLE001
-            return _reason(exc, item_name(item))
+                results[j] = ((codes, seconds, None) if isinstance(codes, Codes)
+                              else (None, 0.0, _reason(codes, item_name(batch.items[j]))))
+        table = self._table(batch, results)
+        return table.replace_schema_metadata({FALLBACK_KEY: b"1"}) if fallback else table
 
     def _table(self, batch: Batch, results: list[tuple[Codes | None, float, str | None]]) -> pa.Table:
         ok = [j for j, r in enumerate(results) if r[0] is not None]
@@ -113,7 +115,11 @@ def _reason(exc: BaseException, name: str | None = None) -> str:
 
 
 def load_encoder(load: Callable[[], SoCodec], threads: int | None, padding: str) -> BatchEncoder:
-    """Set torch's thread count, load the model with ``load()`` and wrap it (each worker does this once)."""
+    """Set torch's thread count, turn heap trimming on, load the model with ``load()`` and wrap it
+    (each worker does this once; the worker process is ours)."""
+    from socodec.inference.heap import trim_heap_after_calls
+
+    trim_heap_after_calls()
     if threads:
         torch.set_num_threads(threads)
     return BatchEncoder(load(), padding)

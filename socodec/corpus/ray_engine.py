@@ -122,8 +122,17 @@ def _start(ray, workers: int, address: str | None, log_level: int) -> None:
         else:
             ray.init(num_cpus=max(os.cpu_count() or 1, workers + 2), **kwargs)
     except Exception as exc:  # noqa: BLE001 - e.g. no cluster at the address
-        raise SoCodecError(f"cannot start Ray{f' at {address}' if address else ''}: {_original_message(exc)}") \
-            from None
+        raise SoCodecError(_start_failure(address, _original_message(exc))) from None
+
+
+def _start_failure(address: str | None, reason: str) -> str:
+    """Why Ray did not start, in our words: Ray's own advice names its flags (``--address``), not ours."""
+    if not address:
+        return f"cannot start a local Ray ({reason})"
+    if "Could not find any running Ray instance" in reason or "--address" in reason or "RAY_ADDRESS" in reason:
+        return (f"--ray-address {address}: no running Ray cluster found there; start one ('ray start --head') "
+                "or leave out --ray-address to start a Ray for this run only")
+    return f"--ray-address {address}: cannot join the Ray cluster ({reason})"
 
 
 def _original_message(exc: BaseException) -> str:

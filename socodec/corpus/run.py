@@ -27,7 +27,7 @@ from socodec.corpus.reading import probe_seconds
 from socodec.corpus.schema import pa
 from socodec.corpus.shards import ShardStore
 from socodec.corpus.writer import ShardCollector
-from socodec.errors import SoCodecError
+from socodec.errors import ErrorLimit, SoCodecError
 
 __all__ = ["TokenizeOptions", "TokenizeSummary", "tokenize", "default_workers", "ENGINES"]
 
@@ -51,6 +51,7 @@ class TokenizeOptions:
     device: str = "cpu"
     ray_address: str | None = None
     quiet: bool = False
+    max_errors: ErrorLimit = ErrorLimit()
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -76,6 +77,7 @@ class TokenizeSummary:
     audio_seconds: float
     wall_seconds: float
     out_dir: Path
+    fallbacks: int = 0
 
     @property
     def throughput(self) -> float:
@@ -90,6 +92,8 @@ class TokenizeSummary:
             text += f"; {self.skipped} already done"
         if self.failed:
             text += f"; {self.failed} failed (see {self.out_dir / 'errors.jsonl'})"
+        if self.fallbacks:
+            text += f"; {self.fallbacks} batches were redone one by one after failing whole"
         return text
 
 
@@ -116,9 +120,12 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
     (e.g. ``functools.partial(SoCodec.from_pretrained, "ckpts")``).
 
     Raises:
-        SoCodecError: bad inputs (nothing is written), a model that cannot be loaded, or an
-            output folder written with another model or padding. Unreadable or bad audio
-            does not raise: it is counted in ``failed`` and listed in ``errors.jsonl``.
+        SoCodecError: bad inputs (nothing is written), a model that cannot be loaded, an
+            output folder written with another model or padding, or more failed items than
+            ``opts.max_errors`` allows. Unreadable or bad audio does not raise: it is counted
+            in ``failed`` and listed in ``errors.jsonl``. Any failure that is not one item's
+            (out of memory, a bug) stops the run at once; the shards written so far, the
+            manifest and ``errors.jsonl`` stay valid and a rerun resumes.
     """
     start = time.perf_counter()
     workers = opts.workers or default_workers(opts.device)
@@ -146,18 +153,26 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
         audio = 0.0
         with tqdm(total=len(todo), unit="utt", disable=opts.quiet or not todo, dynamic_ncols=True,
                   desc="tokenize") as bar, logging_redirect_tqdm():
-            for table in _engine(opts, batches, load, workers, threads):
-                report = collector.add(table)
-                written, failed, audio = written + report.done, failed + report.failed, audio + report.seconds
-                elapsed = time.perf_counter() - start
-                bar.set_postfix_str(f"{audio / 3600:.3f} h audio, RTF {elapsed / audio if audio else 0:.2f}",
-                                    refresh=False)
-                bar.update(report.done + report.failed)
+            try:
+                for table in _engine(opts, batches, load, workers, threads):
+                    report = collector.add(table)
+                    written, failed, audio = written + report.done, failed + report.failed, audio + report.seconds
+                    if opts.max_errors.exceeded(failed, written + failed):
+                        raise SoCodecError(opts.max_errors.message(failed, written + failed,
+                                                                   opts.out_dir / "errors.jsonl"))
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix_str(f"{audio / 3600:.3f} h audio, RTF {elapsed / audio if audio else 0:.2f}",
+                                        refresh=False)
+                    bar.update(report.done + report.failed)
+            except BaseException:  # stopped: the shards written so far stay listed, the errors too
+                collector.write_manifest()
+                raise
         if collector.unfinished:
             raise SoCodecError(f"internal error: shards {collector.unfinished} did not receive all their results")
         summary = TokenizeSummary(len(items), skipped, written, failed, audio, time.perf_counter() - start,
-                                  opts.out_dir)
+                                  opts.out_dir, collector.fallbacks)
         run.update(listed=summary.listed, skipped=summary.skipped, written=summary.written, failed=summary.failed,
+                   fallbacks=summary.fallbacks,
                    audio_hours=round(audio / 3600, 6), wall_s=round(summary.wall_seconds, 3))
         collector.write_manifest()
     return summary

@@ -12,6 +12,9 @@ column          Arrow type                   meaning
 ``num_samples`` int64                        input length at 16 kHz (null: unknown)
 ``lead``        int32                        zeros prepended before analysis (null: unknown)
 ``padding``     string                       ``published`` or ``grid`` (null: unknown)
+``attention``   string                       HuBERT attention: ``full`` (the published tokens) or
+                                             ``windowed`` (approximate; null: unknown)
+``hubert_window`` float64                    seconds per window when ``windowed`` (else null)
 ``source``      string                       the audio file (null for generated tokens)
 ``offset``      float64                      seconds into ``source`` where the utterance starts
 ``duration``    float64                      seconds of ``source`` read
@@ -54,6 +57,8 @@ _FIELDS = [
     pa.field("num_samples", pa.int64()),
     pa.field("lead", pa.int32()),
     pa.field("padding", pa.string()),
+    pa.field("attention", pa.string()),
+    pa.field("hubert_window", pa.float64()),
     pa.field("source", pa.string()),
     pa.field("offset", pa.float64()),
     pa.field("duration", pa.float64()),
@@ -61,6 +66,8 @@ _FIELDS = [
 ]
 COLUMNS = tuple(f.name for f in _FIELDS)
 _EXTRA_COLUMNS = ("source", "offset", "duration", "metadata")
+#: columns read back into Codes when present (shards written by older versions lack some)
+_OPTIONAL_COLUMNS = ("num_samples", "lead", "padding", "attention", "hubert_window")
 
 
 def shard_schema(model: Mapping[str, str] | None = None) -> pa.Schema:
@@ -100,6 +107,8 @@ def codes_table(
         pa.array([c.num_samples for c in codes], pa.int64()),
         pa.array([c.lead for c in codes], pa.int32()),
         pa.array([c.padding or padding for c in codes], pa.string()),
+        pa.array([c.attention for c in codes], pa.string()),
+        pa.array([c.hubert_window for c in codes], pa.float64()),
     ]
     for name in _EXTRA_COLUMNS:
         values = extra.get(name, [None] * n)
@@ -184,8 +193,8 @@ def read_codes(path: str | Path, ids: Iterable[str] | None = None) -> Iterator[t
         model = shard_info(file).get("model") or {}
         try:
             pf = pq.ParquetFile(file)
-            for batch in pf.iter_batches(batch_size=1024, columns=["id", "tokens", "speaker", "num_samples",
-                                                                    "lead", "padding"]):
+            columns = [c for c in ("id", "tokens", "speaker", *_OPTIONAL_COLUMNS) if c in pf.schema_arrow.names]
+            for batch in pf.iter_batches(batch_size=1024, columns=columns):
                 table = pa.Table.from_batches([batch])
                 if wanted is not None:
                     table = table.filter(pc.is_in(table["id"], pa.array(sorted(wanted), pa.string())))
@@ -212,7 +221,7 @@ def codes_from_table(table: pa.Table, model: Mapping[str, str] | None = None) ->
     spk_values = speakers.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     ids = table.column("id").to_pylist()
     optional = {name: (table.column(name).to_pylist() if name in table.column_names else [None] * n)
-                for name in ("num_samples", "lead", "padding")}
+                for name in _OPTIONAL_COLUMNS}
     for i in range(n):
         f0, f1 = int(outer[i]), int(outer[i + 1])
         start, stop = int(inner[f0]), int(inner[f1])
@@ -221,11 +230,5 @@ def codes_from_table(table: pa.Table, model: Mapping[str, str] | None = None) ->
             raise CodesError(f"row '{ids[i]}': frames have different numbers of streams")
         tok = torch.from_numpy(values[start:stop].astype(np.int64).reshape(f1 - f0, width))
         spk = torch.from_numpy(spk_values[spk_off[i] : spk_off[i + 1]].copy())
-        yield ids[i], _make_codes(tok, spk, optional["num_samples"][i], optional["lead"][i],
-                                  optional["padding"][i], dict(model or {}))
-
-
-def _make_codes(tokens: torch.Tensor, speaker: torch.Tensor, num_samples: int | None, lead: int | None,
-                padding: str | None, model: dict[str, str]) -> Codes:
-    return Codes(tokens=tokens, speaker=speaker, sample_rate=SAMPLE_RATE, num_samples=num_samples, lead=lead,
-                 padding=padding, model=model)
+        yield ids[i], Codes(tokens=tok, speaker=spk, sample_rate=SAMPLE_RATE, model=dict(model or {}),
+                            **{name: values[i] for name, values in optional.items()})

@@ -17,10 +17,8 @@ process ends, however it ends).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from socodec import __version__
 from socodec.config import SAMPLE_RATE
 from socodec.corpus.schema import SHARD_FORMAT, pa, pq, shard_info
 from socodec.errors import SoCodecError, one_line
-from socodec.fileio import atomic_path, atomic_write
+from socodec.fileio import atomic_path, atomic_write, write_reason
 
 __all__ = ["ShardStore", "ShardStats", "MANIFEST_FORMAT"]
 
@@ -70,27 +68,44 @@ class ShardStore:
         if self.root.exists() and not self.root.is_dir():
             raise SoCodecError(f"{self.root}: the output must be a folder, and this is a file")
         self.shard_dir = self.root / "shards"
-        self._lock_fd: int | None = None
+        self._lock = None
+        self._made: list[Path] = []
 
     def __enter__(self) -> "ShardStore":
+        from filelock import FileLock, Timeout
+
+        self._made = [d for d in (self.shard_dir, *self.shard_dir.parents) if not d.exists()]
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            lock = FileLock(str(self.root / ".lock"), thread_local=False)
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SoCodecError(f"{self.root}: another socodec tokenize is writing this folder") from None
         except OSError as exc:
             raise SoCodecError(f"{self.root}: cannot create the output folder ({one_line(exc)})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise SoCodecError(f"{self.root}: another socodec tokenize is writing this folder") from None
-        self._lock_fd = fd
+        self._lock = lock
         self._remove_leftovers()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            if exc_type is not None:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """After a failed run: the folders this run made are removed again while nothing was written in them."""
+        if not self._made or any(self.shard_dir.iterdir()):
+            return
+        if {p.name for p in self.root.iterdir()} - {"shards", ".lock"}:
+            return
+        (self.root / ".lock").unlink(missing_ok=True)
+        for folder in self._made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def _remove_leftovers(self) -> None:
         """Delete temporary shard files left by a run that was killed while writing."""
@@ -135,8 +150,11 @@ class ShardStore:
         path = self.shard_dir / self.shard_name(index)
         if path.exists():
             raise SoCodecError(f"{path}: exists already; refusing to overwrite a complete shard")
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+        except OSError as exc:  # a full disk: one line naming the file; the shard is written on the next run
+            raise SoCodecError(f"{path}: cannot write ({write_reason(exc)})") from None
         return path
 
     def write_manifest(self, stats: ShardStats, padding: str, errors: list[dict[str, str]], run: dict[str, Any]) \
@@ -156,7 +174,10 @@ class ShardStore:
             "errors_file": "errors.jsonl",
             "last_run": run,
         }
-        atomic_write(self.root / "manifest.json",
-                     lambda p: p.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8"))
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
-        atomic_write(self.root / "errors.jsonl", lambda p: p.write_text(lines, "utf-8"))
+        files = {"manifest.json": json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "errors.jsonl": lines}
+        for name, text in files.items():
+            try:
+                atomic_write(self.root / name, lambda p: p.write_text(text, "utf-8"))
+            except OSError as exc:
+                raise SoCodecError(f"{self.root / name}: cannot write ({write_reason(exc)})") from None

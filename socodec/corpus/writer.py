@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from socodec.corpus.encoder import FALLBACK_KEY
 from socodec.corpus.plan import ShardPlan
 from socodec.corpus.schema import COLUMNS, pa, pc, shard_schema
 from socodec.corpus.shards import ShardStats, ShardStore
@@ -24,11 +25,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What one result table brought: items done, items failed, seconds of audio encoded."""
+    """What one result table brought: items done, items failed, seconds of audio encoded, batch redone one by one."""
 
     done: int
     failed: int
     seconds: float
+    fallback: bool = False
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ShardCollector:
     run: dict
     errors: list[dict[str, str]] = field(default_factory=list)
     model: dict[str, str] | None = None
+    fallbacks: int = 0
     _pending: dict[int, list[pa.Table]] = field(default_factory=dict)
     _received: dict[int, int] = field(default_factory=dict)
 
@@ -61,6 +64,11 @@ class ShardCollector:
         if table.num_rows == 0:
             return BatchReport(0, 0, 0.0)
         self._check_model(table.column("_model")[0].as_py())
+        fallback = FALLBACK_KEY in (table.schema.metadata or {})
+        if fallback:
+            self.fallbacks += 1
+            self.run["fallbacks"] = self.fallbacks
+            table = table.replace_schema_metadata(None)
         errors = table.column("_error").to_pylist()
         failed = [i for i, e in enumerate(errors) if e is not None]
         for i in failed:
@@ -76,7 +84,7 @@ class ShardCollector:
                 raise SoCodecError(f"internal error: shard {shard} received more rows than planned")
             if self._received[shard] == self._expected[shard]:
                 self._write(shard)
-        return BatchReport(table.num_rows - len(failed), len(failed), seconds)
+        return BatchReport(table.num_rows - len(failed), len(failed), seconds, fallback)
 
     def _check_model(self, text: str) -> None:
         model = json.loads(text)

@@ -117,7 +117,11 @@ class DemoHandlers:
         if speaker_path:
             speaker = self.speaker_vector(speaker_path)
             voice = f"the speaker vector of {Path(speaker_path).name}"
-        audio = self.codec.decode(codes, streams=k, speaker=speaker)
+        try:
+            audio = self.codec.decode(codes, streams=k, speaker=speaker)
+        except SoCodecError as exc:  # e.g. a speaker vector of another model size: say which file(s)
+            voice_file = f" with the voice of {Path(speaker_path).name}" if speaker_path else ""
+            raise SoCodecError(f"{path.name}{voice_file}: {exc}") from None
         out = self.workdir / f"{self._stem(path)}-{k}streams.wav"
         save_audio(out, audio)
         rate = codes.with_streams(k).bitrate(include_speaker=False)

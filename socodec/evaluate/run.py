@@ -4,7 +4,8 @@ Per group of ``batch_size`` items of similar length: one ``codec.encode(list)``,
 ``codec.decode(list, streams=k)`` per stream count, and one ``codec.encode(list)`` of all
 the resyntheses (their speaker vectors): the codec's own batch path, whose results equal
 the one-by-one results. A group that fails is retried item by item, so one bad file costs
-only itself.
+only itself; a failure that is not the file's (out of memory, a bug) stops the run, and so
+do more failed files than ``max_errors`` allows.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from socodec.config import DEFAULT_PADDING, SAMPLE_RATE
-from socodec.errors import SoCodecError, one_line
+from socodec.errors import ErrorLimit, Fallbacks, SoCodecError, is_item_error, one_line
 from socodec.evaluate.inputs import EvalItem, read_item
 from socodec.evaluate.metrics import cosine_similarity, signal_metrics
 
@@ -45,6 +46,7 @@ class EvalConfig:
         clip_seconds: the kept audio of each example is cut to this many seconds.
         lead: prepend the published model's 0.5 s of zeros before analysis.
         padding: ``"published"`` or ``"grid"`` (see :meth:`socodec.SoCodec.encode`).
+        max_errors: how many failed files stop the run (``--max-errors``).
     """
 
     streams: tuple[int, ...] = (1, 2, 3, 4)
@@ -53,6 +55,7 @@ class EvalConfig:
     clip_seconds: float = 15.0
     lead: bool = True
     padding: str = DEFAULT_PADDING
+    max_errors: ErrorLimit = field(default_factory=ErrorLimit)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class EvalRun:
     errors: list[str] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     model: dict[str, str] = field(default_factory=dict)
+    fallbacks: int = 0
 
 
 def worst_key(result: FileResult) -> tuple[float, float]:
@@ -104,6 +108,7 @@ def evaluate(
 ) -> EvalRun:
     """Measure every item; ``on_done(n)`` after each group of n items, ``on_error(line)`` per failure."""
     run = EvalRun(config, model=dict(codec.identity))
+    fallbacks = Fallbacks(log)
     for group in _groups(items, config.batch_size):
         wavs: dict[EvalItem, torch.Tensor] = {}
         for item in group:
@@ -113,17 +118,24 @@ def evaluate(
                 _fail(run, on_error, _naming(item, one_line(exc)))
         results = None
         if len(wavs) > 1:
-            try:
-                results = _measure(codec, list(wavs), list(wavs.values()), config)
-            except Exception:  # noqa: BLE001 - retried one by one below, where each failure is reported
-                log.debug("a batch of %d items failed; measuring them one by one", len(wavs), exc_info=True)
+            results = fallbacks.batch(lambda: _measure(codec, list(wavs), list(wavs.values()), config), len(wavs))
+            run.fallbacks = fallbacks.count
         if results is None:
-            results = [r for pair in wavs.items() for r in _measure_alone(codec, run, pair, config, on_error)]
+            results = []
+            alone = Fallbacks.each(wavs.items(), lambda pair: _measure(codec, [pair[0]], [pair[1]], config))
+            for item, outcome in zip(wavs, alone):
+                if isinstance(outcome, BaseException):
+                    _fail(run, on_error, _failure(item, outcome))
+                else:
+                    results.extend(outcome)
         for result, example in results:
             run.results.append(result)
             _keep(run, example, config.examples)
         if on_done is not None:
             on_done(len(group))
+        processed = len(run.results) + len(run.errors)
+        if config.max_errors.exceeded(len(run.errors), processed):
+            raise SoCodecError(config.max_errors.message(len(run.errors), processed, "the lines above"))
     order = {item: i for i, item in enumerate(items)}
     run.results.sort(key=lambda r: order[r.item])
     return run
@@ -146,16 +158,11 @@ def _groups(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-def _measure_alone(codec, run, pair, config, on_error) -> list[tuple[FileResult, Example]]:
-    item, wav = pair
-    try:
-        return _measure(codec, [item], [wav], config)
-    except SoCodecError as exc:
-        _fail(run, on_error, _naming(item, one_line(exc)))
-    except Exception as exc:  # noqa: BLE001 - anything the libraries raise: one line, go on
-        log.debug("%s failed", item.path, exc_info=True)
-        _fail(run, on_error, f"{item.path}: failed ({type(exc).__name__}: {one_line(exc)})")
-    return []
+def _failure(item: EvalItem, exc: BaseException) -> str:
+    """The one line of a file that failed."""
+    if isinstance(exc, SoCodecError):
+        return _naming(item, one_line(exc))
+    return f"{item.path}: failed ({type(exc).__name__}: {one_line(exc)})"
 
 
 def _measure(

@@ -1,7 +1,7 @@
 """The ``.pt`` token file: the published layout ``{"token": int64 [T, S], "speaker": float32 [D]}``.
 
-We add the keys ``sample_rate``, ``num_samples``, ``lead``, ``padding``, ``model`` and
-``format`` (``"socodec-pt/1"``); files without them (the published tool's) read too. Always
+We add the keys ``sample_rate``, ``num_samples``, ``lead``, ``padding``, ``attention``,
+``hubert_window``, ``model`` and ``format`` (``"socodec-pt/1"``); files without them (the published tool's) read too. Always
 read with ``torch.load(weights_only=True)``: a file that needs any other pickle global is
 refused, nothing in it is executed.
 """
@@ -20,14 +20,16 @@ from socodec.errors import CodesError, unpickle_reason
 __all__ = ["PT_FORMAT", "encode_pt", "read_pt"]
 
 PT_FORMAT = "socodec-pt/1"
-META_KEYS = ("sample_rate", "num_samples", "lead", "padding", "model")
+META_KEYS = ("sample_rate", "num_samples", "lead", "padding", "attention", "hubert_window", "model")
+#: written only when known (files without them read as "unknown")
+OPTIONAL_KEYS = ("padding", "attention", "hubert_window")
 
 
 def encode_pt(meta: dict[str, Any], tokens: torch.Tensor, speaker: torch.Tensor) -> bytes:
     """The bytes of a ``.pt`` file (serialised in memory: a failing disk then raises the real OSError).
 
     Args:
-        meta: the :data:`META_KEYS` (validated); ``padding`` None is left out.
+        meta: the :data:`META_KEYS` (validated); :data:`OPTIONAL_KEYS` that are None are left out.
         tokens: ``[T, S]`` int64; speaker: ``[D]`` float32.
     """
     payload: dict[str, Any] = {
@@ -39,8 +41,7 @@ def encode_pt(meta: dict[str, Any], tokens: torch.Tensor, speaker: torch.Tensor)
         "model": dict(meta["model"]),
         "format": PT_FORMAT,
     }
-    if meta.get("padding") is not None:
-        payload["padding"] = meta["padding"]
+    payload.update({k: meta[k] for k in OPTIONAL_KEYS if meta.get(k) is not None})
     buf = io.BytesIO()
     torch.save(payload, buf)
     return buf.getvalue()
@@ -48,6 +49,10 @@ def encode_pt(meta: dict[str, Any], tokens: torch.Tensor, speaker: torch.Tensor)
 
 def read_pt(path: Path) -> dict[str, Any]:
     """``{"token", "speaker", and whichever META_KEYS the file has}``; types are checked by ``Codes``."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise CodesError("not a torch file: it is neither a zip archive nor a pickle (a text file named .pt?)")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols in corrupt files
             warnings.simplefilter("ignore")

@@ -5,7 +5,7 @@ All integers little-endian::
     magic     8 bytes   b"SOCODEC\\x00"
     version   uint8     1
     hlen      uint32    length of the header, 2 .. 65536
-    header    hlen      UTF-8 JSON object: exactly the keys of REQUIRED_KEYS (+ optional "padding")
+    header    hlen      UTF-8 JSON object: exactly the keys of REQUIRED_KEYS (+ OPTIONAL_KEYS)
     tokens    T*S*2     uint16, row-major [T, S]
     speaker   D*4       float32 [D]
     (end of file: nothing may follow)
@@ -35,7 +35,7 @@ TOKEN_DTYPE = "uint16le"
 SPEAKER_DTYPE = "float32le"
 REQUIRED_KEYS = frozenset("format frames streams cardinality token_dtype speaker_dim speaker_dtype".split()
                           + "sample_rate num_samples lead model".split())
-OPTIONAL_KEYS = frozenset({"padding"})
+OPTIONAL_KEYS = frozenset({"padding", "attention", "hubert_window"})
 MAX_SPEAKER_DIM = 1 << 20
 
 
@@ -43,8 +43,8 @@ def encode_soc(meta: dict[str, Any], tokens: np.ndarray, speaker: np.ndarray) ->
     """The bytes of a ``.soc`` file.
 
     Args:
-        meta: ``sample_rate``, ``num_samples``, ``lead``, ``model`` and optionally ``padding``
-            (already validated).
+        meta: ``sample_rate``, ``num_samples``, ``lead``, ``model`` and optionally ``padding``,
+            ``attention``, ``hubert_window`` (already validated; None ones are left out).
         tokens: ``[T, S]`` integers in [0, 16384).
         speaker: ``[D]`` float32.
     """
@@ -61,8 +61,7 @@ def encode_soc(meta: dict[str, Any], tokens: np.ndarray, speaker: np.ndarray) ->
         "lead": meta["lead"],
         "model": dict(meta["model"]),
     }
-    if meta.get("padding") is not None:
-        header["padding"] = meta["padding"]
+    header.update({k: meta[k] for k in sorted(OPTIONAL_KEYS) if meta.get(k) is not None})
     blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(blob) > SOC_MAX_HEADER:
         raise CodesError(f"header of {len(blob)} bytes exceeds {SOC_MAX_HEADER} (model identity too large)")

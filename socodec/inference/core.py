@@ -14,6 +14,7 @@ log-mel ``[B, 12T, n_mels]``; synthesised audio ``[B, 1920 T]``.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -23,7 +24,10 @@ from torch import Tensor, nn
 
 from socodec.audio import to_model_input
 from socodec.codes import Codes
-from socodec.config import DEFAULT_PADDING, PADDINGS, SAMPLE_RATE, ChunkConfig, padded_length, token_frames
+from socodec.config import (
+    ATTENTION_FULL, ATTENTION_WINDOWED, DEFAULT_PADDING, PADDINGS, SAMPLE_RATE, ChunkConfig, padded_length,
+    token_frames,
+)
 from socodec.errors import AudioError, CodesError, SoCodecError
 from socodec.nn.analyzer import Analyzer
 from socodec.nn.hubert import HubertFeatures
@@ -36,6 +40,8 @@ __all__ = ["CodecCore", "HubertSource", "DecodeInputs", "MAX_CHANNELS", "cpu_has
 MAX_CHANNELS = 16
 
 log = logging.getLogger(__name__)
+
+_HUBERT_LOAD = threading.Lock()  # a deferred HuBERT is loaded once, even when threads (a web app) ask together
 
 
 def cpu_has_native_bf16() -> bool:
@@ -118,15 +124,19 @@ class CodecCore(nn.Module):
     def hubert(self) -> HubertFeatures:
         """The HuBERT module, loaded now if it was deferred (``CheckpointError`` if it cannot be)."""
         module = self._modules.get("hubert")
-        if module is None:
-            assert self._hubert_source is not None
-            source = self._hubert_source
-            log.debug("loading HuBERT on first use")
-            module = source(self.compute_dtype)  # loaded in the compute dtype: no float32 copy on the way
-            self.identity.setdefault("hubert", source.fingerprint())
-            module.to(self.device, self.compute_dtype)
-            self._modules["hubert"] = module
-            self._hubert_source = None
+        if module is not None:
+            return module  # type: ignore[return-value]
+        with _HUBERT_LOAD:
+            module = self._modules.get("hubert")  # another thread may have loaded it meanwhile
+            if module is None:
+                assert self._hubert_source is not None
+                source = self._hubert_source
+                log.debug("loading HuBERT on first use")
+                module = source(self.compute_dtype)  # loaded in the compute dtype: no float32 copy on the way
+                self.identity.setdefault("hubert", source.fingerprint())
+                module.to(self.device, self.compute_dtype)
+                self._modules["hubert"] = module
+                self._hubert_source = None
         return module  # type: ignore[return-value]
 
     def check_analysis(self) -> None:
@@ -215,8 +225,48 @@ class CodecCore(nn.Module):
         return to_model_input(t.float(), sample_rate)
 
     def analysed_whole(self, samples: int, padding: str = DEFAULT_PADDING) -> bool:
-        """Whether ``samples`` (lead included) are analysed in one HuBERT pass, not window by window."""
+        """Whether ``samples`` (lead included) are analysed in one pass with every stage held at once
+        (:meth:`encode_whole`, batches), rather than stage by stage in chunks (long inputs)."""
         return self.token_frames(self.padded_length(samples, padding)) <= self.chunks.hubert_span
+
+    def analysis_window(self, num_samples: int, lead: int, padding: str = DEFAULT_PADDING,
+                        hubert_window: float | None = None, warn: bool = True) -> int | None:
+        """Token frames per HuBERT attention window for an input of ``num_samples`` (after ``lead``
+        zeros); None: full attention.
+
+        Full attention (every frame attends to every frame, the published arithmetic) unless
+        ``hubert_window`` (seconds; None: ``chunks.hubert_window_seconds``) asks for windows, or the
+        input is longer than ``chunks.exact_max_seconds``: then windows of ``chunks.hubert_window``
+        frames, with a warning (unless ``warn`` is False). An input that fits in one window (plus
+        its context) gets full attention anyway.
+        """
+        if hubert_window is None:
+            hubert_window = self.chunks.hubert_window_seconds
+        if hubert_window is None:
+            if num_samples <= self.chunks.exact_max_seconds * SAMPLE_RATE:
+                return None
+            window = self.chunks.hubert_window
+            if warn:
+                log.warning(
+                    "%.1f s input is longer than the exact-analysis limit of %g s (exact_max_seconds; "
+                    "--exact-max-seconds on the command line): HuBERT attention runs in %.2f s windows, so "
+                    "the tokens approximate the published ones (recorded as windowed)",
+                    num_samples / SAMPLE_RATE, self.chunks.exact_max_seconds, window * self.hop / SAMPLE_RATE,
+                )
+        else:
+            window = self.window_frames(hubert_window)
+        frames = self.token_frames(self.padded_length(lead + num_samples, padding))
+        return None if frames <= window + 2 * self.chunks.hubert_context else window
+
+    def window_frames(self, seconds: float) -> int:
+        """Token frames of a HuBERT window of ``seconds`` (at least one frame; :class:`SoCodecError` if invalid)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
+            raise SoCodecError(f"hubert_window must be a positive number of seconds, got {seconds!r}")
+        frames = round(seconds * SAMPLE_RATE / self.hop)
+        if frames < 1:
+            raise SoCodecError(f"hubert_window must be at least one token frame ({self.hop / SAMPLE_RATE:g} s), "
+                               f"got {seconds!r}")
+        return frames
 
     def decoded_whole(self, frames: int) -> bool:
         """Whether ``frames`` token frames are synthesised in one vocoder pass, not in chunks."""
@@ -259,11 +309,15 @@ class CodecCore(nn.Module):
         tokens = self.analyzer.tokens(self.features(padded[None]))[0]
         return self.make_codes(tokens, speaker, x.numel(), lead, padding)
 
-    def make_codes(self, tokens: Tensor, speaker: Tensor, num_samples: int, lead: int, padding: str) -> Codes:
-        """Tokens ``[T, S]`` + speaker ``[D]`` -> :class:`Codes` on CPU carrying this model's identity."""
+    def make_codes(self, tokens: Tensor, speaker: Tensor, num_samples: int, lead: int, padding: str,
+                   window: int | None = None) -> Codes:
+        """Tokens ``[T, S]`` + speaker ``[D]`` -> :class:`Codes` on CPU carrying this model's identity
+        and how HuBERT's attention saw the input (``window`` token frames, None: full attention)."""
         return Codes(
             tokens=tokens.cpu(), speaker=speaker.float().cpu(), sample_rate=SAMPLE_RATE,
             num_samples=int(num_samples), lead=lead, model=dict(self.identity), padding=padding,
+            attention=ATTENTION_FULL if window is None else ATTENTION_WINDOWED,
+            hubert_window=None if window is None else round(window * self.hop / SAMPLE_RATE, 6),
         )
 
     # ------------------------------------------------------------------ synthesis steps

@@ -7,16 +7,23 @@ pages; it is called once at the end of every encode or decode call. (Not between
 one long synthesis: the pages it returns fault back in on the next step, which cost ~10 % of
 the synthesis time when tried.) A no-op where the C library has no ``malloc_trim`` (musl, macOS,
 Windows).
+
+Trimming is a process-wide side effect, so a library does not do it unasked: it is off until
+:func:`trim_heap_after_calls` turns it on (the command line and the corpus workers do) or the
+environment sets ``SOCODEC_TRIM_HEAP=1``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 from typing import Callable
 
-__all__ = ["release_heap"]
+__all__ = ["release_heap", "trim_heap_after_calls", "heap_trimming"]
+
+_TRIM = os.environ.get("SOCODEC_TRIM_HEAP", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,8 +39,21 @@ def _trim_function() -> Callable[[int], int] | None:
     return trim
 
 
+def trim_heap_after_calls(on: bool = True) -> None:
+    """Turn the trimming at the end of each encode/decode call on (or off) for this process."""
+    global _TRIM
+    _TRIM = on
+
+
+def heap_trimming() -> bool:
+    """Whether encode/decode calls trim the heap in this process."""
+    return _TRIM
+
+
 def release_heap() -> None:
-    """Return the C heap's free pages to the operating system (glibc), else do nothing."""
+    """Return the C heap's free pages to the operating system (glibc) when trimming is on, else do nothing."""
+    if not _TRIM:
+        return
     trim = _trim_function()
     if trim is not None:
         trim(0)

@@ -1,33 +1,42 @@
-"""Long inputs with bounded memory and linear time: chunk sizes and the chunked analysis.
+"""Long inputs with bounded memory: chunk sizes and the analysis stage by stage.
 
-Analysis of a padded signal of T token frames (L = 1920·T samples) longer than one
-HuBERT window (:attr:`ChunkConfig.hubert_window` + 2 · :attr:`ChunkConfig.hubert_context`
-frames) runs as follows; shorter inputs take the whole-signal path, unchanged.
+Analysis of a padded signal of T token frames longer than
+:attr:`ChunkConfig.hubert_span <socodec.config.ChunkConfig.hubert_span>` frames (22.2 s by
+default) runs stage by stage, each with bounded memory; shorter inputs take the whole-signal
+path (:meth:`CodecCore.encode_whole`), with the same numbers.
 
-* **HuBERT over windows.** The kept ranges split the T frames evenly into
-  ceil(T / hubert_window) windows on the 1920-sample grid; each window also sees
+* **HuBERT, full attention (the default)** — :func:`full_features`. The published model runs
+  HuBERT once over the whole input, every frame attending to every frame, and so does this path:
+  the signal is standardised over all its samples, the convolutional front end runs in blocks
+  (every frame depends on 400 samples only), the feed-forward layers in blocks of frames, and
+  attention uses scaled-dot-product (flash) attention, which never holds the ``T x T`` matrix.
+  Memory grows linearly with the length (a few ``[T, 1024]`` activations: ~60 MB each per
+  5 minutes for the real model), time quadratically in the attention. The tokens are the
+  published ones at every length.
+* **HuBERT over windows (on request, or beyond ``exact_max_seconds``)** —
+  :func:`windowed_features`. The kept ranges split the T frames evenly into
+  ceil(T / window) windows on the 1920-sample grid; each window also sees
   ``hubert_context`` frames of real signal on each side (less at the signal ends).
   The standardisation statistics (mean, biased variance over the whole L + 3200
-  samples, as the unchunked model) are computed once and applied to every window
+  samples) are computed once and applied to every window
   (:class:`~socodec.nn.hubert.HubertFeatures` ``norm_stats``). Each window is then
   run like an utterance of its own: its 3200-sample tail is appended, masked and
   zeroed, so only the last window — which ends where the signal ends — sees the
-  true tail, exactly as the unchunked model does. The features of the kept ranges
-  are stitched in order. Attention no longer spans the whole file, so the features
-  differ slightly from full attention (the windowed model sees at least
-  ``hubert_context`` frames = 1.08 s of context around every kept frame); on the
-  tiny test model ≥ 95 % of tokens agree over 60 s with 4 s windows.
-* **Encoder** (causal): consumes the stitched features window by window through
-  :class:`~socodec.inference.causal_stream.CausalStreamer` — exact; the features of the whole
-  file are never held at once.
+  true tail. Attention no longer spans the whole file, so the features and tokens
+  differ from the published ones (on the tiny test model ~96 % of token frames agree
+  over 30-60 s; 77 % measured over 40 s on real-size random weights); codes record it
+  (``Codes.attention == "windowed"``). Time and memory are linear in the length.
+* **Encoder** (causal): consumes the features chunk by chunk through
+  :class:`~socodec.nn.causal.CausalStreamer` — exact.
 * **Mel / speaker**: the log-mel is computed in blocks straight from the (virtually)
   padded signal; above the speaker encoder's ``long_threshold`` (60 s) it is not even held:
   :class:`LazyMel` recomputes it for each of the encoder's chunked passes
   (:meth:`SpeakerEncoder.forward_frames`), which bound the activations.
 
-The padded signal itself is never materialised: :class:`PaddedSignal` serves slices of
-``lead zeros + audio + zero padding``, the audio coming from memory or, for
-``SoCodec.encode(path)``, from the file on disk (:mod:`socodec.sources`).
+The padded signal is materialised only for full attention (4 bytes a sample: 38 MB per
+10 minutes); otherwise :class:`PaddedSignal` serves slices of ``lead zeros + audio + zero
+padding``, the audio coming from memory or, for ``SoCodec.encode(path)``, from the file on
+disk (:mod:`socodec.audio`).
 """
 
 from __future__ import annotations
@@ -41,13 +50,13 @@ from torch import Tensor
 
 from socodec.config import HUBERT_TAIL_SAMPLES, NORMALIZE_EPS
 from socodec.errors import SoCodecError
-from socodec.inference.causal_stream import CausalStreamer
+from socodec.nn.causal import CausalStreamer
 from socodec.inference.core import CodecCore
 from socodec.nn.mel import MelSpectrogram
-from socodec.sources import FileSource, TensorSource
+from socodec.audio import FileSource, TensorSource
 
 __all__ = [
-    "PaddedSignal", "hubert_windows", "windowed_features", "encode_long", "stream_tokens", "long_mel",
+    "PaddedSignal", "hubert_windows", "full_features", "windowed_features", "encode_long", "stream_tokens", "long_mel",
     "mel_frames", "LazyMel",
 ]
 
@@ -59,8 +68,8 @@ _STATS_BLOCK = 1 << 20
 class PaddedSignal:
     """``lead`` zeros + the samples of ``source`` + zeros up to ``length`` samples, served by slices.
 
-    Never materialised: the samples come from a :class:`~socodec.sources.TensorSource` (memory)
-    or a :class:`~socodec.sources.FileSource` (read from disk on demand).
+    Never materialised: the samples come from a :class:`~socodec.audio.TensorSource` (memory)
+    or a :class:`~socodec.audio.FileSource` (read from disk on demand).
 
     Args:
         source: ``[n]`` float32 mono 16 kHz samples (a tensor is wrapped in a TensorSource),
@@ -129,18 +138,38 @@ def hubert_windows(frames: int, window: int, context: int) -> list[tuple[int, in
 
 
 @torch.inference_mode()
-def windowed_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]:
+def full_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]:
+    """HuBERT features of the whole ``signal`` with full attention (the published arithmetic).
+
+    Yields the features ``[1, ceil(L/320), C]`` float32 in pieces of ``chunks.hubert_window``
+    token frames (``[1, 6 t_i, C]``), for the streamed encoder; HuBERT itself runs once.
+    """
+    per_token = core.hop // core.hubert.hop
+    wav = signal.segment(0, signal.length)[None]  # [1, L]
+    feats = core.features(wav)  # [1, ceil(L/320), C]; standardised over all L + 3200 samples
+    del wav
+    step = core.chunks.hubert_window * per_token
+    log.debug("HuBERT with full attention over %d frames", feats.shape[1])
+    for start in range(0, feats.shape[1], step):
+        yield feats[:, start : start + step]
+
+
+@torch.inference_mode()
+def windowed_features(core: CodecCore, signal: PaddedSignal, window: int | None = None) -> Iterator[Tensor]:
     """HuBERT features of ``signal`` window by window: yields ``[1, 6 * (keep_hi - keep_lo), C]`` float32.
 
-    Concatenated in order they give the stitched feature sequence ``[1, ceil(L/320), C]`` (the last
-    window is shorter when L is not on the 1920-sample grid: published padding).
+    ``window``: token frames kept per window (default ``chunks.hubert_window``). Concatenated in
+    order the pieces give the stitched feature sequence ``[1, ceil(L/320), C]`` (the last window is
+    shorter when L is not on the 1920-sample grid: published padding). Approximate: attention stays
+    inside each window and its context (see the module docstring).
     """
     hop = core.hop
     per_token = hop // core.hubert.hop
     frames = core.token_frames(signal.length)
     cfg = core.chunks
+    window = cfg.hubert_window if window is None else window
     stats = signal.norm_stats()[None].to(core.device) if core.hubert.cfg.normalize else None
-    for keep_lo, keep_hi, in_lo, in_hi in hubert_windows(frames, cfg.hubert_window, cfg.hubert_context):
+    for keep_lo, keep_hi, in_lo, in_hi in hubert_windows(frames, window, cfg.hubert_context):
         stop = min(in_hi * hop, signal.length)
         wav = signal.segment(in_lo * hop, stop)[None].to(core.device)  # float32: standardised before the cast
         feats = core.hubert(wav, norm_stats=stats).float()  # [1, ceil((stop - 1920 in_lo) / 320), C]
@@ -149,8 +178,11 @@ def windowed_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]
 
 
 @torch.inference_mode()
-def encode_long(core: CodecCore, signal: PaddedSignal) -> tuple[Tensor, Tensor]:
-    """Tokens ``[T, S]`` and speaker ``[D]`` of a long padded signal (see the module docstring)."""
+def encode_long(core: CodecCore, signal: PaddedSignal, window: int | None = None) -> tuple[Tensor, Tensor]:
+    """Tokens ``[T, S]`` and speaker ``[D]`` of a long padded signal (see the module docstring).
+
+    ``window``: None for full attention (exact), else token frames per HuBERT window.
+    """
     # The speaker first: HuBERT's 1.3 GB of weights are not paged in yet, so the two peaks do not add up.
     encoder = core.analyzer.speaker_encoder
     mel = LazyMel(core.mel, signal)
@@ -158,7 +190,8 @@ def encode_long(core: CodecCore, signal: PaddedSignal) -> tuple[Tensor, Tensor]:
         speaker = encoder.forward_frames(mel, encoder.chunk_frames)[0]
     else:
         speaker = core.analyzer.speaker(long_mel(core.mel, signal, core.chunks.mel_chunk).to(core.device)[None])[0]
-    return stream_tokens(core, windowed_features(core, signal)), speaker
+    features = full_features(core, signal) if window is None else windowed_features(core, signal, window)
+    return stream_tokens(core, features), speaker
 
 
 @torch.inference_mode()

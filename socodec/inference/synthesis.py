@@ -4,7 +4,7 @@ The use case is a language model emitting SoCodec tokens frame by frame.
 :class:`SynthesisStream` keeps per-utterance state:
 
 * the mel decoders are causal, so they run on each new chunk of tokens with
-  :class:`~socodec.inference.causal_stream.CausalStreamer` carrying their left context
+  :class:`~socodec.nn.causal.CausalStreamer` carrying their left context
   (no recomputation; the mel of a frame is final as soon as its token arrives);
 * the vocoder is not causal: the audio of mel frame m needs mel frames up to
   m + R, R = :meth:`Vocoder.receptive_field` = 14 (140 ms). :class:`VocoderStream`
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from socodec.config import ChunkConfig
 from socodec.errors import CodesError
-from socodec.inference.causal_stream import CausalStreamer
+from socodec.nn.causal import CausalStreamer
 from socodec.inference.core import CodecCore, DecodeInputs
 from socodec.nn.vocoder import Vocoder
 

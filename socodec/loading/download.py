@@ -1,25 +1,45 @@
-"""Finding the released weight files: a local folder, else a Hugging Face download."""
+"""Finding the released weight files: a local folder, else the Hugging Face cache, else a download."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import socket
-import urllib.parse
-import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE, CheckpointPaths
-from socodec.errors import CheckpointError
+from socodec.errors import CheckpointError, one_line
 
 log = logging.getLogger(__name__)
 
 HUBERT_REPO = "TencentGameMate/chinese-hubert-large"
 SOCODEC_REPO = "hhguo/SoCodec"
-SOURCES = {HUBERT_FILE: HUBERT_REPO, ANALYZER_FILE: SOCODEC_REPO, VOCODER_FILE: SOCODEC_REPO}
-#: seconds to wait for the Hugging Face endpoint to accept a connection before giving up
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where one released weight file comes from and what it must hash to.
+
+    ``revision``: the Hugging Face commit the file is taken from (a branch name when no
+    commit is pinned); ``sha256``: the hex digest the file must have (``None``: not checked).
+    """
+
+    repo: str
+    revision: str = "main"
+    sha256: str | None = None
+
+
+#: the three released files; pin ``revision`` to a commit hash and fill in ``sha256`` of each file
+RELEASES: dict[str, Release] = {
+    HUBERT_FILE: Release(HUBERT_REPO),
+    ANALYZER_FILE: Release(SOCODEC_REPO),
+    VOCODER_FILE: Release(SOCODEC_REPO),
+}
+SOURCES = {name: release.repo for name, release in RELEASES.items()}
+#: seconds the Hugging Face endpoint may take to answer the first request before giving up
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -37,15 +57,23 @@ def missing_weights_message(ckpt_dir: Path, reason: str, names: tuple[str, ...] 
             f"and put them in {ckpt_dir} (or pass --ckpt-dir)")
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network (read now, not when the hub was imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def resolve_checkpoints(
     ckpt_dir: Path | None, allow_download: bool = True, need_hubert: bool = True
 ) -> CheckpointPaths:
-    """Paths of the model files: from ``ckpt_dir`` if there, else downloaded into the HF cache.
+    """Paths of the model files: from ``ckpt_dir`` if there, else the Hugging Face cache, else downloaded.
 
-    ``need_hubert=False`` (decoding only): the HuBERT file may be absent; its path is then
-    returned as it would be in ``ckpt_dir`` (not a file) and nothing is downloaded for it.
-    Without a network the download fails within seconds with one :class:`CheckpointError`
-    (the Hugging Face endpoint is probed first; its library's own warnings are silenced).
+    Files already in the Hugging Face cache (an earlier download) are used without any network,
+    also with ``--no-download`` or ``HF_HUB_OFFLINE=1``. What comes from the hub is the pinned
+    revision and must match its pinned sha256 (a mismatch is one :class:`CheckpointError`; the
+    file is not used). ``need_hubert=False`` (decoding only): the HuBERT file may be absent;
+    its path is then returned as it would be in ``ckpt_dir`` (not a file) and nothing is
+    fetched for it. Without a network the download fails within seconds with one
+    :class:`CheckpointError` (the hub's first request times out after ``PROBE_TIMEOUT_S``).
     """
     folder = ckpt_dir if ckpt_dir is not None else default_ckpt_dir()
     local = CheckpointPaths.in_dir(folder)
@@ -53,48 +81,78 @@ def resolve_checkpoints(
     todo = [name for name in names if not (folder / name).is_file()]
     if not todo:
         return local
-    if not allow_download:
-        raise CheckpointError(missing_weights_message(folder, "downloading is disabled (--no-download)", names))
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        raise CheckpointError(missing_weights_message(folder, "HF_HUB_OFFLINE is set", names))
     try:
-        import huggingface_hub
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError:
         raise CheckpointError(missing_weights_message(folder, "huggingface_hub is not installed", names)) from None
-    endpoint = huggingface_hub.constants.ENDPOINT
-    unreachable = _unreachable(endpoint)
-    if unreachable:
-        raise CheckpointError(missing_weights_message(folder, f"{endpoint} cannot be reached ({unreachable})", names))
     found = {name: folder / name for name in SOURCES}
+    for name in todo:  # the cache first: no network, no lock-step with HF_HUB_OFFLINE
+        release = RELEASES[name]
+        try:
+            cached = hf_hub_download(repo_id=release.repo, filename=name, revision=release.revision,
+                                     local_files_only=True)
+        except Exception:  # not in the cache (or an unreadable cache): try the download below
+            continue
+        found[name] = verified(Path(cached), release)
+    todo = [name for name in todo if not found[name].is_file()]
+    if not todo:
+        return CheckpointPaths(found[HUBERT_FILE], found[ANALYZER_FILE], found[VOCODER_FILE])
+    if not allow_download:
+        raise CheckpointError(missing_weights_message(folder, "downloading is disabled (--no-download)", names))
+    if hub_offline():
+        raise CheckpointError(missing_weights_message(folder, "HF_HUB_OFFLINE is set", names))
     with _quiet_hub(progress=log.isEnabledFor(logging.INFO)):
         for name in todo:
-            log.info("downloading %s from %s", name, SOURCES[name])
-            try:
-                found[name] = Path(hf_hub_download(repo_id=SOURCES[name], filename=name))
+            release = RELEASES[name]
+            try:  # one request without retries first, so that no network fails in seconds
+                get_hf_file_metadata(hf_hub_url(release.repo, name, revision=release.revision),
+                                     timeout=PROBE_TIMEOUT_S)
+                log.info("downloading %s from %s (revision %s)", name, release.repo, release.revision)
+                got = hf_hub_download(repo_id=release.repo, filename=name, revision=release.revision,
+                                      etag_timeout=PROBE_TIMEOUT_S)
             except Exception as exc:  # network, auth, missing repo: all end the same way for the user
                 log.debug("download of %s failed", name, exc_info=True)
-                reason = f"the download failed ({type(exc).__name__})"
-                raise CheckpointError(missing_weights_message(folder, reason, names)) from None
+                raise CheckpointError(missing_weights_message(folder, _download_reason(exc), names)) from None
+            found[name] = verified(Path(got), release)
     return CheckpointPaths(found[HUBERT_FILE], found[ANALYZER_FILE], found[VOCODER_FILE])
 
 
-def _unreachable(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why a TCP connection to ``endpoint`` (or the proxy for it) fails, or None if it opens."""
-    url = urllib.parse.urlsplit(endpoint)
-    proxy = urllib.request.getproxies().get(url.scheme)
-    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
-        url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    if not host:
-        return None  # leave odd endpoints to the hub library
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except TimeoutError:
-        return f"no answer within {timeout:g} s"
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    return None
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of the whole file at ``path``."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified(path: Path, release: Release) -> Path:
+    """``path`` if its sha256 is the pinned one (or none is pinned), else one :class:`CheckpointError`."""
+    if release.sha256 is None:
+        return path
+    actual = file_sha256(path)
+    if actual != release.sha256.lower():
+        raise CheckpointError(
+            f"{path}: sha256 {actual} differs from the released {path.name} ({release.repo}@{release.revision}: "
+            f"{release.sha256}); the file was not used: delete it and download again")
+    return path
+
+
+def _download_reason(exc: BaseException) -> str:
+    """Why a download failed, in words: an unreachable endpoint, else the error's type and message."""
+    from huggingface_hub import constants
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    names = " ".join(type(c).__name__ for c in chain)
+    if any(word in names for word in ("Connect", "Timeout", "LocalEntryNotFound")):
+        detail = next((one_line(c, 160) for c in reversed(chain) if "Connect" in type(c).__name__
+                       or "Timeout" in type(c).__name__), one_line(chain[-1], 160))
+        return f"{constants.ENDPOINT} cannot be reached ({detail})"
+    return f"the download failed ({type(exc).__name__}: {one_line(exc, 200)})"
 
 
 @contextmanager

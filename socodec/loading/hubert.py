@@ -14,8 +14,9 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -192,9 +193,14 @@ def load_hubert_weights(
     if cached is not None:
         logger.debug("HuBERT weights from cache %s", cache)
         return cached
-    state, cfg = read_fairseq_checkpoint(p)  # memory-mapped from the .pt
-    hf_state = fairseq_to_hf(state, cfg, source=p)
-    _write_cache(cache, cfg, hf_state, {**signature, "source": str(p.resolve())})
+    with _conversion_lock(cache):  # one process converts; the others wait here, then read its cache
+        cached = _read_cache(cache, signature, dtype, quiet=True)
+        if cached is not None:
+            logger.debug("HuBERT weights from cache %s (converted by another process)", cache)
+            return cached
+        state, cfg = read_fairseq_checkpoint(p)  # memory-mapped from the .pt
+        hf_state = fairseq_to_hf(state, cfg, source=p)
+        _write_cache(cache, cfg, hf_state, {**signature, "source": str(p.resolve())})
     cached = _read_cache(cache, signature, dtype)
     if cached is not None:
         return cached
@@ -203,8 +209,36 @@ def load_hubert_weights(
     return cfg, {k: v.clone() for k, v in hf_state.items()}
 
 
+def cache_lock_path(cache: Path) -> Path:
+    """The lock file guarding the conversion into ``cache`` (``<cache>.lock``)."""
+    return cache.with_name(cache.name + ".lock")
+
+
+@contextmanager
+def _conversion_lock(cache: Path) -> Iterator[None]:
+    """Hold :func:`cache_lock_path` (waiting for another process that converts); no lock where none can be made."""
+    from filelock import FileLock, Timeout
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache_lock_path(cache)), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("another process is converting HuBERT into %s: waiting for it", cache)
+            lock.acquire()
+    except OSError as exc:  # a read-only cache folder: convert without the cache (it only warns)
+        logger.debug("no lock for the HuBERT cache %s (%s)", cache, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _read_cache(
-    cache: Path, signature: Mapping[str, str], dtype: torch.dtype
+    cache: Path, signature: Mapping[str, str], dtype: torch.dtype, quiet: bool = False
 ) -> tuple[HubertConfig, dict[str, Tensor]] | None:
     if not cache.is_file():
         return None
@@ -212,7 +246,8 @@ def _read_cache(
         with safe_open(str(cache), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != CACHE_FORMAT or any(meta.get(k) != v for k, v in signature.items()):
-            logger.info("HuBERT cache %s is stale: converting the checkpoint again", cache)
+            if not quiet:
+                logger.info("HuBERT cache %s is stale: converting the checkpoint again", cache)
             return None
         cfg = _config_from_json(meta["config"])
         if dtype != torch.float32:

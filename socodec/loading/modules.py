@@ -4,6 +4,8 @@
 assigns the file's tensors strictly. HuBERT is only needed for analysis (audio -> tokens):
 by default it is loaded on first use (:class:`HubertLoader`), so decoding tokens needs only
 the two ``.safetensors`` files.
+
+The analyzer file: which keys inference needs, and a strict load into :class:`Analyzer`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import torch
 
 from socodec.config import AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError
-from socodec.loading.analyzer import HUBERT_PREFIX, load_analyzer
 from socodec.loading.checkpoints import HUBERT_FILE, file_fingerprint, load_strict, read_safetensors
 from socodec.loading.hubert import build_hubert, fairseq_to_hf, load_hubert_weights
 from socodec.nn.analyzer import Analyzer
 from socodec.nn.hubert import HubertFeatures
+from socodec.nn.quantizer import is_training_only
 from socodec.nn.vocoder import Vocoder
 
 __all__ = ["HubertLoader", "LoadedModules", "load_modules", "load_vocoder"]
+
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +146,35 @@ def load_modules(
     if loader.path is not None and loader.path.is_file():
         identity = {"hubert": loader.fingerprint(), **identity}
     return LoadedModules(hubert_model, analyzer_model, vocoder_model, identity)
+
+
+#: prefix of the HuBERT weights an analyzer file may carry (they override the ``.pt``'s)
+HUBERT_PREFIX = "ssl_extractor.model."
+
+
+_DECODER1_AUX = "decoder_1.layers."
+
+
+def is_unused_analyzer_key(key: str) -> bool:
+    """Keys of the released analyzer file that inference does not need."""
+    if key.startswith(HUBERT_PREFIX):
+        return True  # HuBERT weights, handled by the HuBERT loader
+    if key.startswith(_DECODER1_AUX):
+        index = key[len(_DECODER1_AUX):].split(".", 1)[0]
+        if index == "8":
+            return True  # auxiliary HuBERT-feature prediction head
+    prefix = "quantizer.quantizers.0."
+    return key.startswith(prefix) and is_training_only(key[len(prefix):])
+
+
+def load_analyzer(cfg: AnalyzerConfig, state: Mapping[str, torch.Tensor], source: str | Path) -> Analyzer:
+    """Build an :class:`Analyzer` and fill it strictly from ``state``.
+
+    Built on the meta device and the file's tensors assigned: no random initialisation, no copy.
+    """
+    with torch.device("meta"):
+        model = Analyzer(cfg)
+    if not state:
+        raise CheckpointError(f"{source}: the analyzer file holds no tensors")
+    load_strict(model, state, source=source, ignore=is_unused_analyzer_key)
+    return model.eval()

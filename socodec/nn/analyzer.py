@@ -2,7 +2,7 @@
 
 Submodule names mirror the released ``socodec_16384x4_120ms_16khz_chinese.safetensors``
 so the file loads strictly into :class:`Analyzer` without renaming
-(:mod:`socodec.loading.analyzer`).
+(:mod:`socodec.loading.modules`).
 """
 
 from __future__ import annotations

@@ -6,8 +6,33 @@ Module names mirror the checkpoint under ``quantizer.quantizers.0.``:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 matrix products in full precision here, whatever the host process chose.
+
+    TF32 (``torch.backends.cuda.matmul.allow_tf32``, ``set_float32_matmul_precision("high")``)
+    rounds the distances of the nearest-code search to 10 mantissa bits, which flips tokens on
+    GPUs. Both settings are forced off inside and restored on the way out.
+    """
+    matmul = torch.backends.cuda.matmul
+    tf32, precision = matmul.allow_tf32, torch.get_float32_matmul_precision()
+    if not tf32 and precision == "highest":
+        yield
+        return
+    matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        matmul.allow_tf32 = tf32
 
 
 class Codebook(nn.Module):
@@ -18,9 +43,10 @@ class Codebook(nn.Module):
         self.register_buffer("embed", torch.zeros(size, dim))
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """Index of the closest row (squared Euclidean). ``[N, dim] -> [N]`` int64."""
+        """Index of the closest row (squared Euclidean, full float32 even under TF32). ``[N, dim] -> [N]`` int64."""
         embed = self.embed
-        dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(-1)
+        with full_float32():
+            dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(-1)
         return dist.argmin(dim=-1)
 
 

@@ -70,9 +70,11 @@ def encode_body(codec: SoCodec, body: bytes, fmt: str, padding: str) -> bytes:
 
 
 def codes_json(codes: Codes) -> dict[str, Any]:
-    """The JSON form of :class:`Codes`: tokens ``[[s1, .., sS], ...]``, speaker, length, lead, padding."""
+    """The JSON form of :class:`Codes`: tokens ``[[s1, .., sS], ...]``, speaker, length, lead, padding, and
+    how HuBERT's attention saw the input (``attention``: ``full`` = the published tokens, or ``windowed``)."""
     return {"tokens": codes.tokens.tolist(), "speaker": codes.speaker.tolist(), "num_samples": codes.num_samples,
-            "lead": codes.lead, "padding": codes.padding, "sample_rate": codes.sample_rate}
+            "lead": codes.lead, "padding": codes.padding, "attention": codes.attention,
+            "hubert_window": codes.hubert_window, "sample_rate": codes.sample_rate}
 
 
 # ---------------------------------------------------------------------- decode
@@ -98,7 +100,8 @@ def _codes_from_json(body: bytes) -> Codes:
     tokens = _int_matrix(obj.get("tokens"), "tokens")
     speaker = _float_vector(obj.get("speaker"), "speaker")
     codes = Codes(tokens=tokens, speaker=speaker, sample_rate=obj.get("sample_rate", SAMPLE_RATE),
-                  num_samples=obj.get("num_samples"), lead=obj.get("lead"), padding=obj.get("padding"))
+                  num_samples=obj.get("num_samples"), lead=obj.get("lead"), padding=obj.get("padding"),
+                  attention=obj.get("attention"), hubert_window=obj.get("hubert_window"))
     try:
         return codes.validate()
     except SoCodecError as exc:

@@ -186,7 +186,7 @@ def token_bad_cases(marker: Path, hubert_pt: Path) -> dict[str, tuple[Builder, s
         "evil_system.pt": (_torch_save(evil_system), "cannot unpickle safely"),
         "evil_raw_pickle.pt": (_bytes(pickle.dumps(evil_exec, protocol=2)), "cannot unpickle safely"),
         "fairseq_checkpoint.pt": (lambda p: p.write_bytes(hubert_pt.read_bytes()), "cannot unpickle safely"),
-        "text.pt": (_bytes(b"not a torch file\n"), "cannot unpickle safely"),
+        "text.pt": (_bytes(b"not a torch file\n"), "neither a zip archive nor a pickle"),
         "empty.pt": (_bytes(b""), "cannot unpickle safely"),
         "not_a_dict.pt": (_torch_save(tok), "expected a dict"),
         "no_token.pt": (_pt(token=None), "missing key 'token'"),

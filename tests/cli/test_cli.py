@@ -34,7 +34,7 @@ from socodec.loading.checkpoints import ANALYZER_FILE, HUBERT_FILE, VOCODER_FILE
 
 LEAD = 8000
 GOLDEN_CLI = GOLDEN / "cli"
-CLI_CASES = ("ground_truth", "tone", "edge")
+CLI_CASES = ("ground_truth", "tone", "edge", "long40")
 TIMEOUT_S = 300
 PCM16_STEP = 1 / 32768
 
@@ -147,6 +147,7 @@ def _make_workspace(root: Path) -> Workspace:
         (files / f"ref_{case}.pt").symlink_to(GOLDEN / f"reference_features_{case}.pt")
     g = _golden("ground_truth")
     save_codes(Codes(g["tokens"], g["speaker"], num_samples=g["input_wav"].numel(), lead=LEAD), files / "gt_codes.soc")
+    sf.write(files / "long40.wav", _golden_cli("long40")["input_wav"].numpy(), 16000, subtype="FLOAT")
     return Workspace(root, ckpts, ["--ckpt-dir", str(ckpts), *configs, "--threads", "1"], env)
 
 
@@ -168,6 +169,12 @@ def runs(ws: Workspace):
     cmds.start("published", socodec(GOLDEN_CLI / "cli_tone.wav", GOLDEN_CLI / "cli_edge.wav", r / "out_published", *m),
                socodec(*(GOLDEN_CLI / f"reference_cli_features_{c}.pt" for c in CLI_CASES), r / "out_published_pt",
                        "-t", ".wav", "--sample-format", "float", *m))
+    cmds.start("long40", socodec(files / "long40.wav", r / "long40.soc", *m),
+               socodec("info", "--json", r / "long40.soc"))
+    cmds.start("long40_example", example("-i", files / "long40.wav", "-o", r / "ex" / "long40.pt", *m))
+    cmds.start("long40_windowed", socodec(files / "long40.wav", r / "long40_w.soc", "--hubert-window", "20", *m),
+               socodec("info", r / "long40_w.soc"))
+    cmds.start("long40_limit", socodec(files / "long40.wav", r / "long40_limit.pt", "--exact-max-seconds", "30", *m))
     cmds.start("grid_tokens", socodec(files / "gt.wav", r / "grid.soc", "--padding", "grid", *m))
     no_ckpt_dir = [a for a in m if a not in ("--ckpt-dir", str(ws.ckpts))]
     cmds.start("example_wav", example("-i", files / "gt.wav", "-o", r / "ex" / "gt.wav", *no_ckpt_dir),
@@ -284,6 +291,43 @@ def test_published_padding_is_the_default(runs, ws):
         assert torch.equal(codes.tokens, g["tokens"]), case
         assert_close_golden(codes.speaker, g["speaker"])
         assert (codes.num_samples, codes.lead, codes.padding) == (g["input_wav"].numel(), LEAD, "published")
+
+
+def test_long_input_gives_the_published_tokens(runs, ws):
+    """40 s (``golden_cli_long40``): full attention by default, through ``socodec`` and ``example.py``."""
+    g = _golden_cli("long40")
+    step = runs["long40"]
+    step[0].check()
+    codes = load_codes(ws.root / "long40.soc")
+    assert torch.equal(codes.tokens, g["tokens"])
+    assert_close_golden(codes.speaker, g["speaker"])
+    assert (codes.attention, codes.hubert_window, codes.padding) == ("full", None, "published")
+    assert len(step) == 2, str(step[-1])
+    step[1].check()
+    info = json.loads(step[1].stdout)
+    assert (info["attention"], info["hubert_window"]) == ("full", None)
+    runs["long40_example"][0].check()
+    raw = torch.load(ws.root / "ex" / "long40.pt", weights_only=True)
+    assert torch.equal(raw["token"], g["tokens"]) and raw["attention"] == "full"
+
+
+def test_windowed_attention_is_a_recorded_choice(runs, ws):
+    g = _golden_cli("long40")
+    step = runs["long40_windowed"]
+    step[0].check()
+    codes = load_codes(ws.root / "long40_w.soc")
+    assert (codes.attention, codes.hubert_window) == ("windowed", 20.04)
+    assert codes.num_frames == g["tokens"].shape[0] and not torch.equal(codes.tokens, g["tokens"])
+    assert len(step) == 2, str(step[-1])
+    step[1].check()
+    assert "windowed, 20.04 s windows (approximate tokens)" in step[1].stdout
+    # beyond --exact-max-seconds: windows, with one warning that names the setting
+    result = runs["long40_limit"][0]
+    result.check()
+    warnings = [line for line in result.stderr.splitlines() if "exact-max-seconds" in line]
+    assert len(warnings) == 1, result.stderr
+    limited = load_codes(ws.root / "long40_limit.pt")
+    assert limited.attention == "windowed" and torch.equal(limited.tokens, codes.tokens)
 
 
 def test_published_tool_pt_decodes_to_its_golden_audio(runs, ws):

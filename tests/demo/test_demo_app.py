@@ -121,8 +121,22 @@ def test_socodec_demo_command_serves_until_interrupted(ckpts, codec, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # Ctrl-C, as the README says
     assert f"running at http://127.0.0.1:{port}" in err and "Traceback" not in err, err
+    assert "Keyboard interruption" not in out + err
+
+
+def test_demo_on_a_busy_port_says_so_with_our_options(ckpts):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _demo("--port", port, "--ckpt-dir", ckpts, *TINY_CONFIGS, "--no-download")
+        _, err = proc.communicate(timeout=START_TIMEOUT_S)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 1, err
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0], err
+    assert "GRADIO" not in err and "server_port" not in err, err
 
 
 def test_demo_usage_errors_and_missing_extra(tmp_path):

@@ -94,6 +94,8 @@ def test_bad_inputs_give_the_command_lines_one_line_errors(handlers, tmp_path):
     broken.write_bytes(b"RIFF\x00\x00")
     two = tmp_path / "two.soc"
     Codes(torch.zeros(10, 2, dtype=torch.long), torch.zeros(64), num_samples=1000, lead=8000).save(two)
+    wide = tmp_path / "wide.soc"
+    Codes(torch.zeros(10, 4, dtype=torch.long), torch.zeros(1024), num_samples=1000, lead=8000).save(wide)
     cases = [
         (lambda: handlers.analyse(None), "upload or record some speech first"),
         (lambda: handlers.analyse(str(broken)), f"{broken}: not a readable audio file"),
@@ -102,6 +104,8 @@ def test_bad_inputs_give_the_command_lines_one_line_errors(handlers, tmp_path):
         (lambda: handlers.resynthesise(str(two), 4), "two.soc: holds 2 streams, cannot decode with 4"),
         (lambda: handlers.resynthesise(str(two), 7), "streams must be one of"),
         (lambda: handlers.resynthesise(str(two), 1, str(tmp_path / "x.txt")), "x.txt: the voice must be"),
+        (lambda: handlers.resynthesise(str(wide), 4), "wide.soc: speaker vector has 1024 values"),
+        (lambda: handlers.resynthesise(str(two), 1, str(wide)), "two.soc with the voice of wide.soc: speaker vector"),
     ]
     for call, message in cases:
         with pytest.raises(SoCodecError) as info:

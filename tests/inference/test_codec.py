@@ -205,3 +205,50 @@ def test_every_call_hands_freed_heap_back(codec, golden_case, monkeypatch):
     pieces = list(codec.decode_iter(codes))
     assert len(calls) == 3
     assert torch.equal(torch.cat(pieces), audio)
+
+
+def test_heap_trimming_is_opt_in_for_the_api(codec, golden_case, monkeypatch):
+    """A library call leaves the process heap alone; the corpus workers (and the command line) opt in."""
+    from socodec.corpus.encoder import load_encoder
+    from socodec.inference import heap
+
+    trims = []
+    monkeypatch.setattr(heap, "_trim_function", lambda: trims.append)
+    monkeypatch.setattr(heap, "_TRIM", False)
+    codec.encode(golden_case["input_wav"])
+    assert trims == [] and not heap.heap_trimming()
+    load_encoder(lambda: codec, None, "published")
+    assert heap.heap_trimming()
+    codec.encode(golden_case["input_wav"])
+    assert trims == [0]
+
+
+def test_a_deferred_hubert_loads_once_when_threads_ask_together(codec):
+    """The demo's events run in threads: the first-use load must not run twice at once."""
+    import threading
+    import time
+
+    from socodec.inference.core import CodecCore
+
+    calls = []
+
+    class SlowSource:
+        def __call__(self, dtype):
+            calls.append(dtype)
+            time.sleep(0.3)
+            return codec.hubert
+
+        def fingerprint(self) -> str:
+            return "slow"
+
+        def check(self) -> None:
+            pass
+
+    core = CodecCore(SlowSource(), codec.analyzer, codec.vocoder)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(core.hubert)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(calls) == 1 and len(got) == 4 and all(m is codec.hubert for m in got)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import GOLDEN, assert_close_golden
 from socodec import SoCodec
-from socodec.inference.causal_stream import CausalStreamer, causal_context
+from socodec.nn.causal import CausalStreamer, causal_context
 from socodec.errors import SoCodecError
 from socodec.config import ChunkConfig
 from socodec.inference.longform import (
@@ -135,20 +136,59 @@ def test_windowed_hubert_close_to_full_attention(codec, small_chunks):
     assert torch.equal(codec.analyzer.tokens(feats)[0], tokens)
 
 
-def test_long_encode_takes_the_windowed_path(codec, small_chunks, monkeypatch):
+def test_long_encode_is_exact_by_default(codec, small_chunks, monkeypatch, caplog):
+    """Beyond one window the analysis runs stage by stage, with full attention: the whole-path tokens."""
     import socodec.codec as codec_mod
 
     calls = []
     real = codec_mod.encode_long
-    monkeypatch.setattr(codec_mod, "encode_long", lambda c, sig: calls.append(sig.length) or real(c, sig))
+    monkeypatch.setattr(codec_mod, "encode_long", lambda c, sig, window: calls.append((sig.length, window))
+                        or real(c, sig, window))
     x = speechlike(7.0, seed=4)
-    codes = codec.encode(x, padding="grid")
+    with caplog.at_level(logging.WARNING, logger="socodec"):
+        codes = codec.encode(x, padding="grid")
+    assert not caplog.records
     total = codec.padded_length(LEAD + x.numel(), "grid")
-    assert calls == [total] and codes.num_frames == total // HOP > small_chunks.hubert_span
-    assert (codes.num_samples, codes.lead) == (x.numel(), LEAD)
+    assert calls == [(total, None)] and codes.num_frames == total // HOP > small_chunks.hubert_span
+    assert (codes.num_samples, codes.lead, codes.attention, codes.hubert_window) == (x.numel(), LEAD, "full", None)
     with torch.inference_mode():
-        speaker = codec.analyzer.speaker(codec.mel(codec.pad(x, LEAD, "grid")[None]))[0]
-    assert torch.allclose(codes.speaker, speaker, atol=1e-5, rtol=0)
+        whole = codec.encode_whole(x, LEAD, "grid")
+    assert torch.equal(codes.tokens, whole.tokens)
+    assert torch.allclose(codes.speaker, whole.speaker, atol=1e-5, rtol=0)
+
+
+def test_windowed_attention_on_request_is_recorded(codec, small_chunks):
+    x = speechlike(7.0, seed=4)
+    exact = codec.encode(x, padding="grid")
+    windowed = codec.encode(x, padding="grid", hubert_window=2.4)
+    assert (windowed.attention, windowed.hubert_window) == ("windowed", 2.4)
+    assert windowed.num_frames == exact.num_frames
+    assert not torch.equal(windowed.tokens, exact.tokens)  # windows change some frames
+    with torch.inference_mode():
+        want = stream_tokens(codec, windowed_features(codec, PaddedSignal(x, LEAD, windowed.num_frames * HOP), 20))
+    assert torch.equal(windowed.tokens, want)
+    # a window longer than the input (plus its context): attention spans everything anyway
+    short = codec.encode(x[:16000], padding="grid", hubert_window=30)
+    assert (short.attention, short.hubert_window) == ("full", None)
+    assert torch.equal(short.tokens, codec.encode(x[:16000], padding="grid").tokens)
+    # the codec-wide setting is what encode uses when not told
+    codec.chunks = dataclasses.replace(codec.chunks, hubert_window_seconds=2.4)
+    assert torch.equal(codec.encode(x, padding="grid").tokens, windowed.tokens)
+    for bad in (0, -1.0, 0.01, float("nan"), float("inf"), "2"):
+        with pytest.raises(SoCodecError, match="hubert_window"):
+            codec.encode(x, hubert_window=bad)
+
+
+def test_exact_limit_falls_back_to_windows_with_one_warning(codec, small_chunks, caplog):
+    x = speechlike(7.0, seed=4)
+    codec.chunks = dataclasses.replace(codec.chunks, exact_max_seconds=5.0)
+    with caplog.at_level(logging.WARNING, logger="socodec"):
+        codes = codec.encode(x, padding="grid")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "exact_max_seconds" in warnings[0] and "--exact-max-seconds" in warnings[0]
+    assert (codes.attention, codes.hubert_window) == ("windowed", round(small_chunks.hubert_window * 0.12, 6))
+    with pytest.raises(SoCodecError, match="exact_max_seconds"):
+        ChunkConfig(exact_max_seconds=0)
 
 
 def test_causal_streamer_equals_whole_sequence(codec):

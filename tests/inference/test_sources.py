@@ -14,7 +14,7 @@ from socodec.audio import load_audio
 from socodec.errors import AudioError
 from socodec.config import ChunkConfig
 from socodec.inference.longform import LazyMel, PaddedSignal, long_mel
-from socodec.sources import FileSource, TensorSource
+from socodec.audio import FileSource, TensorSource
 from test_long_audio import speechlike, tiny_codec
 
 

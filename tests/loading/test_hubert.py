@@ -332,3 +332,38 @@ def test_key_mapping_is_strict(golden_fairseq) -> None:
     hf_state = fairseq_to_hf(state, cfg)
     with pytest.raises(CheckpointError, match=r"x: missing key 'encoder\.layer_norm\."):
         build_hubert(cfg, {k: v for k, v in hf_state.items() if "encoder.layer_norm" not in k}, "x")
+
+
+def test_a_cold_cache_is_converted_once_others_wait_and_reuse_it(tmp_path: Path) -> None:
+    """Another process holds the conversion lock: this load waits, then reads that process's cache."""
+    import shutil
+    import threading
+
+    from filelock import FileLock
+
+    from socodec.loading.hubert import cache_lock_path, cache_path, load_hubert_weights
+
+    pt = GOLDEN / "hubert_tiny_fairseq.pt"
+    load_hubert_weights(pt, cache_dir=tmp_path / "done")  # what the other process will have written
+    cache = cache_path(pt, tmp_path / "cold")
+    cache.parent.mkdir()
+    converted: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: converted.append(record.getMessage())  # type: ignore[method-assign]
+    hub_log = logging.getLogger("socodec.loading.hubert")
+    hub_log.addHandler(handler)
+    level = hub_log.level
+    hub_log.setLevel(logging.DEBUG)
+    try:
+        with FileLock(str(cache_lock_path(cache))):
+            waiter = threading.Thread(target=load_hubert_weights, args=(pt,), kwargs={"cache_dir": tmp_path / "cold"})
+            waiter.start()
+            waiter.join(1.0)
+            assert waiter.is_alive() and not cache.exists()  # it waits instead of converting too
+            shutil.copy(cache_path(pt, tmp_path / "done"), cache)
+        waiter.join(60)
+    finally:
+        hub_log.removeHandler(handler)
+        hub_log.setLevel(level)
+    assert not waiter.is_alive()
+    assert any("waiting" in m for m in converted) and not any("cached converted" in m for m in converted), converted

@@ -11,7 +11,7 @@ from conftest import GOLDEN, MANIFESTS, assert_close_golden
 from socodec.loading.checkpoints import read_safetensors
 from socodec.config import AnalyzerConfig
 from socodec.errors import CheckpointError
-from socodec.loading.analyzer import is_unused_analyzer_key, load_analyzer
+from socodec.loading.modules import is_unused_analyzer_key, load_analyzer
 from socodec.nn.analyzer import Analyzer
 
 
@@ -98,3 +98,36 @@ def test_corrupt_safetensors(tmp_path):
         read_safetensors(bad)
     with pytest.raises(CheckpointError, match="not found"):
         read_safetensors(tmp_path / "absent.safetensors")
+
+
+class _MatmulSpy(torch.Tensor):
+    """Records the TF32 settings in force at each matrix product it takes part in."""
+
+    seen: list[tuple[bool, str]] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm"):
+            cls.seen.append((torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_nearest_code_search_is_full_float32_under_tf32_and_restores_it() -> None:
+    from socodec.nn.quantizer import Codebook
+
+    book = Codebook(16, 8)
+    book.embed.copy_(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        matmul.allow_tf32 = True  # what a host process may have set
+        torch.set_float32_matmul_precision("high")
+        _MatmulSpy.seen.clear()
+        idx = book.nearest(x.as_subclass(_MatmulSpy))
+        assert _MatmulSpy.seen and all(s == (False, "highest") for s in _MatmulSpy.seen), _MatmulSpy.seen
+        assert (matmul.allow_tf32, torch.get_float32_matmul_precision()) == (True, "high")
+    finally:
+        matmul.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])
+    assert torch.equal(idx.as_subclass(torch.Tensor), torch.cdist(x, book.embed).argmin(-1))

@@ -140,3 +140,32 @@ def test_weight_cache_follows_parameter_updates():
 def test_bad_input_shape(tiny_vocoder):
     with pytest.raises(ValueError, match="mel"):
         tiny_vocoder(torch.zeros(1, 80, 50))
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("snake_logscale", False, "snake_logscale true"),    # read, and refused: the model has no linear-scale snake
+    ("snake_logscale", "false", "true or false"),        # bool("false") would be True
+    ("use_tanh_at_final", "no", "true or false"),
+    ("use_bias_at_final", 1, "true or false"),
+    ("num_mels", "80", "integer"),
+    ("upsample_initial_channel", True, "integer"),
+])
+def test_vocoder_config_types_are_checked(key: str, value: object, words: str) -> None:
+    from socodec.errors import ConfigError
+
+    data = json.loads((GOLDEN / "vocoder_tiny.json").read_text())
+    assert VocoderConfig.from_dict(data).snake_logscale is True
+    data[key] = value
+    with pytest.raises(ConfigError, match=words):
+        VocoderConfig.from_dict(data)
+
+
+def test_analyzer_config_refuses_strings_for_numbers() -> None:
+    from socodec.config import AnalyzerConfig
+    from socodec.errors import ConfigError
+
+    data = json.loads((GOLDEN / "analyzer_tiny.json").read_text())
+    AnalyzerConfig.from_dict(data)
+    data["n_model_size"] = str(data["n_model_size"])
+    with pytest.raises(ConfigError, match="integer"):
+        AnalyzerConfig.from_dict(data)

@@ -134,6 +134,7 @@ def test_encode_equals_the_command_line(server, cli_files):
     assert js["tokens"] == codes.tokens.tolist()
     assert np.array_equal(np.array(js["speaker"], dtype=np.float32), codes.speaker.numpy())
     assert (js["num_samples"], js["lead"], js["padding"]) == (codes.num_samples, codes.lead, "published")
+    assert (js["attention"], js["hubert_window"]) == ("full", None) == (codes.attention, codes.hubert_window)
     grid = post(server, "/v1/encode", body, format="json", padding="grid").json()
     assert grid["padding"] == "grid" and len(grid["tokens"]) <= len(js["tokens"])
 

@@ -1,0 +1,235 @@
+"""Rough edges a new user met: help that lists every command, one-line option errors, exit
+statuses, a full disk, outputs that look like files, messages in our words, fingerprints,
+float WAV headers, start-up without torch. Commands run in a subprocess, on real files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hostile_cases as hc
+from conftest import REPO, TINY_CONFIGS, tiny_ckpt_dir
+from socodec.cli import COMMANDS
+from socodec.codes import save_codes
+from socodec.fileio import atomic_path
+
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rough")
+    paths = {"root": root, "ckpts": tiny_ckpt_dir(root / "ckpts"), "cache": root / "cache"}
+    paths["wav"] = hc.build(root, {"speech.wav": hc.AUDIO_OK["pcm16.wav"]})["speech.wav"]
+    paths["wav2"] = hc.build(root, {"speech2.wav": hc.AUDIO_OK["pcm16.wav"]})["speech2.wav"]
+    paths["soc"] = save_codes(hc.good_codes(frames=60), root / "codes.soc")
+    return paths
+
+
+def model_args(ws: dict[str, Path]) -> list[str]:
+    return ["--ckpt-dir", str(ws["ckpts"]), *TINY_CONFIGS, "--no-download", "--threads", "1"]
+
+
+def env_for(ws: dict[str, Path]) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SOCODEC_", "HF_"))}
+    return {**clean, "SOCODEC_CACHE_DIR": str(ws["cache"]), "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def socodec(ws: dict[str, Path], *args: object, file_limit: int | None = None, python: list[str] | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """``python -m socodec ARGS`` in a subprocess; ``file_limit``: no file may grow beyond this many bytes
+    (the system's answer is then that of a full disk: the write fails)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    argv = [sys.executable, *(python or []), "-m", "socodec", *map(str, args)]
+    return subprocess.run(argv, env=env_for(ws), capture_output=True, text=True, timeout=TIMEOUT_S,
+                          stdin=subprocess.DEVNULL, preexec_fn=limit if file_limit else None, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------- discoverability (25.8)
+
+
+@pytest.mark.parametrize("args", [["--help"], []], ids=["help", "no-arguments"])
+def test_usage_lists_every_command(ws, args):
+    r = socodec(ws, *args)
+    text = r.stdout + r.stderr
+    assert r.returncode == (0 if args else 2), text
+    for name in COMMANDS:
+        assert f"socodec {name} " in text, f"{name} missing from:\n{text}"
+
+
+def test_help_states_one_default_per_option(ws):
+    tokenize = socodec(ws, "tokenize", "--help").stdout
+    assert tokenize.count("default: torch's choice") == 0 and "divided" in tokenize
+    assert "--threads defaults" not in tokenize
+    demo = socodec(ws, "demo", "--help").stdout
+    assert "--batch-size" not in demo and "--threads" in demo
+
+
+def test_random_checkpoint_script_help_and_file_modes(ws, tmp_path):
+    script = [sys.executable, str(REPO / "scripts" / "make_random_checkpoints.py")]
+    help_text = subprocess.run([*script, "--help"], capture_output=True, text=True, timeout=TIMEOUT_S).stdout
+    assert "--ckpt-dir OUT_DIR \\\n" in help_text, help_text
+    old = os.umask(0o022)
+    try:
+        subprocess.run([*script, str(tmp_path / "ck"), "--tiny"], check=True, capture_output=True, timeout=TIMEOUT_S)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "ck").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644, f"{path.name}: {oct(path.stat().st_mode)}"
+
+
+# ---------------------------------------------------------------- option errors: one line, exit 2 (26.2, 25.9)
+
+
+@pytest.mark.parametrize("args", [
+    ["{wav}", "{root}/o.wav", "--sample-format", "pcm8"],
+    ["{wav}", "{root}/o.wav", "--streams", "7"],
+    ["{wav}", "{root}/o.wav", "--bogus"],
+    ["info"],
+    ["tokenize", "{wav}", "-o", "{root}/t", "--engine", "spark"],
+    ["{wav}", "{root}/o.mp3"],
+    ["{soc}", "{root}/o.flac", "--sample-format", "float"],
+], ids=["choice", "range", "unknown-option", "missing-argument", "tokenize-choice", "output-suffix", "flac-float"])
+def test_option_errors_are_one_line_and_exit_2(ws, args):
+    argv = [a.format(**ws) for a in args]
+    r = socodec(ws, *argv, *(model_args(ws) if argv[0] != "info" else []))
+    lines = error_lines(r.stderr)
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("socodec: ERROR: "), r.stderr
+    assert "usage:" not in r.stderr
+    assert not list(ws["root"].glob("o.*"))
+
+
+# ---------------------------------------------------------------- a full disk (25.1)
+
+
+def test_disk_full_while_writing_audio_is_one_line(ws, tmp_path):
+    out = tmp_path / "out.wav"
+    r = socodec(ws, ws["soc"], out, *model_args(ws), file_limit=20_000)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and str(out) in lines[0] and "file too large" in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_tokenizing_names_the_file(ws, tmp_path):
+    out = tmp_path / "tokens"
+    r = socodec(ws, "tokenize", ws["wav"], ws["wav2"], "-o", out, "--workers", "1", *model_args(ws), file_limit=3000)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "unexpected error" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
+    assert len(errors) == 1 and str(out) in errors[0] and "file too large" in errors[0], r.stderr
+    assert hc.leftovers(out) == []
+
+
+def test_failed_write_into_a_missing_place_warns_about_nothing(tmp_path, caplog):
+    (tmp_path / "file").write_text("x")
+    with caplog.at_level(logging.WARNING), pytest.raises(OSError):
+        with atomic_path(tmp_path / "file" / "out.wav") as tmp:
+            tmp.write_bytes(b"data")
+    assert caplog.records == []
+
+
+# ---------------------------------------------------------------- outputs and files (25.5, 26.3, 26.5)
+
+
+def test_several_inputs_with_a_file_like_output_are_refused(ws, tmp_path):
+    out = tmp_path / "two.wav"
+    r = socodec(ws, ws["wav"], ws["wav2"], out, *model_args(ws))
+    assert r.returncode == 2, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and str(out) in lines[0] and "folder" in lines[0], r.stderr
+    assert not out.exists()
+    assert "new folder" not in r.stderr
+
+
+def test_new_folder_is_announced_only_once_made(ws, tmp_path):
+    out = tmp_path / "made"
+    r = socodec(ws, ws["wav"], ws["wav2"], out, *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    assert any("new folder" in ln and str(out) in ln for ln in r.stderr.splitlines()), r.stderr
+    missing = tmp_path / "never"
+    no_model = ["--ckpt-dir", str(tmp_path / "no-model"), *model_args(ws)[2:]]
+    r = socodec(ws, ws["wav"], ws["wav2"], missing, *no_model)
+    assert r.returncode != 0 and "new folder" not in r.stderr and not missing.exists(), r.stderr
+
+
+def test_info_lists_fingerprints_in_one_order(ws, tmp_path):
+    codes = hc.good_codes()
+    codes.model = {"vocoder": "v" * 12, "analyzer": "a" * 12, "hubert": "h" * 12}
+    outputs = []
+    for suffix in (".pt", ".soc"):
+        path = save_codes(codes, tmp_path / f"c{suffix}")
+        r = socodec(ws, "info", path)
+        assert r.returncode == 0, r.stderr
+        outputs.append(next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("model")))
+    assert outputs[0] == outputs[1] == "  model         analyzer aaaaaaaaaaaa, hubert hhhhhhhhhhhh, vocoder vvvvvvvvvvvv"
+
+
+def test_float_wav_has_the_extensible_header(ws, tmp_path):
+    out = tmp_path / "float.wav"
+    r = socodec(ws, ws["soc"], out, "--sample-format", "float", *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    head = out.read_bytes()[:64]
+    fmt = head.index(b"fmt ")
+    size = int.from_bytes(head[fmt + 4:fmt + 8], "little")
+    tag = int.from_bytes(head[fmt + 8:fmt + 10], "little")
+    assert (size, tag) == (40, 0xFFFE), (size, hex(tag))
+    import soundfile as sf
+    assert sf.info(str(out)).subtype == "FLOAT"
+
+
+# ---------------------------------------------------------------- tokens of another model (25.4)
+
+
+def test_decoding_tokens_of_another_model_warns_once(ws, tmp_path):
+    from socodec.codes import load_codes
+
+    own = tmp_path / "own.soc"
+    r = socodec(ws, ws["wav"], own, *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    r = socodec(ws, own, tmp_path / "own.wav", *model_args(ws))
+    assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr
+    codes = load_codes(own)
+    ours = codes.model["analyzer"]
+    codes.model = {**codes.model, "analyzer": "f1e2d3c4b5a6"}
+    folder = tmp_path / "other"
+    folder.mkdir()
+    for name in ("a.soc", "b.pt"):
+        save_codes(codes, folder / name)
+    r = socodec(ws, folder, tmp_path / "decoded", *model_args(ws))
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1, r.stderr
+    assert "f1e2d3c4b5a6" in warnings[0] and ours in warnings[0] and "another analyzer" in warnings[0]
+
+
+# ---------------------------------------------------------------- messages in our words (25.7)
+
+
+@pytest.mark.parametrize("text", [b"hello world\n", b"tokens 1 2 3\n"])
+def test_text_file_named_pt_is_called_what_it_is(ws, tmp_path, text):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(text)
+    r = socodec(ws, "info", path)
+    assert r.returncode == 1
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "neither a zip archive nor a pickle" in lines[0], r.stderr
+    assert "unpickle" not in lines[0]
