@@ -1,6 +1,5 @@
 """SoCodec speech codec: 16 kHz speech <-> 4 token streams + a speaker vector."""
 
-from socodec.codes import Codes
 from socodec.config import ChunkConfig
 from socodec.errors import AudioError, CheckpointError, CodesError, ConfigError, SoCodecError
 
@@ -12,6 +11,10 @@ def __getattr__(name: str):
         from socodec.codec import SoCodec
 
         return SoCodec
+    if name == "Codes":  # lazy too: `socodec --version` and `--help` never import torch
+        from socodec.codes import Codes
+
+        return Codes
     raise AttributeError(name)
 
 

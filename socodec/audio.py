@@ -25,15 +25,12 @@ import soxr
 import torch
 from torch import Tensor
 
-from socodec.config import SAMPLE_RATE
+from socodec.config import AUDIO_SUFFIXES, SAMPLE_FORMATS, SAMPLE_RATE, WRITE_SUFFIXES
 from socodec.errors import AudioError, one_line
 from socodec.fileio import atomic_path, write_reason
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
-WRITE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
-SAMPLE_FORMATS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

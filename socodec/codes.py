@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from socodec.config import ATTENTION_FULL, ATTENTION_WINDOWED, ATTENTIONS, PADDINGS, SAMPLE_RATE, SAMPLES_PER_TOKEN
+from socodec.config import (
+    ATTENTION_FULL, ATTENTION_WINDOWED, ATTENTIONS, PADDINGS, SAMPLE_RATE, SAMPLES_PER_TOKEN, TOKEN_SUFFIXES,
+)
 from socodec.errors import CodesError
 from socodec.fileio import atomic_write
 from socodec.formats.pt import PT_FORMAT, encode_pt, read_pt
@@ -34,7 +36,6 @@ logger = logging.getLogger(__name__)
 CARDINALITY = 16384
 MAX_STREAMS = 4
 FORMAT_VERSION = 1
-TOKEN_SUFFIXES = (".pt", ".soc")
 
 _INT_DTYPES = frozenset(
     {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}

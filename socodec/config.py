@@ -20,6 +20,13 @@ from socodec.errors import ConfigError
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_TOKEN = 1920
+#: file kinds, by suffix (here, with no heavy imports, so the command line can route and
+#: describe itself without loading torch): audio read, audio written (libsndfile format),
+#: sample formats of written audio, token files
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
+WRITE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
+SAMPLE_FORMATS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
+TOKEN_SUFFIXES = (".pt", ".soc")
 HUBERT_HOP = 320
 MEL_HOP = 160
 LEAD_SAMPLES = 8000

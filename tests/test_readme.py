@@ -52,3 +52,34 @@ def test_language_model_example_runs(workdir):
     namespace: dict = {}
     exec(compile(readme_block("## For speech language models"), "README.md", "exec"), namespace)
     assert isinstance(namespace["speech"], torch.Tensor) and namespace["speech"].numel() > 0
+
+
+def _undefined_names(source: str) -> set[str]:
+    """Names a code block reads but neither defines, imports nor gets from Python's builtins."""
+    import ast
+    import builtins
+
+    tree = ast.parse(source)
+    defined = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            defined.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined.add(node.name)
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return read - defined
+
+
+def test_every_python_example_stands_alone():
+    """Each README example can be pasted on its own: it uses no name from an earlier one."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        assert not _undefined_names(block), f"{sorted(_undefined_names(block))} undefined in:\n{block}"

@@ -21,8 +21,6 @@ from socodec.cli.jobs import check_options, plan_jobs
 from socodec.cli.model import apply_threads
 from socodec.cli.options import ConvertOptions
 from socodec.cli.parser import parse_convert
-from socodec.cli.runner import run_jobs
-from socodec.cli.shards import decode_shards, is_shard_input
 
 __all__ = ["main", "convert"]
 
@@ -36,6 +34,9 @@ def main(argv: list[str]) -> int:
 
 def convert(opts: ConvertOptions) -> int:
     """Plan and run the jobs of ``opts``; returns the exit status (0 all done, 1 some failed)."""
+    from socodec.cli.runner import run_jobs  # torch and the model code: not for --help or --version
+    from socodec.cli.shards import decode_shards, is_shard_input
+
     apply_threads(opts.model)
     if opts.to_stdout:
         from socodec.cli.pcm import stream_pcm

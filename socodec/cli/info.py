@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from socodec.cli.common import Parser
-from socodec.codes import load_codes
 from socodec.errors import SoCodecError, one_line
 
 __all__ = ["build_parser", "main"]
@@ -27,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Print a summary of each file; exit status 1 if any cannot be read."""
     args = build_parser().parse_args(argv)
+    from socodec.codes import load_codes  # after parsing: 'socodec info --help' never imports torch
+
     files: list[Path] = args.files
     status = 0
     results = []

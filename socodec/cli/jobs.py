@@ -13,10 +13,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from socodec.audio import AUDIO_SUFFIXES, WRITE_SUFFIXES
 from socodec.cli.common import UsageError
 from socodec.cli.options import CodingOptions
-from socodec.codes import TOKEN_SUFFIXES
+from socodec.config import AUDIO_SUFFIXES, TOKEN_SUFFIXES, WRITE_SUFFIXES
 from socodec.errors import SoCodecError
 
 __all__ = ["Job", "check_options", "is_audio_file", "is_token_file", "plan_jobs"]

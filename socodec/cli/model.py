@@ -16,8 +16,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from socodec.cli.common import UsageError
 from socodec.cli.options import DTYPES, ModelOptions
 from socodec.errors import SoCodecError, one_line
@@ -67,6 +65,8 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
     batch = getattr(ns, "batch_size", 1)
     if batch < 1:
         raise UsageError("--batch-size must be at least 1")
+    import torch  # here, not at import: --help and --version never load torch
+
     if ns.hubert_window is not None and not 0.12 <= ns.hubert_window < float("inf"):
         raise UsageError("--hubert-window must be at least 0.12 seconds (one token frame)")
     if not 0 < ns.exact_max_seconds < float("inf"):
@@ -92,6 +92,8 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
 def apply_threads(opts: ModelOptions) -> None:
     """``--threads``: torch's CPU thread count for this process."""
     if opts.threads is not None:
+        import torch
+
         torch.set_num_threads(opts.threads)
 
 

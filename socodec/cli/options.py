@@ -7,20 +7,43 @@ the job runner, the PCM writer and the subcommands only see these dataclasses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a dtype is looked up: --help and --version never load it
+    import torch
+
+
+class _TorchDtypes(Mapping):
+    """``--dtype`` names -> torch dtypes; torch is imported on the first look-up, not before."""
+
+    NAMES = ("float32", "float16", "bfloat16")
+
+    def __getitem__(self, name: str) -> torch.dtype:
+        if name not in self.NAMES:
+            raise KeyError(name)
+        import torch
+
+        return getattr(torch, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
 
 from socodec.errors import ErrorLimit
 
 #: ``--dtype`` names and the torch types they stand for.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES: Mapping[str, torch.dtype] = _TorchDtypes()
 
 
 def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
     """A torch dtype from its ``--dtype`` name (a dtype is returned as is)."""
-    if isinstance(name, torch.dtype):
+    if not isinstance(name, str):
         return name
     try:
         return DTYPES[name]
@@ -36,7 +59,7 @@ class ModelOptions:
     analyzer_config: Path | None = None
     vocoder_config: Path | None = None
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | str = "float32"  # a name becomes the torch dtype
     threads: int | None = None
     allow_download: bool = True
     batch_size: int = 1

@@ -11,12 +11,10 @@ import argparse
 from pathlib import Path
 
 from socodec import __version__
-from socodec.audio import SAMPLE_FORMATS, WRITE_SUFFIXES
 from socodec.cli.common import Parser, UsageError, add_max_errors_argument
 from socodec.cli.model import add_model_arguments, model_options
 from socodec.cli.options import CodingOptions, ConvertOptions
-from socodec.codes import TOKEN_SUFFIXES
-from socodec.config import PADDINGS
+from socodec.config import PADDINGS, SAMPLE_FORMATS, TOKEN_SUFFIXES, WRITE_SUFFIXES
 
 
 #: The subcommands as ``socodec --help`` lists them (``socodec COMMAND --help`` tells more).

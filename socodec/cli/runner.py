@@ -49,6 +49,7 @@ class Runner:
         self._decoded: dict[Job, torch.Tensor] = {}
         self._warned_model = False
         self.fallbacks = Fallbacks(log)
+        self.chunk_bar = False  # run_jobs: one file, not quiet -> progress of its synthesis on a terminal
 
     @property
     def codec(self) -> SoCodec:
@@ -113,7 +114,10 @@ class Runner:
             if job in self._decoded:
                 save_audio(job.output, self._decoded.pop(job), sample_format=fmt)
             else:  # written piece by piece: hours of audio are never held whole
-                save_audio_stream(job.output, self.codec.decode_iter(codes), sample_format=fmt)
+                pieces = self.codec.decode_iter(codes)
+                if self.chunk_bar:
+                    pieces = _with_bar(pieces, codes.duration)
+                save_audio_stream(job.output, pieces, sample_format=fmt)
 
     def check_model(self, codes: Codes, source: Path) -> None:
         """Warn (once a run) when ``codes`` were made by another analyzer than the one decoding them.
@@ -189,6 +193,7 @@ class Runner:
 def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
     """Run every job; report failures one line each. Returns the exit status (0, 1, or 130 on Ctrl-C)."""
     runner = Runner(opts)
+    runner.chunk_bar = len(jobs) == 1 and not opts.quiet
     runner.prepare(jobs)  # a model that cannot load: one line, before any input is read
     failed = 0
     batches = _batches(jobs, opts.model.batch_size)
@@ -227,6 +232,17 @@ def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
         fallbacks = f"; {runner.fallbacks.count} batches redone one by one" if runner.fallbacks.count else ""
         log.info("%d of %d files done, %d failed%s", len(jobs) - failed, len(jobs), failed, fallbacks)
     return 1 if failed else 0
+
+
+def _with_bar(pieces: Iterator[torch.Tensor], seconds: float) -> Iterator[torch.Tensor]:
+    """``pieces`` (audio ``[n]``) as they come, with a bar in seconds of audio: on a terminal only, and
+    only once the work has taken more than a couple of seconds (short files stay silent)."""
+    with tqdm(total=round(seconds, 1), unit="s", desc="decode", delay=2, leave=False, dynamic_ncols=True,
+              disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                                       "[{elapsed}<{remaining}]") as bar:
+        for piece in pieces:
+            bar.update(min(piece.numel() / SAMPLE_RATE, bar.total - bar.n))
+            yield piece
 
 
 def _batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:

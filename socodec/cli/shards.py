@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from socodec.audio import WRITE_SUFFIXES
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from socodec.cli.common import UsageError, require_extra
 from socodec.cli.jobs import is_audio_file, is_token_file
 from socodec.cli.model import load_codec
 from socodec.cli.options import ConvertOptions
 from socodec.codes import load_codes
+from socodec.config import WRITE_SUFFIXES
 from socodec.errors import SoCodecError
 
 __all__ = ["SHARD_SUFFIX", "is_shard_input", "decode_shards"]
@@ -60,13 +63,31 @@ def decode_shards(opts: ConvertOptions) -> int:
             raise SoCodecError(f"{speaker_src}: --speaker needs a token file (.soc, .pt) or an audio file")
     opts.output.mkdir(parents=True, exist_ok=True)
     written = failed = skipped = 0
-    for shard in opts.inputs:
-        report = decode_shard(
-            codec, shard, opts.output, ids=opts.ids, streams=coding.streams, speaker=speaker,
-            sample_format=coding.audio_format, suffix=suffix, overwrite=opts.force,
-            skip_existing=opts.skip_existing,
-        )
-        written, failed, skipped = written + len(report.written), failed + len(report.failed), skipped + len(report.skipped)
+    # a bar on a terminal (tqdm leaves it out elsewhere), as long as rows are decoded
+    bar = tqdm(total=_row_count(opts), unit="file", disable=True if opts.quiet else None, dynamic_ncols=True,
+               desc="decode")
+    with bar, logging_redirect_tqdm():
+        for shard in opts.inputs:
+            report = decode_shard(
+                codec, shard, opts.output, ids=opts.ids, streams=coding.streams, speaker=speaker,
+                sample_format=coding.audio_format, suffix=suffix, overwrite=opts.force,
+                skip_existing=opts.skip_existing, on_row=lambda _: bar.update(),
+            )
+            written += len(report.written)
+            failed += len(report.failed)
+            skipped += len(report.skipped)
     log.info("%d files written to %s%s%s", written, opts.output,
              f", {skipped} skipped (they exist)" if skipped else "", f", {failed} rows failed" if failed else "")
     return 1 if failed else 0
+
+
+def _row_count(opts: ConvertOptions) -> int | None:
+    """How many rows the shard inputs will decode (None when their metadata cannot be read)."""
+    from socodec.corpus.schema import pq, shard_files
+
+    if opts.ids is not None:
+        return len(opts.ids) * len(opts.inputs)
+    try:
+        return sum(pq.ParquetFile(f).metadata.num_rows for shard in opts.inputs for f in shard_files(shard))
+    except (OSError, SoCodecError, ValueError):
+        return None

@@ -11,11 +11,13 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from socodec.cli.common import EXIT_INTERRUPTED, Parser, UsageError
 from socodec.cli.options import DTYPES
+
+if TYPE_CHECKING:  # torch loads with the training code, not for --help
+    import torch
 
 __all__ = ["TrainOptions", "build_parser", "main", "train_options"]
 
@@ -106,6 +108,8 @@ def main(argv: list[str]) -> int:
     from socodec.train.config import TrainConfig
     from socodec.train.loop import RunSpec, train
     from socodec.train.setup import ModelSource
+
+    import torch
 
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 from socodec.audio import save_audio_stream
-from socodec.corpus.schema import read_codes, shard_files, pa, pq
+from socodec.corpus.schema import read_codes
 from socodec.errors import SoCodecError, one_line
 
 __all__ = ["decode_shard", "DecodeReport", "output_path"]
@@ -52,6 +52,7 @@ def decode_shard(
     suffix: str = ".wav",
     overwrite: bool = False,
     skip_existing: bool = False,
+    on_row: Callable[[str], object] | None = None,
 ) -> DecodeReport:
     """Decode the rows of ``shard`` (a ``.parquet`` file or a tokenize output folder) to audio files.
 
@@ -65,18 +66,15 @@ def decode_shard(
         suffix: ``.wav`` or ``.flac``.
         overwrite: replace existing files; otherwise they are an error for their row
             (or skipped with ``skip_existing``).
+        on_row: called with each row's id once it is done (written, skipped or failed), e.g. to
+            advance a progress bar.
     Returns:
         A :class:`DecodeReport`; a row that fails is logged on one line and the others go on.
     """
     out = Path(out_dir)
     wanted = None if ids is None else list(dict.fromkeys(ids))
-    if wanted is not None:
-        missing = set(wanted) - _all_ids(shard)
-        if missing:
-            raise SoCodecError(f"{shard}: no rows with id {', '.join(sorted(missing)[:5])}"
-                               + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     report = DecodeReport()
-    for utt_id, codes in read_codes(shard, wanted):
+    for utt_id, codes in read_codes(shard, wanted):  # an unknown id raises before the first row
         try:
             path = output_path(out, utt_id, suffix)
             if path.exists() and not overwrite:
@@ -86,19 +84,11 @@ def decode_shard(
                 raise SoCodecError(f"{path}: exists (overwrite it with -f)")
             path.parent.mkdir(parents=True, exist_ok=True)
             save_audio_stream(path, codec.decode_iter(codes, streams, speaker), sample_format=sample_format)
+            report.written.append(path)
         except SoCodecError as exc:
             log.error("%s: %s", utt_id, one_line(exc))
             report.failed.append((utt_id, one_line(exc)))
-            continue
-        report.written.append(path)
+        finally:
+            if on_row is not None:
+                on_row(utt_id)
     return report
-
-
-def _all_ids(shard: str | Path) -> set[str]:
-    ids: set[str] = set()
-    for file in shard_files(shard):
-        try:
-            ids.update(pq.read_table(file, columns=["id"]).column("id").to_pylist())
-        except (OSError, pa.ArrowException, KeyError) as exc:
-            raise SoCodecError(f"{file}: cannot read token rows ({one_line(exc)})") from None
-    return ids

@@ -3,7 +3,8 @@
 Workers are started with ``spawn`` (no fork of a process holding torch threads), load the
 model once (``load()``), set ``threads`` torch threads, and encode whole planned batches.
 With ``device="cuda"`` and several workers, worker ``i`` sees only GPU ``i`` (modulo the
-GPUs present). A worker whose parent dies (even by ``kill -9``) is ended by the kernel.
+GPUs present). A worker whose parent dies (even by ``kill -9``) is ended by the kernel, and
+the pool's semaphores are removed without a warning on the terminal.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import resource_tracker
 from typing import Callable, Iterable, Iterator
 
 from socodec.corpus.encoder import BatchEncoder, load_encoder
@@ -40,6 +42,7 @@ def run_local(
 ) -> Iterator[pa.Table]:
     """Encode ``batches`` in ``workers`` processes; yield each batch's result table as it completes."""
     ctx = multiprocessing.get_context("spawn")
+    _quiet_resource_tracker()
     slots = ctx.SimpleQueue()
     gpus = _gpu_count() if device == "cuda" and workers > 1 else 0
     for i in range(workers):
@@ -47,7 +50,7 @@ def run_local(
     pending: set[Future] = set()
     todo = iter(batches)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(load, threads, padding, slots, log_level)) as pool:
+                             initargs=(load, threads, padding, slots, log_level, os.getpid())) as pool:
         try:
             while True:
                 while len(pending) < 2 * workers and (batch := next(todo, None)) is not None:
@@ -62,16 +65,40 @@ def run_local(
                 future.cancel()
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its stderr on /dev/null.
+
+    The tracker outlives a ``kill -9`` of this process and then removes the pool's
+    semaphores, as it should, but also prints "There appear to be N leaked semaphore
+    objects" to the terminal: a warning about its own clean-up, meaningless to our users.
+    A tracker already running (a second run in one process) is left as it is.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _init_worker(load: Callable[[], object], threads: int | None, padding: str, slots, log_level: int) -> None:
+def _init_worker(load: Callable[[], object], threads: int | None, padding: str, slots, log_level: int,
+                 parent: int) -> None:
     """Runs once in each worker: die with the parent, pick a GPU, load the model."""
     global _ENCODER, _INIT_ERROR
     _die_with_parent()
+    if os.getppid() != parent:  # the parent died while this worker was starting: it would wait forever
+        os._exit(1)
     logging.basicConfig(level=log_level, format="socodec: %(levelname)s: %(message)s", stream=sys.stderr)
     slot = slots.get()
     if slot is not None:

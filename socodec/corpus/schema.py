@@ -186,10 +186,17 @@ def read_codes(path: str | Path, ids: Iterable[str] | None = None) -> Iterator[t
 
     Args:
         path: a ``.parquet`` file or a ``socodec tokenize`` output folder.
-        ids: only these ids (in file order); unknown ids are ignored.
+        ids: only these ids (in file order); an id in no row raises :class:`CodesError` before
+            the first row is given (as ``socodec SHARDS OUT/ --ids`` does).
     """
     wanted = None if ids is None else set(ids)
-    for file in shard_files(path):
+    files = shard_files(path)
+    if wanted is not None:
+        missing = wanted - _ids_in(files)
+        if missing:
+            raise CodesError(f"{path}: no rows with id {', '.join(sorted(missing)[:5])}"
+                             + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+    for file in files:
         model = shard_info(file).get("model") or {}
         try:
             pf = pq.ParquetFile(file)
@@ -201,6 +208,17 @@ def read_codes(path: str | Path, ids: Iterable[str] | None = None) -> Iterator[t
                 yield from codes_from_table(table, model)
         except (OSError, pa.ArrowException, KeyError) as exc:
             raise CodesError(f"{file}: cannot read token rows ({one_line(exc)})") from None
+
+
+def _ids_in(files: list[Path]) -> set[str]:
+    """Every row id of ``files`` (reads the ``id`` column only)."""
+    ids: set[str] = set()
+    for file in files:
+        try:
+            ids.update(pq.read_table(file, columns=["id"]).column("id").to_pylist())
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            raise CodesError(f"{file}: cannot read token rows ({one_line(exc)})") from None
+    return ids
 
 
 def codes_from_table(table: pa.Table, model: Mapping[str, str] | None = None) -> Iterator[tuple[str, Codes]]:

@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,131 @@ def test_text_file_named_pt_is_called_what_it_is(ws, tmp_path, text):
     lines = error_lines(r.stderr)
     assert len(lines) == 1 and "neither a zip archive nor a pickle" in lines[0], r.stderr
     assert "unpickle" not in lines[0]
+
+
+# ---------------------------------------------------------------- leftovers after kill -9 (25.13)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            pass
+    return kids
+
+
+def test_kill_9_during_tokenize_leaves_no_semaphore_warning(ws, tmp_path):
+    corpus = tmp_path / "corpus"
+    hc.build(corpus, {f"u{i}.wav": hc.AUDIO_OK["pcm16.wav"] for i in range(6)})
+    argv = [sys.executable, "-m", "socodec", "tokenize", corpus, "-o", tmp_path / "tokens", "--workers", "2",
+            "--batch-size", "1", *model_args(ws)]
+    proc = subprocess.Popen(list(map(str, argv)), env=env_for(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 3 and proc.poll() is None:  # the tracker and two workers
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        kids = _children(proc.pid)  # killed while the workers still start up: the harder case
+    finally:
+        proc.kill()
+    try:
+        _, err = proc.communicate(timeout=60)  # stderr closes once the workers and the tracker have exited
+    except subprocess.TimeoutExpired:
+        for pid in kids:
+            os.kill(pid, signal.SIGKILL)
+        raise AssertionError("worker processes outlived the run (stderr still open)") from None
+    assert "leaked semaphore" not in err and "resource_tracker" not in err, err
+    deadline = time.monotonic() + 15
+    while (alive := [pid for pid in kids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, "worker processes outlived the run"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+# ---------------------------------------------------------------- start-up without torch (25.15)
+
+_NO_TORCH = """
+import contextlib, io, sys
+from socodec.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    status = main(sys.argv[1:])
+print(status, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], [], *([name, "--help"] for name in COMMANDS)],
+                         ids=lambda a: " ".join(a) or "no-arguments")
+def test_version_and_help_never_import_torch(ws, args):
+    r = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], env=env_for(ws), capture_output=True, text=True,
+                       timeout=TIMEOUT_S)
+    assert r.stdout.split() == [str(2 if not args else 0), "False"], r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- progress on a terminal (25.6)
+
+
+def _on_terminal(ws: dict[str, Path], *args: object) -> tuple[int, str]:
+    """Run ``socodec ARGS`` with stderr on a pseudo-terminal: ``(exit status, what the terminal showed)``."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "socodec", *map(str, args)], env=env_for(ws), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    try:
+        while chunk := os.read(master, 65536):
+            shown += chunk
+    except OSError:  # EIO: the terminal's other end is closed
+        pass
+    finally:
+        os.close(master)
+    return proc.wait(timeout=TIMEOUT_S), shown.decode(errors="replace")
+
+
+def test_long_decode_shows_its_progress_on_a_terminal(ws, tmp_path):
+    long = save_codes(hc.good_codes(frames=1200), tmp_path / "long.soc")  # 144 s of audio: more than 2 s of work
+    status, shown = _on_terminal(ws, long, tmp_path / "long.wav", *model_args(ws))
+    assert status == 0, shown
+    assert "s of audio" in shown and "decode" in shown, shown
+    status, shown = _on_terminal(ws, ws["soc"], tmp_path / "short.wav", *model_args(ws))
+    assert status == 0 and "s of audio" not in shown, shown  # done within the delay: nothing shown
+
+
+def test_shard_decoding_shows_a_bar_on_a_terminal(ws, tmp_path):
+    from socodec.corpus import write_codes
+
+    shard = write_codes(tmp_path / "rows.parquet", [(f"u{i}", hc.good_codes(seed=i)) for i in range(3)])
+    status, shown = _on_terminal(ws, shard, tmp_path / "wavs", *model_args(ws))
+    assert status == 0, shown
+    assert "3/3" in shown and "decode" in shown, shown
+    assert len(list((tmp_path / "wavs").glob("*.wav"))) == 3
+
+
+def test_ray_address_without_a_cluster_is_said_with_our_flags(ws, tmp_path):
+    out = tmp_path / "new" / "tokens"
+    ray_tmp = tmp_path / "ray"  # where Ray looks for the cluster of this machine: none here, whatever else runs
+    ray_tmp.mkdir()
+    env = {**env_for(ws), "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)}
+    r = subprocess.run([sys.executable, "-m", "socodec", "tokenize", str(ws["wav"]), "-o", str(out), "--engine", "ray",
+                        "--ray-address", "auto", "-q", *model_args(ws)], env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "--ray-address auto" in lines[0] and "ray start --head" in lines[0], r.stderr
+    assert "`--address`" not in r.stderr and "RAY_ADDRESS" not in r.stderr
+    assert not (tmp_path / "new").exists()  # nothing left behind

@@ -135,5 +135,7 @@ def test_rows_built_from_generated_tokens_decode(setup: dict, tmp_path: Path) ->
     assert rate == 16000 and len(audio) == 1920 * 12  # no lead or length known: every frame's samples
     with pytest.raises(SoCodecError, match="no rows with id nope"):
         decode_shard(codec, path, tmp_path / "wavs", ids=["nope"])
+    with pytest.raises(SoCodecError, match="no rows with id nope"):  # the same answer as --ids nope
+        next(read_codes(path, ids=["gen/0", "nope"]))
     again_report = decode_shard(codec, path, tmp_path / "wavs", ids=["gen/0"])
     assert again_report.failed and "exists" in again_report.failed[0][1]
