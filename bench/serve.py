@@ -7,15 +7,15 @@
 Starts ``socodec serve`` (real-size random weights, written by
 ``scripts/make_random_checkpoints.py`` when missing) on 127.0.0.1 and a free port, then:
 
-* for each N in ``--streams``: N WebSocket streams at once, each feeding random token frames at
+* encode and decode requests per second for ``--clip-seconds`` clips, 2 clients at once, for
+  ``--request-seconds`` each (first, on the idle server);
+* then for each N in ``--streams``: N WebSocket streams at once, each feeding random token frames at
   real time (one frame every 120 ms, 8.33 frames/s) for ``--seconds``. Per stream: the
   first-audio latency (first frame sent -> first audio received) and the same beyond the model's
   look-ahead (the audio of the first frames is final only once the 2nd frame is sent, 120 ms
   later), the gaps between audio messages, and the lag of each audio message behind the frame
   that completed it. A stream "stayed real-time" when that lag never exceeded 1 s (a model that
   cannot keep up makes it grow without bound).
-* encode and decode requests per second for ``--clip-seconds`` clips, 2 clients at once, for
-  ``--request-seconds`` each.
 
 Reports p50/p95/p99 first-audio latency, p95 gap, the share of real-time streams, errors and the
 server's peak RSS per N, and writes everything to ``--out``. Bounded: every phase stops after
@@ -71,6 +71,17 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen,
         time.sleep(0.5)
     proc.kill()
     raise SystemExit("server did not start in 10 minutes")
+
+
+def wait_drained(url: str, limit_s: float = 300.0) -> float:
+    """Wait until the server holds no stream (streams that hung up finish their step first); seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        found = re.search(r"^socodec_active_streams ([0-9.]+)$", httpx.get(url + "/metrics").text, re.M)
+        if found and float(found.group(1)) == 0:
+            break
+        time.sleep(1)
+    return time.perf_counter() - start
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -137,7 +148,8 @@ async def streams_phase(ws_url: str, n: int, seconds: float, speaker: list[float
     beyond = [s["first_audio_beyond_lookahead_s"] for s in ok]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
     return {
-        "streams": n, "seconds": seconds, "errors": sum(s is None for s in stats),
+        "streams": n, "seconds": seconds, "errors": sum(bool(r["error"]) for r in results),
+        "no_audio": sum(s is None and not r["error"] for s, r in zip(stats, results)),
         "unfinished": sum(bool(r["unfinished"]) for r in results),
         "error_examples": sorted({str(r["error"]) for r in results if r["error"]})[:3],
         "first_audio_p50_s": pct(first, 50), "first_audio_p95_s": pct(first, 95), "first_audio_p99_s": pct(first, 99),
@@ -189,12 +201,6 @@ def main() -> None:
     rows, requests = [], []
     try:
         speaker = list(np.random.default_rng(0).normal(0, 1, httpx.get(url + "/healthz").json()["model"]["speaker_dim"]))
-        for n in args.streams:
-            load_before = loadavg()
-            row = asyncio.run(streams_phase(url.replace("http", "ws") + "/v1/stream", n, args.seconds, speaker))
-            row.update(peak_rss_mb=peak_rss_mb(proc.pid), load_before=load_before, load_after=loadavg())
-            rows.append(row)
-            print(json.dumps(row), flush=True)
         t = np.arange(int(args.clip_seconds * 16000)) / 16000
         clip = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
         wav = io.BytesIO()
@@ -203,6 +209,14 @@ def main() -> None:
         for route, body in (("/v1/encode", wav.getvalue()), ("/v1/decode", soc)):
             requests.append(requests_phase(url, route, body, args.request_seconds))
             print(json.dumps(requests[-1]), flush=True)
+        for n in args.streams:
+            drained = wait_drained(url)
+            load_before = loadavg()
+            row = asyncio.run(streams_phase(url.replace("http", "ws") + "/v1/stream", n, args.seconds, speaker))
+            row.update(peak_rss_mb=peak_rss_mb(proc.pid), load_before=load_before, load_after=loadavg(),
+                       drain_before_s=drained)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)

@@ -12,6 +12,7 @@ stderr and an exit status (see ``docs/guarantees.md``):
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from typing import Callable, NoReturn
@@ -120,3 +121,19 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
         log.debug("unexpected error", exc_info=True)
         log.error("unexpected error (%s: %s); run with -v for details", type(exc).__name__, one_line(exc))
         return EXIT_FAILED
+
+
+def add_host_argument(parser: argparse.ArgumentParser) -> None:
+    """``--host`` of the commands that listen on the network (default 127.0.0.1)."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -8,14 +8,15 @@ another file's voice, decode token files. Bound to 127.0.0.1 unless ``--host`` s
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from socodec.cli.common import EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, require_extra
+from socodec.cli.common import (
+    EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, add_host_argument, is_loopback, require_extra,
+)
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.errors import SoCodecError
@@ -43,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local web app: speech -> tokens (.soc/.pt, token table) -> speech at 1-4 streams, "
                     "voice swap, token file decoding. Stop it with Ctrl-C.",
     )
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+    add_host_argument(p)
     p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
     p.add_argument("--share", choices=("off", "on"), default="off",
                    help="'on' asks Gradio's servers for a public link to this app (default: off)")
@@ -62,15 +62,6 @@ def parse_options(argv: list[str]) -> DemoOptions:
     return DemoOptions(host=ns.host, port=ns.port, share=ns.share == "on", model=model_options(ns))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def main(argv: list[str]) -> int:
     """Run the demo until interrupted; returns the exit status."""
     opts = parse_options(argv)
@@ -82,7 +73,7 @@ def main(argv: list[str]) -> int:
     from socodec.demo.app import launch
     from socodec.demo.handlers import DemoHandlers
 
-    if not _is_loopback(opts.host):
+    if not is_loopback(opts.host):
         log.warning("listening on %s: anyone who can reach this machine can use the demo", opts.host)
     if opts.share:
         log.warning("--share on: Gradio's servers relay a public link to this app")

@@ -24,7 +24,7 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "eval": "quality report of the codec on your audio (extra: eval)",
     "demo": "a local web app to try the codec (extra: demo)",
     "train": "fine-tune the analyzer (extra: train)",
-    "serve": "speech <-> tokens as an HTTP/WebSocket service (extra: serve)",
+    "serve": "encode, decode and stream speech over HTTP / WebSocket (extra: serve)",
 }
 
 

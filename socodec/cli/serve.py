@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
 
-from socodec.cli.common import EXIT_OK, UsageError, require_extra
+from socodec.cli.common import EXIT_OK, Parser, UsageError, add_host_argument, is_loopback, require_extra
 from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 
@@ -49,13 +48,12 @@ class ServeCommand:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="socodec serve",
         description="Serve the codec over HTTP and WebSocket: POST /v1/encode, POST /v1/decode, WS /v1/stream "
                     "(streaming synthesis), GET /healthz, GET /metrics. Stop it with Ctrl-C.",
     )
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+    add_host_argument(p)
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
     p.add_argument("--engine", choices=("uvicorn", "ray"), default="uvicorn",
                    help="uvicorn: one process (default); ray: a Ray Serve deployment of --replicas copies")
@@ -74,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer <value of $VAR>' on every route but /healthz")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_model_arguments(p)
+    add_model_arguments(p, batch_size=False)
     return p
 
 
@@ -106,13 +104,6 @@ def parse_options(argv: list[str]) -> ServeCommand:
     )
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def main(argv: list[str]) -> int:
     """Serve until interrupted; returns the exit status."""
     opts = parse_options(argv)
@@ -126,7 +117,7 @@ def main(argv: list[str]) -> int:
 
     limits = ServeOptions(max_streams=opts.max_streams, max_queue=opts.max_queue, workers=opts.workers,
                           max_body_bytes=opts.max_body_bytes, api_key=opts.api_key)
-    if not _loopback(opts.host):
+    if not is_loopback(opts.host):
         log.warning("listening on %s: anyone who can reach this machine can use the service%s", opts.host,
                     "" if opts.api_key else " (no --api-key-env)")
     listen(opts.host, opts.port).close()  # the address is checked before the model loads

@@ -83,6 +83,10 @@ class _Failure(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
 
 
+class _ModelFailure(Exception):
+    """A model call of a stream failed for a reason other than its input (a bug): close 1011."""
+
+
 class Metrics:
     """The service's Prometheus metrics, in a registry of their own (one per app)."""
 
@@ -298,13 +302,25 @@ def build_app(codec: SoCodec, opts: ServeOptions = ServeOptions()) -> Starlette:
             return WS_TOO_BIG, exc.message
         except SoCodecError as exc:  # BadRequest and the synthesis checks (CodesError)
             return WS_BAD_DATA, one_line(exc)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except _ModelFailure as exc:  # a bug: logged, the client only learns that it failed
+            log.error("stream failed", exc_info=exc.__cause__)
+            return WS_INTERNAL, "internal error"
+        except (WebSocketDisconnect, RuntimeError, OSError):  # sending to or reading from a client that left
             raise
-        except Exception:  # noqa: BLE001 - a bug: logged, the client only learns that it failed
+        except Exception:  # noqa: BLE001 - a bug outside the model: logged, one line to the client
             log.exception("stream failed")
             return WS_INTERNAL, "internal error"
         finally:
             reader.cancel()
+
+    async def model_step(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        """A synthesis step on the pool; failures that are not about the input become _ModelFailure."""
+        try:
+            return await pool.run(fn, *args)
+        except SoCodecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - told apart from a client that went away
+            raise _ModelFailure() from exc
 
     async def _synthesise(ws: WebSocket, inbox: asyncio.Queue) -> tuple[int, str]:
         def take(item: Any) -> Any:
@@ -333,13 +349,13 @@ def build_app(codec: SoCodec, opts: ServeOptions = ServeOptions()) -> Starlette:
                 first_tokens = time.perf_counter()
             if pieces:
                 frames = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-                audio = await pool.run(synth.push, frames)
+                audio = await model_step(synth.push, frames)
                 metrics.frames.inc(frames.shape[0])
                 await send_audio(ws, audio, start.sample_format)
                 if audio.numel() and not sent_audio:
                     metrics.first_audio.observe(time.perf_counter() - first_tokens)
                     sent_audio = True
-        await send_audio(ws, await pool.run(synth.finish), start.sample_format)
+        await send_audio(ws, await model_step(synth.finish), start.sample_format)
         return 1000, ""
 
     async def send_audio(ws: WebSocket, audio: torch.Tensor, sample_format: str) -> None:

@@ -42,7 +42,8 @@ def serve_uvicorn(codec: SoCodec, opts: ServeOptions, host: str, port: int) -> N
     sock = listen(host, port)
     app = build_app(codec, opts)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            ws_max_size=opts.max_message_bytes, ws_ping_interval=None)
+                            ws_max_size=opts.max_message_bytes, ws_ping_interval=None,
+                            timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     bound = sock.getsockname()
     log.info("socodec serve listening on http://%s:%d (Ctrl-C to stop)", host, bound[1])

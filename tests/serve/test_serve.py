@@ -173,9 +173,10 @@ def offline(ckpts, cli_files):
     return offline_decode(ckpts, cli_files)
 
 
-def stream(server: Server, tokens, speaker, per_message: int, sample_format: str = "f32le") -> np.ndarray:
-    with connect(server.ws, additional_headers=AUTH) as ws:
-        ws.send(json.dumps({"speaker": speaker, "streams": 4, "sample_format": sample_format}))
+def stream_pcm(ws_url: str, start: dict, tokens: list, per_message: int, headers: dict | None = None) -> bytes:
+    """Send ``start``, the frames ``per_message`` at a time and the end; the PCM bytes that came back."""
+    with connect(ws_url, additional_headers=headers or {}) as ws:
+        ws.send(json.dumps(start))
         for i in range(0, len(tokens), per_message):
             ws.send(json.dumps({"tokens": tokens[i : i + per_message]}))
         ws.send(json.dumps({"end": True}))
@@ -186,8 +187,13 @@ def stream(server: Server, tokens, speaker, per_message: int, sample_format: str
         except ConnectionClosed as closed:
             assert closed.rcvd.code == 1000
     assert all(isinstance(p, bytes) for p in pieces)
-    dtype = "<f4" if sample_format == "f32le" else "<i2"
-    return np.frombuffer(b"".join(pieces), dtype=dtype)
+    return b"".join(pieces)
+
+
+def stream(server: Server, tokens, speaker, per_message: int, sample_format: str = "f32le") -> np.ndarray:
+    start = {"speaker": speaker, "streams": 4, "sample_format": sample_format}
+    pcm = stream_pcm(server.ws, start, tokens, per_message, AUTH)
+    return np.frombuffer(pcm, dtype="<f4" if sample_format == "f32le" else "<i2")
 
 
 @pytest.mark.parametrize("per_message", [1, 3, 17])
@@ -351,3 +357,18 @@ def test_command_line_errors(ckpts, tmp_path):
     assert r.returncode == 2 and "--engine ray" in r.stderr
     r = cli("serve", "--port", "0", "--ckpt-dir", tmp_path / "nothing", "--no-download", *TINY_CONFIGS)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("blocked, extra, args", [
+    ("prometheus_client", "socodec[serve]", ()),
+    ("ray", "socodec[serve,ray]", ("--engine", "ray", "--port", "18000")),
+])
+def test_a_missing_extra_is_named_before_the_model_loads(tmp_path, blocked, extra, args):
+    shim = tmp_path / "shim" / blocked
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(f"raise ImportError('no {blocked} here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shim"), str(REPO)])}
+    r = subprocess.run([sys.executable, "-m", "socodec", "serve", "--ckpt-dir", str(tmp_path / "none"), *args],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert f"pip install '{extra}'" in r.stderr

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import io
+import os
 import re
 import signal
 import socket
@@ -12,11 +13,10 @@ import time
 
 import httpx
 import numpy as np
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
+import soundfile as sf
 
 from conftest import TINY_CONFIGS, tiny_ckpt_dir
-from test_serve import WAV, cli, socodec_env
+from test_serve import WAV, cli, socodec_env, stream_pcm
 
 
 def free_port() -> int:
@@ -53,23 +53,10 @@ def test_ray_serve_deployment_serves_the_same_app(tmp_path):
 
         codes = load_codes(tmp_path / "t.soc")
         wav = httpx.post(url + "/v1/decode", content=soc.content, params={"format": "wav"}, timeout=120)
-        with connect(url.replace("http", "ws") + "/v1/stream") as ws:
-            ws.send(json.dumps({"speaker": codes.speaker.tolist(), "sample_format": "f32le",
-                                "lead": codes.lead, "num_samples": codes.num_samples}))
-            for i in range(0, codes.num_frames, 5):
-                ws.send(json.dumps({"tokens": codes.tokens[i : i + 5].tolist()}))
-            ws.send(json.dumps({"end": True}))
-            pieces = []
-            try:
-                while True:
-                    pieces.append(ws.recv(timeout=60))
-            except ConnectionClosed as closed:
-                assert closed.rcvd.code == 1000
-        streamed = np.frombuffer(b"".join(pieces), dtype="<f4")
-        import io
-
-        import soundfile as sf
-
+        start = {"speaker": codes.speaker.tolist(), "sample_format": "f32le", "lead": codes.lead,
+                 "num_samples": codes.num_samples}
+        pcm = stream_pcm(url.replace("http", "ws") + "/v1/stream", start, codes.tokens.tolist(), 5)
+        streamed = np.frombuffer(pcm, dtype="<f4")
         offline = sf.read(io.BytesIO(wav.content), dtype="float32")[0]
         assert streamed.shape == offline.shape and np.abs(streamed - offline).max() <= 1.0 / 32767 + 1e-4
     finally:
@@ -78,7 +65,5 @@ def test_ray_serve_deployment_serves_the_same_app(tmp_path):
             assert proc.wait(timeout=90) == 0, log.read_text()
         finally:
             if proc.poll() is None:
-                import os
-
                 os.killpg(proc.pid, signal.SIGKILL)
     assert "Traceback" not in log.read_text()
