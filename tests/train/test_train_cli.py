@@ -94,12 +94,14 @@ def test_killed_run_resumes_from_its_checkpoint_with_identical_losses(tmp_path):
 
 def test_bad_options_and_inputs_give_one_line(tmp_path):
     make_clips(tmp_path / "data", count=2)
-    usage = _socodec("train", tmp_path / "data", "--out", tmp_path / "run", "--steps", "-1")
-    assert usage.returncode == 2 and "--steps must be at least 0" in usage.stderr
+    usage = _socodec("train", tmp_path / "data", "--out", tmp_path / "run", "--steps", "0")
+    assert usage.returncode == 2 and "--steps must be at least 1" in usage.stderr
+    assert not (tmp_path / "run").exists()
     missing = _socodec(*_train_args(tmp_path, tmp_path / "run", steps=2, every=1)[:1], tmp_path / "nope",
                        *_train_args(tmp_path, tmp_path / "run", steps=2, every=1)[2:])
     assert missing.returncode == 1 and "no such file or folder" in missing.stderr
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # a failed start leaves no empty run folder
     half = _socodec(*_train_args(tmp_path, tmp_path / "run2", steps=2, every=1), "--dtype", "float16")
     assert half.returncode == 1 and "float16" in half.stderr and "Traceback" not in half.stderr
     bad_config = tmp_path / "bad.json"
