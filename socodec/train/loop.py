@@ -136,8 +136,13 @@ class _Run:
             if valid_clips and self._validation_missing(start, valid_log):
                 last_valid = self._validate(models, valid_clips, start, valid_log, board)
             ddp = self._wrap(model)
+            dead = cfg.dead_code_threshold(from_scratch=self.spec.source.init is None)
+            if self.dist.is_main:
+                log.info("dead-code replacement: %s", f"below {dead:g} x the mean count" if dead else
+                         "off (the default with --init: the initial codes keep their meaning)"
+                         if cfg.dead_code_fraction_of_mean < 0 else "off")
             inputs = StepInputs(VQSettings(cfg.ema_decay, cfg.ema_epsilon, cfg.kmeans_iters, cfg.ordered_dropout,
-                                           cfg.dead_code_threshold(from_scratch=self.spec.source.init is None)),
+                                           dead),
                                 ClipSettings(cfg.speaker_clip_min, cfg.speaker_clip_max, cfg.speaker_min_frames), amp)
             step = start
             for step, batch in zip(range(start + 1, cfg.steps + 1), self._loader(index, start)):
@@ -272,6 +277,8 @@ class _Run:
         if cfg.schedule != "cosine":
             return f"the {cfg.schedule} learning rate goes on unchanged"
         floor = cfg.lr * cfg.min_lr_ratio
+        if cfg.steps == length:
+            return f"the run ends where its planned cosine schedule of {length} steps does"
         if cfg.steps > length:
             return (f"the cosine schedule keeps its planned length of {length} steps, so the learning rate "
                     f"stays at its floor {floor:.3g} from step {length} to {cfg.steps}")

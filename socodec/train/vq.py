@@ -218,6 +218,8 @@ class EmaQuantizerTrainer(nn.Module):
                 valid = flat.detach()[flat_mask]
                 if not self.initialised(j):
                     self._init_codebook(j, vq, valid, settings, gen)
+                elif not bool(self.stats[j].inited.item()):
+                    self.stats[j].inited.fill_(1.0)  # loaded codewords, now trained: initialised from here on
                 idx = nearest(flat.detach(), cb.embed)
                 q = cb.embed[idx].view_as(chunk)  # a copy: the EMA below does not touch it
                 diff = (q - chunk).pow(2).sum(-1).reshape(-1)

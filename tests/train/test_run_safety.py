@@ -99,7 +99,7 @@ def test_reseed_keeps_loaded_inited_and_sums():
     st.embed_avg.copy_(torch.tensor([[7.0], [-5.0]]))  # as loaded: not derived from the codewords
     st.inited.zero_()
     trainer.reseed(vq, 1e-5)
-    assert st.embed_avg.tolist() == [[7.0], [-5.0]] and st.inited.item() == 0.0
+    assert st.embed_avg.tolist() == [[7.0], [-5.0]] and st.inited.item() == 0.0  # as loaded
     assert trainer.initialised(0)  # non-zero loaded codewords: no k-means over them
     trainer.forget_codebooks()
     assert not trainer.initialised(0)

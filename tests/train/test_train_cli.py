@@ -90,6 +90,9 @@ def test_killed_run_resumes_from_its_checkpoint_with_identical_losses(tmp_path):
     assert [r["step"] for r in b] == [str(s) for s in range(1, 11)]
     for ra, rb in zip(a, b):
         assert [ra[c] for c in LOSS_COLUMNS] == [rb[c] for c in LOSS_COLUMNS], (ra["step"], ra, rb)
+    # killed while validating step 2 (right after its checkpoint): that validation is redone, once
+    assert [r["step"] for r in read_csv(cut / "valid.csv")] == [str(s) for s in range(0, 11, 2)]
+    assert (cut / "samples" / "step_00000002").is_dir()
 
 
 def test_bad_options_and_inputs_give_one_line(tmp_path):
