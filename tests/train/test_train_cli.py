@@ -64,11 +64,12 @@ def test_train_command_runs_and_its_export_converts_audio(tmp_path):
 
 def test_killed_run_resumes_from_its_checkpoint_with_identical_losses(tmp_path):
     make_clips(tmp_path / "data", count=4)
-    full = _socodec(*_train_args(tmp_path, tmp_path / "full", steps=10, every=2))
+    valid = ("--valid", tmp_path / "data")
+    full = _socodec(*_train_args(tmp_path, tmp_path / "full", steps=10, every=2), *valid)
     assert full.returncode == 0, full.stderr
 
     cut = tmp_path / "cut"
-    argv = [sys.executable, "-m", "socodec", *map(str, _train_args(tmp_path, cut, steps=10, every=2))]
+    argv = [sys.executable, "-m", "socodec", *map(str, _train_args(tmp_path, cut, steps=10, every=2)), *map(str, valid)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO)
     deadline = time.monotonic() + TIMEOUT_S
     try:
@@ -83,7 +84,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_identical_losses(tmp_path):
     killed_at = len(read_csv(cut / "metrics.csv"))
     assert killed_at < 10
 
-    again = _socodec(*_train_args(tmp_path, cut, steps=10, every=2))
+    again = _socodec(*_train_args(tmp_path, cut, steps=10, every=2), *valid)
     assert again.returncode == 0, again.stderr
     assert "resuming from step" in again.stderr
     a, b = read_csv(tmp_path / "full" / "metrics.csv"), read_csv(cut / "metrics.csv")
