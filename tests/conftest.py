@@ -27,6 +27,20 @@ if not (GOLDEN / "README.md").is_file():
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_cache(tmp_path_factory):
+    """Every test (and every command it starts, which inherits the environment) caches converted
+    weights in a temporary folder, never in the user's ``~/.cache/socodec``."""
+    old = os.environ.get("SOCODEC_CACHE_DIR")
+    os.environ["SOCODEC_CACHE_DIR"] = str(tmp_path_factory.mktemp("socodec-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SOCODEC_CACHE_DIR", None)
+    else:
+        os.environ["SOCODEC_CACHE_DIR"] = old
+
+
 TINY_FILES = ("hubert_tiny_fairseq.pt", "analyzer_tiny.safetensors", "vocoder_tiny.safetensors")
 TINY_CONFIGS = ("--analyzer-config", str(GOLDEN / "analyzer_tiny.json"), "--vocoder-config", str(GOLDEN / "vocoder_tiny.json"))
 

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_options(ns: argparse.Namespace) -> TrainOptions:
     """The typed options of a parsed command line (usage errors for impossible values)."""
-    for flag, value, least in (("--steps", ns.steps, 0), ("--batch-size", ns.batch_size, 1),
+    for flag, value, least in (("--steps", ns.steps, 1), ("--batch-size", ns.batch_size, 1),
                                ("--every", ns.every, 1), ("--threads", ns.threads, 1)):
         if value is not None and value < least:
             raise UsageError(f"{flag} must be at least {least}")

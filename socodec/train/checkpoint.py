@@ -66,15 +66,55 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    """Write ``payload`` (plus the step) as the checkpoint of ``step``; keep only the ``keep`` newest."""
+    """Write ``payload`` (plus the step) as the checkpoint of ``step``, then prune.
+
+    Pruning only deletes checkpoints of earlier steps than ``step``, keeps the ``keep`` newest
+    (the one just written included) and never deletes a file without a readable checkpoint
+    left: a file found unreadable is renamed aside (``*.bad``) instead.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
     with atomic_path(path) as tmp:
         torch.save({**payload, "step": step}, tmp)
-    for _, old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
     log.info("checkpoint: %s", path)
+    _prune(folder, step, keep)
     return path
+
+
+def _prune(folder: Path, step: int, keep: int) -> None:
+    """Delete checkpoints older than the ``keep`` newest readable ones up to ``step`` (newer ones stay)."""
+    kept = 0
+    for old_step, old in reversed(list_checkpoints(folder)):
+        if old_step > step:
+            continue  # a later step than the one just written (an earlier run's): never ours to prune
+        if kept < keep:
+            if old_step == step or _readable(old, old_step):  # just written atomically
+                kept += 1
+            continue
+        old.unlink(missing_ok=True)
+
+
+def _readable(path: Path, step: int) -> bool:
+    """True when ``path`` loads as the checkpoint of ``step``; an unreadable file is renamed ``*.bad``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped: cheap for big files
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
+        _set_aside(path, f"{path}: not a readable training checkpoint ({one_line(exc)})")
+        return False
+    if state.get("step") != step:
+        _set_aside(path, f"{path}: step {state.get('step')} in the file does not match its name")
+        return False
+    return True
+
+
+def _set_aside(path: Path, why: str) -> None:
+    bad = path.with_name(path.name + ".bad")
+    try:
+        path.replace(bad)
+    except OSError as exc:
+        log.warning("%s; could not rename it to %s (%s)", why, bad.name, one_line(exc))
+        return
+    log.warning("%s; renamed to %s and not used", why, bad)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -84,16 +124,26 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         raise CheckpointError(f"{path}: not a readable training checkpoint ({one_line(exc)})") from None
 
 
-def latest_checkpoint(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any] | None:
-    """The newest readable checkpoint in ``folder`` (None when there is none); unreadable ones are skipped."""
+def latest_checkpoint(folder: Path, device: torch.device | str = "cpu", set_aside: bool = True) -> dict[str, Any] | None:
+    """The newest readable checkpoint in ``folder`` (None when there is none).
+
+    Unreadable ones are skipped with a warning and, with ``set_aside`` (process 0 only), renamed ``*.bad``.
+    """
     for step, path in reversed(list_checkpoints(folder)):
         try:
             state = load_checkpoint(path, device)
         except CheckpointError as exc:
-            log.warning("%s; trying an older checkpoint", one_line(exc))
+            if set_aside:
+                _set_aside(path, one_line(exc))
+            else:
+                log.warning("%s; trying an older checkpoint", one_line(exc))
             continue
         if state.get("step") != step:
-            log.warning("%s: step %s in the file does not match its name; skipped", path, state.get("step"))
+            why = f"{path}: step {state.get('step')} in the file does not match its name"
+            if set_aside:
+                _set_aside(path, why)
+            else:
+                log.warning("%s; skipped", why)
             continue
         return state
     return None

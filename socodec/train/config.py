@@ -20,6 +20,8 @@ from socodec.errors import ConfigError
 LOSS_KINDS = ("l1", "l2")
 SCHEDULES = ("cosine", "constant")
 AUTOCAST = ("bfloat16", "float16", "none")
+_RENAMED = {"dead_code_fraction": "dead_code_fraction_of_mean"}
+"""Keys of earlier versions, read under their new names (same meaning)."""
 _KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -70,9 +72,11 @@ class TrainConfig:
     reinit_codebooks: bool = False
     """Re-initialise every codebook by k-means on the first batch even when the initial analyzer has one
     (for starts whose codebooks do not fit the new data, e.g. random weights)."""
-    dead_code_fraction: float = 0.1
-    """Replace codes whose EMA count is below this fraction of the mean count by batch vectors
-    (0: never, as in the released config; see docs/training.md for why the default is on)."""
+    dead_code_fraction_of_mean: float = -1.0
+    """Replace codes whose EMA count is below this fraction of the sub-codebook's *mean* count by batch
+    vectors (0: never, as in the released config). -1 (default): 0.1 from scratch, 0 with ``--init``, so
+    fine-tuning the released model never rewrites released codes. The published rule's threshold is a
+    fraction t of the *total* count: t = dead_code_fraction_of_mean / codebook size (see docs/training.md)."""
 
     # speaker encoder's random clip (published values)
     speaker_clip_min: float = 0.25
@@ -108,7 +112,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"training config: {what}")
 
-        need(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         need(self.every >= 1, f"every must be >= 1, got {self.every}")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -120,7 +124,8 @@ class TrainConfig:
         need(self.ema_epsilon > 0, "ema_epsilon must be > 0")
         need(self.kmeans_iters >= 0, "kmeans_iters must be >= 0")
         need(self.vq_warmup_steps >= 0, "vq_warmup_steps must be >= 0")
-        need(0.0 <= self.dead_code_fraction < 1.0, "dead_code_fraction must be in [0, 1)")
+        need(self.dead_code_fraction_of_mean == -1.0 or 0.0 <= self.dead_code_fraction_of_mean < 1.0,
+             "dead_code_fraction_of_mean must be in [0, 1), or -1 for the default")
         need(0.0 < self.speaker_clip_min <= self.speaker_clip_max <= 1.0, "need 0 < speaker_clip_min <= speaker_clip_max <= 1")
         need(self.speaker_min_frames >= 1, "speaker_min_frames must be >= 1")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -137,6 +142,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "training config") -> "TrainConfig":
         known = {f.name: f for f in fields(cls)}
+        d = {_RENAMED.get(k, k): v for k, v in d.items()}  # earlier versions' names (their checkpoints too)
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -181,6 +187,12 @@ class TrainConfig:
     def with_overrides(self, **changes: Any) -> "TrainConfig":
         """A copy with the non-None ``changes`` applied (command-line flags over the file)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def dead_code_threshold(self, from_scratch: bool) -> float:
+        """The dead-code fraction of the mean count in force: the field, or its default for the kind of run."""
+        if self.dead_code_fraction_of_mean >= 0:
+            return self.dead_code_fraction_of_mean
+        return 0.1 if from_scratch else 0.0
 
     def differences(self, other: "TrainConfig") -> list[str]:
         """Names of the fields whose values differ from ``other``'s."""

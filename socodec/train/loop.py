@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from socodec import __version__
 from socodec.errors import SoCodecError
 from socodec.fileio import atomic_write
 from socodec.train import distributed
-from socodec.train.checkpoint import global_rng_state, latest_checkpoint, save_checkpoint, set_global_rng_state
+from socodec.train.checkpoint import (global_rng_state, latest_checkpoint, list_checkpoints, save_checkpoint,
+                                      set_global_rng_state)
 from socodec.train.config import TrainConfig
 from socodec.train.data import StepBatches, find_clips, index_clips
 from socodec.train.export import export_run
@@ -32,7 +34,7 @@ from socodec.train.metrics import Board, CsvLog, train_columns, valid_columns
 from socodec.train.model import ClipSettings, TrainModel
 from socodec.train.setup import Models, ModelSource, build_models
 from socodec.train.step import StepInputs, batch_targets, lr_at, step_metrics
-from socodec.train.validate import ValidResult, load_valid_clips, validate
+from socodec.train.validate import ValidResult, load_valid_clips, validate, write_samples
 from socodec.train.vq import VQSettings
 
 log = logging.getLogger(__name__)
@@ -79,14 +81,34 @@ class _Run:
     def __init__(self, spec: RunSpec, dist: distributed.DistInfo, device: torch.device) -> None:
         self.spec, self.cfg, self.dist, self.device = spec, spec.config, dist, device
         self.out = spec.out
+        self.created_out = dist.is_main and not self.out.exists()
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
         self.ckpt_dir = self.out / "checkpoints"
+        self.schedule_steps = self.cfg.steps
+        """Length of the learning-rate schedule: the first start's ``steps``, kept on resume (see :meth:`_resume`)."""
+
+    def run(self) -> RunResult:
+        try:
+            return self._run()
+        except BaseException:
+            self._remove_if_empty_start()
+            raise
+
+    def _remove_if_empty_start(self) -> None:
+        """A start that failed before its first checkpoint leaves no run folder it created behind."""
+        if self.created_out and not list_checkpoints(self.ckpt_dir) and self.out.is_dir():
+            shutil.rmtree(self.out, ignore_errors=True)
+            log.debug("removed %s: the run stopped before its first checkpoint", self.out)
 
     # ------------------------------------------------------------------ set-up
-    def run(self) -> RunResult:
+    def _run(self) -> RunResult:
         cfg = self.cfg
+        if cfg.schedule == "cosine" and cfg.warmup_steps > cfg.steps and self.dist.is_main:
+            log.warning("warmup_steps (%d) is more than --steps (%d): the learning rate rises to only %.3g of --lr "
+                        "and never decays; lower warmup_steps (--config) or raise --steps", cfg.warmup_steps, cfg.steps,
+                        cfg.steps / cfg.warmup_steps)
         index = self._index(self.spec.data, "training")
         models = build_models(self.spec.source, self.out, cfg.seed, cfg.ema_epsilon, self.dist, self.device)
         if models.missing_extras:
@@ -111,11 +133,16 @@ class _Run:
         valid_clips = self._valid_clips()
         last_valid = None
         try:
-            if valid_clips and start == 0:
-                last_valid = self._validate(models, valid_clips, 0, valid_log, board)
+            if valid_clips and self._validation_missing(start, valid_log):
+                last_valid = self._validate(models, valid_clips, start, valid_log, board)
             ddp = self._wrap(model)
+            dead = cfg.dead_code_threshold(from_scratch=self.spec.source.init is None)
+            if self.dist.is_main:
+                log.info("dead-code replacement: %s", f"below {dead:g} x the mean count" if dead else
+                         "off (the default with --init: the initial codes keep their meaning)"
+                         if cfg.dead_code_fraction_of_mean < 0 else "off")
             inputs = StepInputs(VQSettings(cfg.ema_decay, cfg.ema_epsilon, cfg.kmeans_iters, cfg.ordered_dropout,
-                                           cfg.dead_code_fraction),
+                                           dead),
                                 ClipSettings(cfg.speaker_clip_min, cfg.speaker_clip_max, cfg.speaker_min_frames), amp)
             step = start
             for step, batch in zip(range(start + 1, cfg.steps + 1), self._loader(index, start)):
@@ -147,7 +174,8 @@ class _Run:
         return index
 
     def _valid_clips(self):
-        if not self.spec.valid or not self.dist.is_main or self.cfg.valid_clips == 0:
+        """The validation clips, on every process (each validates its share of them)."""
+        if not self.spec.valid or self.cfg.valid_clips == 0:
             return []
         index = self._index(self.spec.valid, "validation")
         return load_valid_clips(index.clips, self.cfg.valid_clips, self.cfg.valid_max_seconds)
@@ -189,7 +217,7 @@ class _Run:
         terms = compute_losses(out, features, mel, frames, cfg)
         if distributed.any_flag(not bool(torch.isfinite(terms.total)), self.device):
             self._stop_non_finite(step, f"the loss is not finite ({float(terms.total.detach())})")
-        lr = lr_at(step - 1, cfg)
+        lr = lr_at(step - 1, cfg, self.schedule_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -211,7 +239,7 @@ class _Run:
         return row
 
     def _stop_non_finite(self, step: int, what: str) -> None:
-        saved = latest_checkpoint(self.ckpt_dir)
+        saved = latest_checkpoint(self.ckpt_dir, set_aside=self.dist.is_main)
         where = (f"the last good checkpoint (step {saved['step']}) is kept in {self.ckpt_dir}"
                  if saved is not None else "no checkpoint had been written yet")
         raise TrainingError(f"step {step}: {what}; training stopped, {where}. Lower --lr or check the data, "
@@ -219,7 +247,8 @@ class _Run:
 
     # ------------------------------------------------------------------ checkpoints, validation, export
     def _resume(self, model, optimizer, scaler, gen: torch.Generator) -> int:
-        state = latest_checkpoint(self.ckpt_dir)
+        state = latest_checkpoint(self.ckpt_dir, set_aside=self.dist.is_main)
+        distributed.barrier()  # process 0 may have renamed unreadable checkpoints aside
         if state is None:
             return 0
         model.load_state_dict(state["model"])
@@ -236,9 +265,25 @@ class _Run:
         changed = [k for k in self.cfg.differences(saved) if k != "steps"]
         if changed and self.dist.is_main:
             log.warning("resuming with changed settings: %s", ", ".join(changed))
+        self.schedule_steps = int(state.get("schedule_steps", saved.steps))
         if self.dist.is_main:
             log.info("resuming from step %d (%s)", state["step"], self.ckpt_dir)
+            if self.cfg.steps != saved.steps:
+                log.warning("--steps changed from %d to %d: %s", saved.steps, self.cfg.steps, self._schedule_note())
         return int(state["step"])
+
+    def _schedule_note(self) -> str:
+        cfg, length = self.cfg, self.schedule_steps
+        if cfg.schedule != "cosine":
+            return f"the {cfg.schedule} learning rate goes on unchanged"
+        floor = cfg.lr * cfg.min_lr_ratio
+        if cfg.steps == length:
+            return f"the run ends where its planned cosine schedule of {length} steps does"
+        if cfg.steps > length:
+            return (f"the cosine schedule keeps its planned length of {length} steps, so the learning rate "
+                    f"stays at its floor {floor:.3g} from step {length} to {cfg.steps}")
+        return (f"the cosine schedule keeps its planned length of {length} steps, so the run ends at step "
+                f"{cfg.steps} before the learning rate reaches its floor {floor:.3g}")
 
     def _checkpoint(self, model, optimizer, scaler, gen: torch.Generator, step: int) -> None:
         gens = distributed.gather_objects(gen.get_state())
@@ -249,18 +294,41 @@ class _Run:
             payload = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "generators": gens, "rng": global_rng_state(), "config": self.cfg.to_dict(), "version": __version__,
+                "schedule_steps": self.schedule_steps,
             }
             save_checkpoint(self.ckpt_dir, step, payload, self.cfg.keep_checkpoints)
         distributed.barrier()
 
+    def _validation_missing(self, start: int, valid_log: CsvLog) -> bool:
+        """Whether step ``start`` (0, or the resumed checkpoint's) has no validation row yet (decided by process 0).
+
+        A run stopped during a validation resumes from that step's checkpoint and validates it again.
+        """
+        missing = self.dist.is_main and not any(r.get("step") == str(start) for r in valid_log.rows())
+        return distributed.any_flag(missing, self.device)
+
     def _validate(self, models: Models, clips, step: int, valid_log: CsvLog, board: Board) -> ValidResult:
-        result = validate(models.codec, clips, step, self.out / "samples", self.cfg.valid_samples)
-        valid_log.append(result.row())
-        board.scalars("valid", result.row(), step)
-        dists = ", ".join(f"{k}: {d:.4f}" for k, d in enumerate(result.distances, start=1))
-        log.info("validation at step %d: mel distance by streams {%s}; %s", step, dists,
-                 "ordered (more streams, lower distance)" if result.ordered else "not ordered")
-        return result
+        """Every process validates its share of ``clips`` (no process waits alone in a collective); the
+        distances are averaged over all clips; process 0 writes the samples, the row and the log."""
+        rank, world = self.dist.rank, self.dist.world_size
+        samples = self.out / "samples" if self.dist.is_main else None
+        n_samples = self.cfg.valid_samples if self.dist.is_main else 0
+        if world > 1 and samples is not None and n_samples:
+            write_samples(models.codec, clips[:n_samples], samples / f"step_{step:08d}")
+            n_samples = 0
+        mine = validate(models.codec, clips[rank::world], step, samples, n_samples)
+        if world > 1:
+            totals = torch.tensor([d * mine.clips for d in mine.distances] + [float(mine.clips)],
+                                  dtype=torch.float64, device=self.device)
+            distributed.all_reduce_sum(totals)
+            count = int(totals[-1].item())
+            mine = ValidResult(step, tuple(float(t) / max(1, count) for t in totals[:-1].tolist()), count)
+        if self.dist.is_main:
+            valid_log.append(mine.row())
+            board.scalars("valid", mine.row(), step)
+            log.info("validation at step %d: mel distance by streams {%s}; %s", step,
+                     ", ".join(f"{k}: {d:.6g}" for k, d in enumerate(mine.distances, start=1)), ordering_note(mine))
+        return mine
 
     def _export(self, models: Models, step: int) -> Path | None:
         folder = None
@@ -285,3 +353,13 @@ class _Run:
         }
         text = json.dumps(info, indent=1) + "\n"
         atomic_write(self.out / "run.json", lambda tmp: tmp.write_text(text))
+
+
+def ordering_note(result: ValidResult) -> str:
+    """How the distances by stream count compare: ordered, or the first place where more streams do worse."""
+    d = result.distances
+    for k in range(1, len(d)):
+        if d[k] > d[k - 1]:
+            return (f"not ordered: {k + 1} streams give a larger distance than {k} ({d[k]:.6g} > {d[k - 1]:.6g}, "
+                    f"by {d[k] - d[k - 1]:.2g})")
+    return "ordered (more streams never give a larger distance)"

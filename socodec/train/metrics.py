@@ -2,7 +2,8 @@
 when the ``tensorboard`` package is installed, TensorBoard event files in ``RUN_DIR/tensorboard``.
 
 On resume the CSV rows after the checkpoint's step are dropped (the steps are run again),
-so each step appears once.
+so each step appears once. A log with other columns (from another version) is never
+overwritten: it is moved aside as ``metrics.<UTC time>.csv`` (``valid.<UTC time>.csv``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -42,15 +44,33 @@ class CsvLog:
         if self.path.is_file():
             with self.path.open(newline="") as f:
                 reader = csv.DictReader(f)
-                if reader.fieldnames != self.columns:
-                    log.warning("%s has other columns; starting it again", self.path)
-                else:
+                same = reader.fieldnames == self.columns
+                if same:
                     rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= step]
+            if not same:
+                aside = self._aside_path()
+                self.path.replace(aside)
+                log.warning("%s has other columns (written by another version); moved to %s, starting a new one",
+                            self.path, aside.name)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(self.path, lambda tmp: tmp.write_text(buf.getvalue()))
+
+    def _aside_path(self) -> Path:
+        """``<stem>.<UTC time>.csv`` beside the log (a counter is added when that name is taken)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        candidate = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+        n = 1
+        while candidate.exists():
+            candidate = self.path.with_name(f"{self.path.stem}.{stamp}-{n}{self.path.suffix}")
+            n += 1
+        return candidate
+
+    def rows(self) -> list[dict[str, str]]:
+        """The rows written so far (none when the file does not exist)."""
+        return read_csv(self.path) if self.path.is_file() else []
 
     def append(self, row: Mapping[str, Any]) -> None:
         with self.path.open("a", newline="") as f:

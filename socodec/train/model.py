@@ -127,7 +127,8 @@ class TrainModel(nn.Module):
         """Fill the head and EMA statistics from a released-format file's tensors where present.
 
         Returns the names of the parts that were not in ``state`` (kept at their initial values).
-        The EMA sums are then re-derived from the loaded codebooks (:meth:`EmaQuantizerTrainer.reseed`).
+        All four codebook buffers are loaded where present; :meth:`EmaQuantizerTrainer.reseed` then
+        fills in only what is missing or unusable.
         """
         missing = []
         head = {k[len(SSL_HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(SSL_HEAD_PREFIX)}
@@ -137,7 +138,7 @@ class TrainModel(nn.Module):
         else:
             missing.append("decoder_1.layers.8 (HuBERT-feature head)")
         for j, stats in enumerate(self.vq_trainer.stats):
-            for name in ("inited", "cluster_size"):
+            for name in STAT_NAMES:
                 value = state.get(f"{CODEBOOK_PREFIX}{j}.{name}")
                 if value is not None and value.shape == getattr(stats, name).shape:
                     getattr(stats, name).copy_(value)

@@ -44,12 +44,15 @@ def batch_targets(codec: SoCodec, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
     return features, mel.float(), frames.to(device)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of the ``step``-th update (0-based): linear warm-up, then constant or cosine to ``min_lr_ratio``."""
+def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
+    """Learning rate of the ``step``-th update (0-based): linear warm-up, then constant or cosine to ``min_lr_ratio``.
+
+    The cosine runs over ``schedule_steps`` (default ``cfg.steps``) and holds its floor after them.
+    """
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.schedule == "constant":
         return cfg.lr * warm
-    progress = min(1.0, step / max(1, cfg.steps))
+    progress = min(1.0, step / max(1, schedule_steps or cfg.steps))
     factor = cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.lr * warm * factor
 

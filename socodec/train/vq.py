@@ -13,8 +13,9 @@ The rules follow the published model's training branch (see ``docs/training.md``
 * k-means (once per sub-codebook, when it is not initialised): K random distinct samples
   as seeds, nearest-centroid rounds, an empty cluster keeps its centroid;
 * ordered dropout: per clip ``r ~ U[0, 1)``, stream ``g`` (0-based) kept iff ``g / S <= r``;
-* dead codes (``dead_code_fraction`` > 0; the released config has replacement off): a code whose
-  EMA count is below that fraction of the mean count takes a random vector of the current batch,
+* dead codes (``dead_code_fraction_of_mean`` > 0; the released config has replacement off): a code
+  whose EMA count is below that fraction of the sub-codebook's mean count (the published rule: a
+  fraction of the total count, K times larger) takes a random vector of the current batch,
   with an EMA count just above the threshold (as the published rule does), broadcast from process 0.
 
 Two published quirks are not reproduced, on purpose: k-means runs *before* the first
@@ -134,7 +135,7 @@ class VQSettings:
     epsilon: float = 1e-5
     kmeans_iters: int = 50
     ordered_dropout: bool = True
-    dead_code_fraction: float = 0.0
+    dead_code_fraction_of_mean: float = 0.0
     """A code whose EMA count falls below this fraction of the mean count is dead (0: never)."""
     enabled: bool = True
     """False (the published ``enable_vq`` switch, for a warm-up): the output is the continuous
@@ -148,27 +149,40 @@ class EmaQuantizerTrainer(nn.Module):
     def __init__(self, vq: ProductQuantizer) -> None:
         super().__init__()
         self.stats = nn.ModuleList(CodebookStats(s, d) for s, d in zip(vq.sizes, vq.dims))
+        self.loaded = [False] * len(self.stats)
+        """Per codebook: its codewords were loaded (non-zero) by :meth:`reseed`, so no k-means runs over them."""
 
     def reseed(self, vq: ProductQuantizer, epsilon: float) -> None:
-        """Make the EMA sums consistent with the current codebooks (after loading weights).
+        """Prepare the EMA statistics for the current (just loaded) codebooks.
 
-        A codebook with a non-zero ``embed`` counts as initialised (no k-means over it); counts that
-        are missing, all zero, negative or not finite become 1 per code, so the loaded codewords are
-        where the EMA starts.
+        A codebook with a non-zero ``embed`` counts as initialised (no k-means over it), whatever its
+        loaded ``inited`` says; the loaded ``inited`` and ``embed_avg`` buffers themselves are kept as
+        loaded. Only what is missing is filled in: counts that are missing, all zero, negative or not
+        finite become 1 per code, and EMA sums that are missing (all zero) or not finite, or whose
+        counts were replaced, are derived from the codewords (``embed × smoothed count``).
         """
+        self.loaded = [False] * len(self.stats)
         with torch.no_grad():
-            for cb, st in zip(vq.codebooks, self.stats):
+            for j, (cb, st) in enumerate(zip(vq.codebooks, self.stats)):
                 if not bool(cb.embed.any()):
                     continue
+                self.loaded[j] = True
                 counts = st.cluster_size
-                if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()) or not float(counts.sum()) > 0:
+                bad_counts = (not bool(torch.isfinite(counts).all()) or bool((counts < 0).any())
+                              or not float(counts.sum()) > 0)
+                if bad_counts:
                     counts.fill_(1.0)
-                st.embed_avg.copy_(consistent_sums(cb.embed, st.cluster_size, epsilon))
-                st.inited.fill_(1.0)
+                if bad_counts or not bool(st.embed_avg.any()) or not bool(torch.isfinite(st.embed_avg).all()):
+                    st.embed_avg.copy_(consistent_sums(cb.embed, st.cluster_size, epsilon))
+
+    def initialised(self, j: int) -> bool:
+        """Whether codebook ``j`` has codewords to train (its ``inited`` flag, or loaded non-zero codewords)."""
+        return bool(self.stats[j].inited.item()) or self.loaded[j]
 
     @torch.no_grad()
     def forget_codebooks(self) -> None:
         """Mark every codebook uninitialised: the next training forward runs k-means on its batch."""
+        self.loaded = [False] * len(self.stats)
         for st in self.stats:
             st.inited.zero_()
 
@@ -202,8 +216,10 @@ class EmaQuantizerTrainer(nn.Module):
                 cb = vq.codebooks[j]
                 flat = chunk.reshape(-1, chunk.shape[-1])
                 valid = flat.detach()[flat_mask]
-                if not bool(self.stats[j].inited.item()):
+                if not self.initialised(j):
                     self._init_codebook(j, vq, valid, settings, gen)
+                elif not bool(self.stats[j].inited.item()):
+                    self.stats[j].inited.fill_(1.0)  # loaded codewords, now trained: initialised from here on
                 idx = nearest(flat.detach(), cb.embed)
                 q = cb.embed[idx].view_as(chunk)  # a copy: the EMA below does not touch it
                 diff = (q - chunk).pow(2).sum(-1).reshape(-1)
@@ -219,7 +235,7 @@ class EmaQuantizerTrainer(nn.Module):
             quant = vq.project_out(torch.cat(outs, dim=-1))
             commitment = torch.stack(commits).mean() if settings.enabled else z.new_zeros(())
             self._ema_step(vq, stats, settings)
-            if settings.dead_code_fraction > 0:
+            if settings.dead_code_fraction_of_mean > 0:
                 self._replace_dead(vq, [c.reshape(-1, c.shape[-1]).detach()[flat_mask] for c in chunks], settings, gen)
         return QuantOutput(quant, _tokens(vq, indices), indices, commitment, keep)
 
@@ -249,7 +265,7 @@ class EmaQuantizerTrainer(nn.Module):
         """Dead codes take random vectors of this step's batch; process 0's codebooks are then broadcast."""
         replaced = False
         for j, (cb, st) in enumerate(zip(vq.codebooks, self.stats)):
-            threshold = settings.dead_code_fraction * float(st.cluster_size.sum()) / st.cluster_size.numel()
+            threshold = settings.dead_code_fraction_of_mean * float(st.cluster_size.sum()) / st.cluster_size.numel()
             dead = (st.cluster_size < threshold).nonzero().flatten()
             if dead.numel() == 0 or valid[j].shape[0] == 0:
                 continue

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_ckpt_dir
 from socodec.train.checkpoint import list_checkpoints
+from socodec.train.metrics import read_csv
 from train_helpers import ddp_worker, make_clips
 
 TIMEOUT_S = 240
@@ -56,3 +57,9 @@ def test_two_gloo_processes_keep_identical_codebooks(tmp_path, from_scratch):
     assert (run / "export" / "socodec_16384x4_120ms_16khz_chinese.safetensors").is_file()
     state = torch.load(run / "checkpoints" / "step_00000004.pt", weights_only=True)
     assert len(state["generators"]) == 2  # each process's random draws are saved
+    if not from_scratch:  # validation ran on both processes (1 + 2 of the 3 clips), reduced over all 3
+        for rank, share in ((0, 2), (1, 1)):
+            assert (tmp_path / f"validated{rank}.txt").read_text().split("\n")[:-1] == [f"{s} {share}" for s in (0, 2, 4)]
+        rows = read_csv(run / "valid.csv")
+        assert [(r["step"], r["clips"]) for r in rows] == [("0", "3"), ("2", "3"), ("4", "3")]
+        assert (run / "samples" / "step_00000004").is_dir()

@@ -64,11 +64,12 @@ def test_train_command_runs_and_its_export_converts_audio(tmp_path):
 
 def test_killed_run_resumes_from_its_checkpoint_with_identical_losses(tmp_path):
     make_clips(tmp_path / "data", count=4)
-    full = _socodec(*_train_args(tmp_path, tmp_path / "full", steps=10, every=2))
+    valid = ("--valid", tmp_path / "data")
+    full = _socodec(*_train_args(tmp_path, tmp_path / "full", steps=10, every=2), *valid)
     assert full.returncode == 0, full.stderr
 
     cut = tmp_path / "cut"
-    argv = [sys.executable, "-m", "socodec", *map(str, _train_args(tmp_path, cut, steps=10, every=2))]
+    argv = [sys.executable, "-m", "socodec", *map(str, _train_args(tmp_path, cut, steps=10, every=2)), *map(str, valid)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO)
     deadline = time.monotonic() + TIMEOUT_S
     try:
@@ -83,23 +84,28 @@ def test_killed_run_resumes_from_its_checkpoint_with_identical_losses(tmp_path):
     killed_at = len(read_csv(cut / "metrics.csv"))
     assert killed_at < 10
 
-    again = _socodec(*_train_args(tmp_path, cut, steps=10, every=2))
+    again = _socodec(*_train_args(tmp_path, cut, steps=10, every=2), *valid)
     assert again.returncode == 0, again.stderr
     assert "resuming from step" in again.stderr
     a, b = read_csv(tmp_path / "full" / "metrics.csv"), read_csv(cut / "metrics.csv")
     assert [r["step"] for r in b] == [str(s) for s in range(1, 11)]
     for ra, rb in zip(a, b):
         assert [ra[c] for c in LOSS_COLUMNS] == [rb[c] for c in LOSS_COLUMNS], (ra["step"], ra, rb)
+    # killed while validating step 2 (right after its checkpoint): that validation is redone, once
+    assert [r["step"] for r in read_csv(cut / "valid.csv")] == [str(s) for s in range(0, 11, 2)]
+    assert (cut / "samples" / "step_00000002").is_dir()
 
 
 def test_bad_options_and_inputs_give_one_line(tmp_path):
     make_clips(tmp_path / "data", count=2)
-    usage = _socodec("train", tmp_path / "data", "--out", tmp_path / "run", "--steps", "-1")
-    assert usage.returncode == 2 and "--steps must be at least 0" in usage.stderr
+    usage = _socodec("train", tmp_path / "data", "--out", tmp_path / "run", "--steps", "0")
+    assert usage.returncode == 2 and "--steps must be at least 1" in usage.stderr
+    assert not (tmp_path / "run").exists()
     missing = _socodec(*_train_args(tmp_path, tmp_path / "run", steps=2, every=1)[:1], tmp_path / "nope",
                        *_train_args(tmp_path, tmp_path / "run", steps=2, every=1)[2:])
     assert missing.returncode == 1 and "no such file or folder" in missing.stderr
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # a failed start leaves no empty run folder
     half = _socodec(*_train_args(tmp_path, tmp_path / "run2", steps=2, every=1), "--dtype", "float16")
     assert half.returncode == 1 and "float16" in half.stderr and "Traceback" not in half.stderr
     bad_config = tmp_path / "bad.json"

@@ -171,7 +171,7 @@ def test_random_clip_takes_scrambled_valid_frames():
 
 def test_dead_codes_take_batch_vectors():
     vq, trainer = _toy_quantizer()
-    settings = VQSettings(decay=0.5, ordered_dropout=False, dead_code_fraction=0.5)
+    settings = VQSettings(decay=0.5, ordered_dropout=False, dead_code_fraction_of_mean=0.5)
     x = torch.tensor([[[0.4, 2.0, 0.1, 3.0], [0.6, 0.5, 3.0, 1.0]]])  # chunk 0: both frames pick code 1
     trainer(vq, x, torch.ones(1, 2, dtype=torch.bool), settings, torch.Generator().manual_seed(0))
     # chunk 0: N = 0.5*[1, 1] + 0.5*[0, 2] = [0.5, 1.5]; mean 1.0, threshold 0.5: code 0 is not below it

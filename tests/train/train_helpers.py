@@ -68,9 +68,20 @@ def ddp_worker(rank: int, world: int, port: int, tmp: str, from_scratch: bool) -
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     root = Path(tmp)
-    spec = tiny_spec(root, root / "data", root / "run", tiny_config(steps=4, every=2, valid_clips=0))
     if from_scratch:
+        spec = tiny_spec(root, root / "data", root / "run", tiny_config(steps=4, every=2, valid_clips=0))
         spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, init=None, ckpt_dir=root / "ckpt"))
+    else:  # with validation: every process validates its share of the clips (and records what it did)
+        config = tiny_config(steps=4, every=2, valid_clips=3, valid_samples=1)
+        spec = tiny_spec(root, root / "data", root / "run", config, valid=(str(root / "data"),))
+        real = loop.validate
+
+        def recorded(codec, clips, step, *args):
+            with (root / f"validated{rank}.txt").open("a") as f:
+                f.write(f"{step} {len(clips)}\n")
+            return real(codec, clips, step, *args)
+
+        loop.validate = recorded
     result = loop.train(spec)
     state = {k: v.contiguous() for k, v in result.model.released_state_dict().items()}
     save_file(state, str(root / f"rank{rank}.safetensors"))
