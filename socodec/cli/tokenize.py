@@ -32,10 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tokenise a speech corpus into Parquet shards (one row per utterance: id, tokens, speaker "
         "vector, ...). Rerun the same command to resume after an interruption.",
         epilog="Inputs: audio files, folders (recursive), quoted globs, Kaldi/WeNet data folders (wav.scp, "
-        "optional segments) and JSONL manifests (audio_filepath, optional id, offset, duration). "
+        "optional segments), JSONL manifests (.jsonl: audio_filepath, optional id, offset, duration), "
+        "WebDataset shards (.tar, or a quoted brace pattern such as 'shards-{000..123}.tar'; id: the sample key), "
+        "Hugging Face Parquet (.parquet files or a folder of them; audio column of {bytes, path} structs) and "
+        "lhotse CutSet/RecordingSet manifests (.jsonl.gz). "
         "Here --threads defaults to the CPU cores divided among the workers.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders, globs, manifests")
+    p.add_argument("--audio-column", default="audio", metavar="NAME",
+                   help="Parquet inputs: the column holding the audio (default: audio)")
+    p.add_argument("--id-column", default=None, metavar="NAME",
+                   help="Parquet inputs: the column holding the id (default: id, then key, then the audio's path stem)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: worker processes on this machine (default); ray: Ray Data, local or a cluster")
@@ -74,6 +81,7 @@ def main(argv: list[str]) -> int:
         inputs=tuple(args.inputs), out_dir=args.output, engine=args.engine, workers=args.workers,
         threads=model.threads, shard_size=args.shard_size, batch_size=model.batch_size, padding=args.padding,
         device=model.device, ray_address=args.ray_address, quiet=args.quiet,
+        audio_column=args.audio_column, id_column=args.id_column,
     )
     try:
         summary = tokenize(opts, functools.partial(load_codec, model))

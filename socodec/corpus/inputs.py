@@ -7,7 +7,14 @@ Inputs, in any mix:
   without suffix, e.g. ``spk1/utt001``);
 * a quoted glob (``'data/**/*.flac'``; id: the path relative to the glob's fixed leading folder);
 * a Kaldi/WeNet data folder, recognised by its ``wav.scp`` (:func:`~socodec.corpus.manifests.kaldi_items`);
-* a JSONL manifest, ``.jsonl`` or ``.json`` (:func:`~socodec.corpus.manifests.jsonl_items`).
+* a JSONL manifest, ``.jsonl`` or ``.json`` (:func:`~socodec.corpus.manifests.jsonl_items`);
+* WebDataset ``.tar`` shards, also as a brace pattern (``shards-{000..123}.tar``; id: the sample key);
+* Hugging Face Parquet: a ``.parquet`` file, or a folder of them holding no audio files
+  (id: the id column, see :func:`~socodec.corpus.containers.parquet_items`);
+* a lhotse ``CutSet`` / ``RecordingSet`` manifest, ``.jsonl.gz``
+  (:func:`~socodec.corpus.containers.lhotse_items`).
+
+Every source is stored as an absolute path, whatever folder the command runs in.
 
 Every id must be unique across all inputs; a duplicate is reported before any work starts.
 """
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from socodec.audio import AUDIO_SUFFIXES
+from socodec.corpus.containers import expand_braces, is_lhotse_manifest, lhotse_items, parquet_items, tar_items
 from socodec.corpus.items import WorkItem, check_unique, relative_id
 from socodec.corpus.manifests import jsonl_items, kaldi_items
 from socodec.errors import SoCodecError
@@ -29,19 +37,37 @@ MANIFEST_SUFFIXES = (".jsonl", ".json")
 _GLOB_CHARS = frozenset("*?[")
 
 
-def collect_work(inputs: Sequence[str | Path]) -> list[WorkItem]:
+def collect_work(inputs: Sequence[str | Path], audio_column: str = "audio",
+                 id_column: str | None = None) -> list[WorkItem]:
     """All work items of ``inputs``, in order (folders and globs sorted by path).
+
+    Args:
+        inputs: paths, globs, brace patterns (see the module docstring).
+        audio_column: the audio column of Parquet inputs.
+        id_column: the id column of Parquet inputs (None: ``id``, ``key``, else the audio's path stem).
 
     Raises:
         SoCodecError: an input that does not exist, matches nothing or cannot be parsed,
             or two items with the same id (nothing has been read yet).
     """
+    expanded = [part for raw in inputs for part in
+                (expand_braces(str(raw)) if "{" in str(raw) and not Path(raw).exists() else [raw])]
     items: list[WorkItem] = []
-    for raw in inputs:
+    for raw in expanded:
         path = Path(raw)
         text = str(raw)
+        suffix = path.suffix.lower()
         if not path.exists() and _GLOB_CHARS & set(text):
             items.extend(_glob_items(text))
+        elif path.is_file() and suffix == ".tar":
+            items.extend(tar_items(path))
+        elif path.is_file() and suffix == ".parquet":
+            items.extend(parquet_items(path, audio_column, id_column))
+        elif path.is_file() and is_lhotse_manifest(path):
+            items.extend(lhotse_items(path))
+        elif path.is_dir() and _parquet_folder(path):
+            for file in sorted(path.rglob("*.parquet")):
+                items.extend(parquet_items(file, audio_column, id_column))
         elif path.is_dir() and (path / "wav.scp").is_file():
             items.extend(kaldi_items(path))
         elif path.is_dir():
@@ -49,11 +75,17 @@ def collect_work(inputs: Sequence[str | Path]) -> list[WorkItem]:
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             items.extend(jsonl_items(path))
         elif path.is_file():
-            items.append(WorkItem(id=path.stem, source=path, origin=text))
+            items.append(WorkItem(id=path.stem, source=path.absolute(), origin=text))
         else:
             raise SoCodecError(f"{path}: no such file or folder")
     check_unique(items)
     return items
+
+
+def _parquet_folder(folder: Path) -> bool:
+    """A folder of Parquet files (and no audio files): a Hugging Face dataset's files."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return any(p.suffix.lower() == ".parquet" for p in files) and not any(_is_audio(p) for p in files)
 
 
 def _is_audio(path: Path) -> bool:
@@ -64,7 +96,7 @@ def _folder_items(folder: Path) -> list[WorkItem]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_audio(p))
     if not files:
         raise SoCodecError(f"{folder}: no audio files in this folder ({' '.join(AUDIO_SUFFIXES)})")
-    return [WorkItem(id=relative_id(p, folder), source=p, origin=str(folder)) for p in files]
+    return [WorkItem(id=relative_id(p, folder), source=p.absolute(), origin=str(folder)) for p in files]
 
 
 def _glob_items(pattern: str) -> list[WorkItem]:
@@ -72,7 +104,7 @@ def _glob_items(pattern: str) -> list[WorkItem]:
     if not files:
         raise SoCodecError(f"{pattern}: no audio files match")
     base = _glob_base(pattern)
-    return [WorkItem(id=relative_id(p, base), source=p, origin=pattern) for p in files]
+    return [WorkItem(id=relative_id(p, base), source=p.absolute(), origin=pattern) for p in files]
 
 
 def _glob_base(pattern: str) -> Path:

@@ -24,6 +24,8 @@ class WorkItem:
         duration: seconds to read from ``offset``; None: to the end of the file.
         metadata: extra manifest fields as a JSON object text (None when there are none).
         origin: where the item was listed (e.g. ``data/wav.scp``), for error messages.
+        member: the audio's place inside ``source`` when ``source`` is a container (a WebDataset
+            tar's member name, ``<column>:<row>`` of a Parquet file); None for an audio file.
     """
 
     id: str
@@ -32,6 +34,12 @@ class WorkItem:
     duration: float | None = None
     metadata: str | None = None
     origin: str = ""
+    member: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the audio is: the file, or ``<container>#<member>`` (the shards' ``source`` column)."""
+        return f"{self.source}#{self.member}" if self.member is not None else str(self.source)
 
     @property
     def is_segment(self) -> bool:
@@ -67,7 +75,7 @@ def check_unique(items: Iterable[WorkItem]) -> None:
 
 
 def _where(item: WorkItem) -> str:
-    where = str(item.source) if item.origin in ("", str(item.source)) else f"{item.source} (from {item.origin})"
+    where = item.location if item.origin in ("", str(item.source)) else f"{item.location} (from {item.origin})"
     return where + (f" at {item.offset:g} s" if item.offset else "")
 
 

@@ -51,6 +51,8 @@ class TokenizeOptions:
     device: str = "cpu"
     ray_address: str | None = None
     quiet: bool = False
+    audio_column: str = "audio"
+    id_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -123,7 +125,7 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
     start = time.perf_counter()
     workers = opts.workers or default_workers(opts.device)
     threads = opts.threads or max(1, _cores() // workers)
-    items = collect_work(opts.inputs)
+    items = collect_work(opts.inputs, opts.audio_column, opts.id_column)
     with ShardStore(opts.out_dir) as store:
         done, stats = store.scan()
         other = stats.padding - {opts.padding}
