@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Here --threads defaults to the CPU cores divided among the workers.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders, globs, manifests")
+    p.add_argument("--format", choices=("parquet", "lhotse", "webdataset"), default="parquet",
+                   help="also write the rows as a lhotse CutSet (OUT_DIR/cuts.jsonl.gz) or WebDataset tars "
+                        "(OUT_DIR/webdataset/); the Parquet shards are always written (default: parquet only)")
     p.add_argument("--audio-column", default="audio", metavar="NAME",
                    help="Parquet inputs: the column holding the audio (default: audio)")
     p.add_argument("--id-column", default=None, metavar="NAME",
@@ -73,6 +76,8 @@ def main(argv: list[str]) -> int:
         raise UsageError("--ray-address needs --engine ray")
     model = model_options(args)
     require_extra("'socodec tokenize'", "corpus", "pyarrow")
+    if args.format == "lhotse":
+        require_extra("'socodec tokenize --format lhotse'", "lhotse", "lhotse")
     if args.engine == "ray":
         require_extra("'socodec tokenize --engine ray'", "ray", "ray.data")
     from socodec.corpus.run import TokenizeOptions, tokenize
@@ -81,7 +86,7 @@ def main(argv: list[str]) -> int:
         inputs=tuple(args.inputs), out_dir=args.output, engine=args.engine, workers=args.workers,
         threads=model.threads, shard_size=args.shard_size, batch_size=model.batch_size, padding=args.padding,
         device=model.device, ray_address=args.ray_address, quiet=args.quiet,
-        audio_column=args.audio_column, id_column=args.id_column,
+        audio_column=args.audio_column, id_column=args.id_column, format=args.format,
     )
     try:
         summary = tokenize(opts, functools.partial(load_codec, model))

@@ -15,6 +15,7 @@ from typing import Iterable
 import torch
 
 from socodec.audio import save_audio_stream
+from socodec.corpus.export import is_exported, read_exported
 from socodec.corpus.schema import read_codes, shard_files, pa, pq
 from socodec.errors import SoCodecError, one_line
 
@@ -53,7 +54,8 @@ def decode_shard(
     overwrite: bool = False,
     skip_existing: bool = False,
 ) -> DecodeReport:
-    """Decode the rows of ``shard`` (a ``.parquet`` file or a tokenize output folder) to audio files.
+    """Decode the rows of ``shard`` to audio files: a ``.parquet`` file, a tokenize output folder,
+    or a ``--format webdataset`` token tar / ``--format lhotse`` ``cuts.jsonl.gz``.
 
     Args:
         codec: a loaded :class:`~socodec.SoCodec` (only its synthesis half is used).
@@ -76,7 +78,8 @@ def decode_shard(
             raise SoCodecError(f"{shard}: no rows with id {', '.join(sorted(missing)[:5])}"
                                + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     report = DecodeReport()
-    for utt_id, codes in read_codes(shard, wanted):
+    rows = read_exported(Path(shard), wanted) if is_exported(Path(shard)) else read_codes(shard, wanted)
+    for utt_id, codes in rows:
         try:
             path = output_path(out, utt_id, suffix)
             if path.exists() and not overwrite:
@@ -95,6 +98,8 @@ def decode_shard(
 
 
 def _all_ids(shard: str | Path) -> set[str]:
+    if is_exported(Path(shard)):
+        return {utt for utt, _ in read_exported(Path(shard))}
     ids: set[str] = set()
     for file in shard_files(shard):
         try:

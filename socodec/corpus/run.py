@@ -21,6 +21,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socodec.config import DEFAULT_PADDING, PADDINGS
+from socodec.corpus.export import FORMATS, export_shards
 from socodec.corpus.inputs import collect_work
 from socodec.corpus.plan import Batch, plan_shards
 from socodec.corpus.reading import probe_seconds
@@ -53,6 +54,7 @@ class TokenizeOptions:
     quiet: bool = False
     audio_column: str = "audio"
     id_column: str | None = None
+    format: str = "parquet"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -63,6 +65,8 @@ class TokenizeOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.shard_size < 1 or self.batch_size < 1:
             raise ValueError("shard_size and batch_size must be at least 1")
 
@@ -162,6 +166,7 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
         run.update(listed=summary.listed, skipped=summary.skipped, written=summary.written, failed=summary.failed,
                    audio_hours=round(audio / 3600, 6), wall_s=round(summary.wall_seconds, 3))
         collector.write_manifest()
+        export_shards(opts.out_dir, opts.format)
     return summary
 
 

@@ -175,3 +175,77 @@ def test_a_missing_parquet_column_is_one_line_before_work(shipped: dict) -> None
                          *shipped["model_args"]), shipped["env"])
     assert result.returncode == 1 and "no audio column 'sound'" in result.stderr, show(result)
     assert "Traceback" not in result.stderr and not (root / "never").exists()
+
+
+@pytest.fixture(scope="module")
+def exported(shipped: dict) -> dict:
+    """The plain clips tokenised with --format webdataset and --format lhotse, and each decoded back."""
+    from corpus_cases import finish, start
+
+    root, env, model = shipped["root"], shipped["env"], shipped["model_args"]
+    procs = {fmt: start(socodec("tokenize", root / "plain", "-o", root / f"out_{fmt}", "--format", fmt, *RUN_ARGS,
+                                *model), env) for fmt in ("webdataset", "lhotse")}
+    results = {fmt: finish(p) for fmt, p in procs.items()}
+    decoded = {
+        "parquet": run(socodec(root / "out_lhotse", root / "dec_parquet", *model), env),
+        "webdataset": run(socodec(root / "out_webdataset" / "webdataset" / "tokens-00001.tar", root / "dec_wds",
+                                  *model), env),
+        "lhotse": run(socodec(root / "out_lhotse" / "cuts.jsonl.gz", root / "dec_lhotse", *model), env),
+    }
+    return {"root": root, "results": results, "decoded": decoded}
+
+
+def test_formats_are_written_beside_the_shards(exported: dict) -> None:
+    for fmt, result in exported["results"].items():
+        assert result.returncode == 0, show(result)
+    root = exported["root"]
+    assert sorted(p.name for p in (root / "out_webdataset" / "webdataset").iterdir()) == \
+        ["tokens-00000.tar", "tokens-00001.tar"]
+    assert (root / "out_lhotse" / "cuts.jsonl.gz").is_file()
+
+
+def test_webdataset_tars_round_trip_with_webdataset(exported: dict, shipped: dict) -> None:
+    import webdataset as wds
+
+    root = exported["root"]
+    parquet = dict(read_codes(root / "out_webdataset"))
+    url = str(root / "out_webdataset" / "webdataset" / "tokens-{00000..00001}.tar")
+    samples = list(wds.WebDataset(url, shardshuffle=False).decode())
+    assert sorted(s["__key__"] for s in samples) == sorted(parquet)
+    for s in samples:
+        npz, ref = s["socodec.npz"], parquet[s["__key__"]]
+        assert npz["tokens"].dtype == np.int16 and npz["tokens"].shape == tuple(ref.tokens.shape)
+        assert np.array_equal(npz["tokens"], ref.tokens.numpy())
+        assert np.array_equal(npz["speaker"], ref.speaker.numpy())
+        assert int(npz["num_samples"]) == ref.num_samples and int(npz["lead"]) == ref.lead
+        assert json.loads(str(npz["model"])) == ref.model
+        assert s["json"]["source"] == str(shipped["clips"][s["__key__"]])
+
+
+def test_lhotse_cuts_round_trip_with_lhotse(exported: dict) -> None:
+    from lhotse import load_manifest
+
+    root = exported["root"]
+    parquet = dict(read_codes(root / "out_lhotse"))
+    cuts = load_manifest(root / "out_lhotse" / "cuts.jsonl.gz")
+    assert sorted(c.id for c in cuts) == sorted(parquet)
+    for cut in cuts:
+        tokens, ref = cut.load_custom("socodec_tokens"), parquet[cut.id]
+        assert tokens.shape == tuple(ref.tokens.shape) and tokens.shape[1] == 4
+        assert np.array_equal(tokens, ref.tokens.numpy())
+        assert np.array_equal(cut.load_custom("socodec_speaker"), ref.speaker.numpy())
+        assert cut.socodec_tokens.frame_shift == pytest.approx(0.12)
+        assert cut.custom["num_samples"] == ref.num_samples and cut.custom["socodec_model"] == ref.model
+
+
+def test_every_format_decodes_to_the_same_audio(exported: dict) -> None:
+    root = exported["root"]
+    for name, result in exported["decoded"].items():
+        assert result.returncode == 0 and "Traceback" not in result.stderr, show(result)
+    wds_ids = [p.stem for p in (root / "dec_wds").glob("*.wav")]
+    assert wds_ids and len(wds_ids) < 4  # one tar: its rows only
+    for utt in ("clip0", "clip1", "clip2", "clip3"):
+        ref = sf.read(root / "dec_parquet" / f"{utt}.wav")[0]
+        assert np.array_equal(sf.read(root / "dec_lhotse" / f"{utt}.wav")[0], ref), utt
+        if utt in wds_ids:
+            assert np.array_equal(sf.read(root / "dec_wds" / f"{utt}.wav")[0], ref), utt
