@@ -25,15 +25,17 @@ An item inside a container names its place in :attr:`~socodec.corpus.items.WorkI
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from socodec.audio import AUDIO_SUFFIXES
 from socodec.corpus.extras import require
 from socodec.corpus.items import WorkItem, metadata_text
+from socodec.corpus.storage import is_url, store_error, url_filesystem
 from socodec.errors import AudioError, SoCodecError
 
 __all__ = ["expand_braces", "tar_items", "parquet_items", "lhotse_items", "member_bytes", "is_lhotse_manifest",
@@ -71,24 +73,47 @@ def _sample_key(name: str) -> tuple[str, str]:
     return str(path.parent / stem) if str(path.parent) != "." else stem, ext.lower()
 
 
-def tar_items(tar: Path) -> list[WorkItem]:
+def _open_binary(source: Path | str) -> BinaryIO:
+    """A seekable binary file: a local path, or an object-store URL read by ranges."""
+    if is_url(source):
+        fs, path = url_filesystem(str(source))
+        try:
+            return fs.open(path, "rb")
+        except Exception as exc:  # noqa: BLE001 - every store failure becomes one line
+            raise store_error(str(source), exc) from None
+    return open(source, "rb")
+
+
+@functools.lru_cache(maxsize=16)
+def _tar_index(source: Path | str) -> dict[str, tuple[int, int]]:
+    """``{member name: (data offset, size)}`` of a tar's regular files; headers only are read (once per process).
+
+    A truncated tar lists the members before the break; a member cut short fails when it is read.
+    """
+    index: dict[str, tuple[int, int]] = {}
+    with _open_binary(source) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
+        try:
+            for info in archive:
+                if info.isfile():
+                    index.setdefault(info.name, (info.offset_data, info.size))
+        except tarfile.ReadError:
+            pass
+    return index
+
+
+def tar_items(tar: Path | str) -> list[WorkItem]:
     """The samples of a WebDataset tar (see the module docstring); headers only are read."""
-    source = tar.absolute()
+    source = tar if is_url(tar) else Path(tar).absolute()
     samples: dict[str, dict[str, str]] = {}
     try:
-        with tarfile.open(source, mode="r:") as archive:
-            members = []
-            try:
-                for info in archive:
-                    members.append(info)
-            except tarfile.ReadError:
-                pass  # a truncated tar: the samples before the break are listed, a cut member fails when read
+        names = list(_tar_index(source))
+    except SoCodecError:
+        raise
     except (tarfile.TarError, OSError) as exc:
         raise SoCodecError(f"{tar}: not a readable tar file ({exc})") from None
-    for info in members:
-        if info.isfile():
-            key, ext = _sample_key(info.name)
-            samples.setdefault(key, {}).setdefault(ext, info.name)
+    for name in names:
+        key, ext = _sample_key(name)
+        samples.setdefault(key, {}).setdefault(ext, name)
     items = []
     for key, parts in samples.items():
         audio = next((name for ext, name in parts.items() if "." + ext.rsplit(".", 1)[-1] in AUDIO_SUFFIXES), None)
@@ -105,7 +130,7 @@ def tar_items(tar: Path) -> list[WorkItem]:
     return items
 
 
-def _json_member(tar: Path, name: str) -> str | None:
+def _json_member(tar: Path | str, name: str) -> str | None:
     try:
         fields = json.loads(member_bytes(tar, name))
     except (AudioError, ValueError):
@@ -113,27 +138,36 @@ def _json_member(tar: Path, name: str) -> str | None:
     return metadata_text(fields) if isinstance(fields, dict) else metadata_text({"json": fields})
 
 
-def parquet_items(path: Path, audio_column: str = "audio", id_column: str | None = None) -> list[WorkItem]:
-    """The rows of a Hugging Face ``datasets`` Parquet file (see the module docstring)."""
+def parquet_items(path: Path | str, audio_column: str = "audio", id_column: str | None = None) -> list[WorkItem]:
+    """The rows of a Hugging Face ``datasets`` Parquet file (see the module docstring).
+
+    Only the small columns are read here (ids, metadata, the audio's ``path``); the audio bytes
+    are read when an item is encoded.
+    """
     pq = require("pyarrow.parquet")
-    source = path.absolute()
+    source = path if is_url(path) else Path(path).absolute()
+    stem = PurePosixPath(str(path)).stem
     try:
-        table = pq.read_table(source, columns=None)
+        with _open_binary(source) as raw:
+            schema = pq.read_schema(raw)
+            names = schema.names
+            if audio_column not in names:
+                raise SoCodecError(f"{path}: no audio column '{audio_column}' (columns: {', '.join(names)}; "
+                                   "choose one with --audio-column)")
+            if id_column is not None and id_column not in names:
+                raise SoCodecError(f"{path}: no id column '{id_column}' (columns: {', '.join(names)})")
+            small = [n for n in names if n != audio_column]
+            table = pq.read_table(raw, columns=small + ([f"{audio_column}.path"] if _has_path(schema, audio_column)
+                                                        else []))
+    except SoCodecError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unreadable Parquet file: one line
         raise SoCodecError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = table.column_names
-    if audio_column not in names:
-        raise SoCodecError(f"{path}: no audio column '{audio_column}' (columns: {', '.join(names)}; "
-                           "choose one with --audio-column)")
-    if id_column is not None and id_column not in names:
-        raise SoCodecError(f"{path}: no id column '{id_column}' (columns: {', '.join(names)})")
     id_column = id_column or next((c for c in ID_COLUMNS if c in names), None)
     meta_columns = [c for c in names if c not in (audio_column, id_column)
-                    and not _nested(table.schema.field(c).type)]
-    audio_paths = table.column(audio_column).combine_chunks()
-    audio_paths = (audio_paths.field("path").to_pylist() if hasattr(audio_paths, "field")
-                   and "path" in [audio_paths.type.field(i).name for i in range(audio_paths.type.num_fields)]
-                   else [None] * table.num_rows)
+                    and not _nested(schema.field(c).type)]
+    audio_paths = (table.column(audio_column).combine_chunks().field("path").to_pylist()
+                   if audio_column in table.column_names else [None] * table.num_rows)
     ids = table.column(id_column).to_pylist() if id_column else None
     meta_rows = table.select(meta_columns).to_pylist() if meta_columns else [{}] * table.num_rows
     items = []
@@ -143,12 +177,18 @@ def parquet_items(path: Path, audio_column: str = "audio", id_column: str | None
         elif audio_paths[row]:
             item_id = PurePosixPath(audio_paths[row]).stem
         else:
-            item_id = f"{path.stem}/{row}"
+            item_id = f"{stem}/{row}"
         items.append(WorkItem(id=item_id, source=source, member=f"{audio_column}:{row}",
                               metadata=metadata_text(meta_rows[row]), origin=str(path)))
     if not items:
         raise SoCodecError(f"{path}: the Parquet file has no rows")
     return items
+
+
+def _has_path(schema: Any, column: str) -> bool:
+    pa = require("pyarrow")
+    kind = schema.field(column).type
+    return pa.types.is_struct(kind) and kind.get_field_index("path") >= 0
 
 
 def _nested(kind: Any) -> bool:
@@ -231,39 +271,58 @@ def _recording_items(recordings: Any, supervisions: Any, where: Path) -> Iterato
                            metadata=metadata_text(_supervision_fields(sup)), origin=str(where))
 
 
-def member_bytes(container: Path, member: str) -> bytes:
-    """The bytes of ``member`` inside ``container`` (a tar member, or ``<column>:<row>`` of a Parquet file).
+def member_bytes(container: Path | str, member: str | None) -> bytes:
+    """The bytes of ``member`` inside ``container`` (a tar member, or ``<column>:<row>`` of a Parquet file);
+    with no member, the whole object at ``container`` (an audio file on object storage).
 
     Raises:
         AudioError: the member is missing, cut short, or holds no bytes (one line naming it).
     """
-    name = f"{container}#{member}"
-    if container.suffix.lower() == ".parquet":
-        return _parquet_cell(container, member, name)
+    name = f"{container}#{member}" if member is not None else str(container)
     try:
-        with tarfile.open(container, mode="r:") as archive:
-            info = archive.getmember(member)
-            stream = archive.extractfile(info)
-            data = stream.read() if stream is not None else b""
+        if member is None:
+            with _open_binary(container) as raw:
+                return raw.read()
+        if str(container).lower().endswith(".parquet"):
+            return _parquet_cell(container, member, name)
+        offset, size = _tar_index(container)[member]
+        with _open_binary(container) as raw:
+            raw.seek(offset)
+            data = raw.read(size)
     except KeyError:
         raise AudioError(f"{name}: no such member in the tar") from None
+    except SoCodecError as exc:
+        raise AudioError(str(exc)) from None
     except (tarfile.TarError, OSError) as exc:
-        raise AudioError(f"{name}: cannot read the tar ({exc})") from None
-    if len(data) < info.size:
-        raise AudioError(f"{name}: the tar is truncated ({len(data)} of {info.size} bytes)")
+        raise AudioError(f"{name}: cannot read ({exc})") from None
+    if len(data) < size:
+        raise AudioError(f"{name}: the tar is truncated ({len(data)} of {size} bytes)")
     return data
 
 
-def _parquet_cell(path: Path, member: str, name: str) -> bytes:
+@functools.lru_cache(maxsize=2)
+def _row_group(container: Path | str, column: str, group: int) -> list[Any]:
+    """One row group's cells of ``column`` (kept for the next items: rows of a group are read together)."""
     pq = require("pyarrow.parquet")
+    with _open_binary(container) as raw:
+        return pq.ParquetFile(raw).read_row_group(group, columns=[column]).column(0).to_pylist()
+
+
+@functools.lru_cache(maxsize=16)
+def _row_groups(container: Path | str) -> tuple[int, ...]:
+    pq = require("pyarrow.parquet")
+    with _open_binary(container) as raw:
+        meta = pq.ParquetFile(raw).metadata
+        return tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+
+
+def _parquet_cell(path: Path | str, member: str, name: str) -> bytes:
     column, _, row_text = member.rpartition(":")
     row = int(row_text)
-    parquet = pq.ParquetFile(path)
     start = 0
-    for group in range(parquet.num_row_groups):
-        rows = parquet.metadata.row_group(group).num_rows
+    for group, rows in enumerate(_row_groups(path)):
         if row < start + rows:
-            cell = parquet.read_row_group(group, columns=[column]).column(0)[row - start].as_py()
+            cell = _row_group(path, column, group)[row - start]
             break
         start += rows
     else:

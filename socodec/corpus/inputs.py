@@ -22,13 +22,14 @@ Every id must be unique across all inputs; a duplicate is reported before any wo
 from __future__ import annotations
 
 import glob
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from socodec.audio import AUDIO_SUFFIXES
 from socodec.corpus.containers import expand_braces, is_lhotse_manifest, lhotse_items, parquet_items, tar_items
 from socodec.corpus.items import WorkItem, check_unique, relative_id
 from socodec.corpus.manifests import jsonl_items, kaldi_items
+from socodec.corpus.storage import is_url, local_path, store_error, url_filesystem
 from socodec.errors import SoCodecError
 
 __all__ = ["collect_work", "MANIFEST_SUFFIXES"]
@@ -51,11 +52,14 @@ def collect_work(inputs: Sequence[str | Path], audio_column: str = "audio",
             or two items with the same id (nothing has been read yet).
     """
     expanded = [part for raw in inputs for part in
-                (expand_braces(str(raw)) if "{" in str(raw) and not Path(raw).exists() else [raw])]
+                (expand_braces(str(raw)) if "{" in str(raw) and (is_url(raw) or not Path(raw).exists()) else [raw])]
     items: list[WorkItem] = []
     for raw in expanded:
-        path = Path(raw)
         text = str(raw)
+        if is_url(text):
+            items.extend(_url_items(text, audio_column, id_column))
+            continue
+        path = local_path(text)
         suffix = path.suffix.lower()
         if not path.exists() and _GLOB_CHARS & set(text):
             items.extend(_glob_items(text))
@@ -79,6 +83,34 @@ def collect_work(inputs: Sequence[str | Path], audio_column: str = "audio",
         else:
             raise SoCodecError(f"{path}: no such file or folder")
     check_unique(items)
+    return items
+
+
+def _url_items(url: str, audio_column: str, id_column: str | None) -> list[WorkItem]:
+    """Items of an object-store URL: a tar, a Parquet file, a folder of Parquet files or tars, or an audio file."""
+    suffix = PurePosixPath(url).suffix.lower()
+    if suffix == ".tar":
+        return tar_items(url)
+    if suffix == ".parquet":
+        return parquet_items(url, audio_column, id_column)
+    if suffix in AUDIO_SUFFIXES:
+        return [WorkItem(id=PurePosixPath(url).stem, source=url, origin=url)]
+    fs, path = url_filesystem(url)
+    protocol = url.split("://", 1)[0]
+    try:
+        found = sorted(fs.find(path))
+    except Exception as exc:  # noqa: BLE001 - every store failure becomes one line
+        raise store_error(url, exc) from None
+    items: list[WorkItem] = []
+    for key in found:
+        if PurePosixPath(key).name.startswith((".", "_")):
+            continue
+        if key.endswith(".parquet"):
+            items.extend(parquet_items(f"{protocol}://{key}", audio_column, id_column))
+        elif key.endswith(".tar"):
+            items.extend(tar_items(f"{protocol}://{key}"))
+    if not items:
+        raise SoCodecError(f"{url}: no .parquet or .tar files here")
     return items
 
 

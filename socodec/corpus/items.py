@@ -19,7 +19,7 @@ class WorkItem:
 
     Attributes:
         id: unique name of the utterance (the ``id`` column of the shards).
-        source: the audio file it is read from.
+        source: the audio file it is read from (absolute), or its URL on object storage (a ``str``).
         offset: seconds into ``source`` where the utterance starts.
         duration: seconds to read from ``offset``; None: to the end of the file.
         metadata: extra manifest fields as a JSON object text (None when there are none).
@@ -29,7 +29,7 @@ class WorkItem:
     """
 
     id: str
-    source: Path
+    source: Path | str
     offset: float = 0.0
     duration: float | None = None
     metadata: str | None = None
@@ -59,7 +59,8 @@ class WorkItem:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "WorkItem":
-        return cls(**{**data, "source": Path(data["source"])})
+        source = data["source"]
+        return cls(**{**data, "source": source if "://" in source else Path(source)})
 
 
 def check_unique(items: Iterable[WorkItem]) -> None:

@@ -17,6 +17,7 @@ import torch
 from socodec.audio import open_audio, read_block, to_model_input
 from socodec.corpus.containers import member_bytes
 from socodec.corpus.items import WorkItem
+from socodec.corpus.storage import is_url
 from socodec.errors import AudioError
 
 __all__ = ["read_item", "probe_seconds", "item_name"]
@@ -62,7 +63,7 @@ def read_item(item: WorkItem) -> tuple[torch.Tensor, float]:
 
 def _open(item: WorkItem) -> sf.SoundFile:
     """The item's audio opened for reading: the file, or the member's bytes from its container."""
-    if item.member is None:
+    if item.member is None and not is_url(item.source):
         return open_audio(item.source)
     data = member_bytes(item.source, item.member)
     try:
@@ -96,8 +97,8 @@ def probe_seconds(item: WorkItem) -> float:
     """
     if item.duration is not None:
         return item.duration
-    if item.member is not None:
-        return 0.0  # inside a container: not read twice just to batch by length
+    if item.member is not None or is_url(item.source):
+        return 0.0  # inside a container or on object storage: not read twice just to batch by length
     try:
         info = sf.info(str(item.source))
     except Exception:  # noqa: BLE001 - any unreadable file: reported later, by read_item
