@@ -27,6 +27,7 @@ from socodec.corpus.plan import Batch, plan_shards
 from socodec.corpus.reading import probe_seconds
 from socodec.corpus.schema import pa
 from socodec.corpus.shards import ShardStore
+from socodec.corpus.storage import check_store, is_url
 from socodec.corpus.writer import ShardCollector
 from socodec.errors import SoCodecError
 
@@ -41,8 +42,8 @@ ENGINES = ("local", "ray")
 class TokenizeOptions:
     """What to tokenise, where to, and how (the model itself comes as a loader)."""
 
-    inputs: tuple[Path, ...]
-    out_dir: Path
+    inputs: tuple[Path | str, ...]
+    out_dir: Path | str
     engine: str = "local"
     workers: int | None = None
     threads: int | None = None
@@ -67,6 +68,8 @@ class TokenizeOptions:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format != "parquet" and is_url(self.out_dir):
+            raise ValueError(f"format {self.format} is written to a local folder; on object storage only parquet")
         if self.shard_size < 1 or self.batch_size < 1:
             raise ValueError("shard_size and batch_size must be at least 1")
 
@@ -81,7 +84,7 @@ class TokenizeSummary:
     failed: int
     audio_seconds: float
     wall_seconds: float
-    out_dir: Path
+    out_dir: Path | str
 
     @property
     def throughput(self) -> float:
@@ -95,7 +98,7 @@ class TokenizeSummary:
         if self.skipped:
             text += f"; {self.skipped} already done"
         if self.failed:
-            text += f"; {self.failed} failed (see {self.out_dir / 'errors.jsonl'})"
+            text += f"; {self.failed} failed (see {str(self.out_dir).rstrip('/')}/errors.jsonl)"
         return text
 
 
@@ -129,6 +132,8 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
     start = time.perf_counter()
     workers = opts.workers or default_workers(opts.device)
     threads = opts.threads or max(1, _cores() // workers)
+    if is_url(opts.out_dir):
+        check_store(str(opts.out_dir))  # a missing bucket or bad credentials: one line, before any input
     items = collect_work(opts.inputs, opts.audio_column, opts.id_column)
     with ShardStore(opts.out_dir) as store:
         done, stats = store.scan()
@@ -166,7 +171,8 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
         run.update(listed=summary.listed, skipped=summary.skipped, written=summary.written, failed=summary.failed,
                    audio_hours=round(audio / 3600, 6), wall_s=round(summary.wall_seconds, 3))
         collector.write_manifest()
-        export_shards(opts.out_dir, opts.format)
+        if opts.format != "parquet":
+            export_shards(Path(opts.out_dir), opts.format)
     return summary
 
 

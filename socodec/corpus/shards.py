@@ -13,22 +13,32 @@ then renamed), so every ``tokens-*.parquet`` is whole. Resuming reads the ids of
 existing shards and skips them: after a crash at any moment, a rerun writes every id
 exactly once. One process at a time may write a folder (a lock file, released when the
 process ends, however it ends).
+
+On object storage (``OUT`` an fsspec URL such as ``s3://bucket/tokens``), where there is no
+rename, the commit is the store's own: each shard is one object written in a single upload
+(a PUT, or a multipart upload completed only when the whole shard is sent), which becomes
+visible under its final name only when complete; nothing is ever written under a temporary
+name, so there is nothing to clean after a kill. A reader globbing ``shards/*.parquet`` sees
+whole shards only, and resume counts exactly those. The lock file has no equivalent there:
+run one ``tokenize`` per output URL at a time.
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from socodec import __version__
 from socodec.config import SAMPLE_RATE
 from socodec.corpus.schema import SHARD_FORMAT, pa, pq, shard_info
+from socodec.corpus.storage import check_store, is_url, local_path, store_error
 from socodec.errors import SoCodecError, one_line
 from socodec.fileio import atomic_path, atomic_write
 
@@ -66,13 +76,23 @@ class ShardStore:
     """An output folder, locked for writing while the object is open (use it as a context manager)."""
 
     def __init__(self, out_dir: str | Path) -> None:
-        self.root = Path(out_dir)
-        if self.root.exists() and not self.root.is_dir():
+        self.url = str(out_dir).rstrip("/") if is_url(out_dir) else None
+        self.fs: Any = None
+        self.root: Any = self.url or local_path(out_dir)
+        if self.url is None and self.root.exists() and not self.root.is_dir():
             raise SoCodecError(f"{self.root}: the output must be a folder, and this is a file")
-        self.shard_dir = self.root / "shards"
+        self.shard_dir = self.root / "shards" if self.url is None else PurePosixPath("shards")
         self._lock_fd: int | None = None
 
+    def _key(self, name: str) -> str:
+        """The store path of ``name`` (``shards/x.parquet``, ``manifest.json``) under a remote output."""
+        return f"{self._base}/{name}"
+
     def __enter__(self) -> "ShardStore":
+        if self.url is not None:
+            self.fs, self._base = check_store(self.url)
+            self._base = self._base.rstrip("/")
+            return self
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -94,6 +114,8 @@ class ShardStore:
 
     def _remove_leftovers(self) -> None:
         """Delete temporary shard files left by a run that was killed while writing."""
+        if self.url is not None:
+            return
         leftovers = [*self.shard_dir.glob(".tokens-*.tmp-*"), *self.root.glob(".manifest.tmp-*"),
                      *self.root.glob(".errors.tmp-*")]
         for tmp in leftovers:
@@ -106,9 +128,20 @@ class ShardStore:
 
     def complete_shards(self) -> list[tuple[int, Path]]:
         """``(index, path)`` of every complete shard, by index."""
-        found = [(int(m.group(1)), p) for p in self.shard_dir.glob("tokens-*.parquet")
-                 if (m := _SHARD_NAME.fullmatch(p.name))]
+        if self.url is not None:
+            self.fs.invalidate_cache()
+            paths = [PurePosixPath(p) for p in self.fs.glob(self._key("shards/tokens-*.parquet"))]
+        else:
+            paths = list(self.shard_dir.glob("tokens-*.parquet"))
+        found = [(int(m.group(1)), p) for p in paths if (m := _SHARD_NAME.fullmatch(p.name))]
         return sorted(found)
+
+    def _read(self, path: Path | PurePosixPath, columns: list[str]) -> tuple[pa.Table, dict[str, Any]]:
+        """A shard's columns and its ``socodec`` metadata, from disk or from the store."""
+        if self.url is None:
+            return pq.read_table(path, columns=columns), shard_info(path)
+        with self.fs.open(str(path), "rb") as f:
+            return pq.read_table(f, columns=columns), shard_info(f)
 
     def next_index(self) -> int:
         shards = self.complete_shards()
@@ -120,18 +153,27 @@ class ShardStore:
         stats = ShardStats()
         for _, path in self.complete_shards():
             try:
-                table = pq.read_table(path, columns=["id", "num_samples", "padding"])
+                table, info = self._read(path, ["id", "num_samples", "padding"])
             except (OSError, pa.ArrowException) as exc:
                 raise SoCodecError(f"{path}: unreadable shard ({one_line(exc)}); move it away and run again") \
                     from None
             ids.update(table.column("id").to_pylist())
             samples = sum(n or 0 for n in table.column("num_samples").to_pylist())
             paddings = {p for p in table.column("padding").to_pylist() if p}
-            stats.add(path.name, table.num_rows, samples, shard_info(path).get("model") or {}, paddings)
+            stats.add(path.name, table.num_rows, samples, info.get("model") or {}, paddings)
         return ids, stats
 
-    def write_shard(self, index: int, table: pa.Table) -> Path:
+    def write_shard(self, index: int, table: pa.Table) -> Path | PurePosixPath:
         """Write one shard atomically (it is complete, or absent)."""
+        if self.url is not None:
+            key = self._key(f"shards/{self.shard_name(index)}")
+            if self.fs.exists(key):
+                raise SoCodecError(f"{self.url}/shards/{self.shard_name(index)}: exists already; "
+                                   "refusing to overwrite a complete shard")
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            self._put(key, buf.getvalue())
+            return PurePosixPath(key)
         path = self.shard_dir / self.shard_name(index)
         if path.exists():
             raise SoCodecError(f"{path}: exists already; refusing to overwrite a complete shard")
@@ -156,7 +198,18 @@ class ShardStore:
             "errors_file": "errors.jsonl",
             "last_run": run,
         }
-        atomic_write(self.root / "manifest.json",
-                     lambda p: p.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8"))
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
+        if self.url is not None:
+            self._put(self._key("manifest.json"), text.encode())
+            self._put(self._key("errors.jsonl"), lines.encode())
+            return
+        atomic_write(self.root / "manifest.json", lambda p: p.write_text(text, "utf-8"))
         atomic_write(self.root / "errors.jsonl", lambda p: p.write_text(lines, "utf-8"))
+
+    def _put(self, key: str, data: bytes) -> None:
+        """One object in one upload: visible under ``key`` only once complete."""
+        try:
+            self.fs.pipe_file(key, data)
+        except Exception as exc:  # noqa: BLE001 - every store failure becomes one line
+            raise store_error(f"{self.url}", exc) from None

@@ -10,6 +10,7 @@ worker processes see the same options). ``file://`` URLs are local paths.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ def storage_options() -> dict[str, Any]:
 
 def url_filesystem(url: str) -> tuple[Any, str]:
     """``(fsspec filesystem, path inside it)`` for ``url``; one line naming the extra when it is missing."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # -v shows the clients' own logs
+        for name in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         import fsspec.core
     except ImportError:

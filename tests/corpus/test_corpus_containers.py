@@ -3,9 +3,7 @@ manifests (written by ``lhotse``), tokenised by the real command; rows equal per
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import soundfile as sf
 import torch
 
 from conftest import GOLDEN
-from corpus_cases import _noise, cut, one_thread, run, show, socodec
+from corpus_cases import _noise, cut, one_thread, run, show, socodec, write_tar
 from socodec import SoCodec
 from socodec.corpus import read_codes
 from socodec.corpus.containers import expand_braces
@@ -25,16 +23,6 @@ from socodec.errors import SoCodecError
 
 TINY = ["--analyzer-config", str(GOLDEN / "analyzer_tiny.json"), "--vocoder-config", str(GOLDEN / "vocoder_tiny.json")]
 RUN_ARGS = ["--shard-size", "3", "--batch-size", "2", "--threads", "1", "--workers", "1"]
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _audio_bytes(path: Path) -> bytes:
-    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +43,13 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     # WebDataset: two tars named by a brace pattern; a sample's .json goes to the metadata
     for k, names in enumerate([("clip0", "clip1"), ("clip2",)]):
-        with tarfile.open(root / f"shards-{k:03d}.tar", "w") as tar:
-            for name in names:
-                _add(tar, f"{name}{clips[name].suffix}", _audio_bytes(clips[name]))
-                _add(tar, f"{name}.json", json.dumps({"text": f"words of {name}"}).encode())
-            if k == 1:
-                _add(tar, "notaudio.flac", b"this is not audio at all")
+        members = {}
+        for name in names:
+            members[f"{name}{clips[name].suffix}"] = clips[name].read_bytes()
+            members[f"{name}.json"] = json.dumps({"text": f"words of {name}"}).encode()
+        if k == 1:
+            members["notaudio.flac"] = b"this is not audio at all"
+        write_tar(root / f"shards-{k:03d}.tar", members)
 
     # Hugging Face Parquet written by datasets itself
     from datasets import Audio, Dataset
