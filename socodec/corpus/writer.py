@@ -52,6 +52,7 @@ class ShardCollector:
     model: dict[str, str] | None = None
     _pending: dict[int, list[pa.Table]] = field(default_factory=dict)
     _received: dict[int, int] = field(default_factory=dict)
+    _seen: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._expected = {plan.index: plan.size for plan in self.plans}
@@ -60,6 +61,14 @@ class ShardCollector:
         """Take one result table; write the shards it completes."""
         if table.num_rows == 0:
             return BatchReport(0, 0, 0.0)
+        positions = table.column("_pos").to_pylist()
+        fresh = [i for i, p in enumerate(positions) if p not in self._seen]
+        if len(fresh) < table.num_rows:  # a batch run twice (a retried task): keep the first rows only
+            log.debug("dropping %d rows received twice", table.num_rows - len(fresh))
+            table = table.take(pa.array(fresh, pa.int64()))
+            if table.num_rows == 0:
+                return BatchReport(0, 0, 0.0)
+        self._seen.update(table.column("_pos").to_pylist())
         self._check_model(table.column("_model")[0].as_py())
         errors = table.column("_error").to_pylist()
         failed = [i for i, e in enumerate(errors) if e is not None]
