@@ -58,3 +58,32 @@ def test_a_node_lost_mid_job_loses_and_duplicates_nothing(tmp_path: Path, monkey
     ids = pq.read_table(out / "shards", columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == [f"u{n:02d}" for n in range(N_CLIPS)]
     assert os.path.exists(out / "manifest.json")
+
+
+def test_the_callers_ray_is_left_running(tmp_path: Path) -> None:
+    import functools
+
+    import ray
+
+    from conftest import GOLDEN
+    from socodec import SoCodec
+    from socodec.corpus.run import TokenizeOptions, tokenize
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for n in range(2):
+        sf.write(clips / f"v{n}.wav", _noise(0.8, 16000, seed=40 + n), 16000, subtype="PCM_16")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    try:
+        summary = tokenize(TokenizeOptions(inputs=(clips,), out_dir=tmp_path / "out", engine="ray", workers=1,
+                                           threads=1, quiet=True),
+                           functools.partial(SoCodec.from_files, GOLDEN / "hubert_tiny_fairseq.pt",
+                                             GOLDEN / "analyzer_tiny.safetensors", GOLDEN / "vocoder_tiny.safetensors",
+                                             analyzer_config=GOLDEN / "analyzer_tiny.json",
+                                             vocoder_config=GOLDEN / "vocoder_tiny.json", cache_dir=tmp_path / "cache"))
+        assert summary.written == 2
+        assert ray.is_initialized()  # socodec did not start it, so it does not stop it
+        assert ray.get(ray.put(7)) == 7
+    finally:
+        ray.shutdown()
