@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("parquet", "lhotse", "webdataset"), default="parquet",
                    help="also write the rows as a lhotse CutSet (OUT_DIR/cuts.jsonl.gz) or WebDataset tars "
                         "(OUT_DIR/webdataset/); the Parquet shards are always written (default: parquet only)")
+    p.add_argument("--redo-changed", action="store_true",
+                   help="on resume, tokenise again the ids whose audio changed (another file, size, time or "
+                        "segment bounds) and drop their old rows; without it they are reported and kept")
     p.add_argument("--audio-column", default="audio", metavar="NAME",
                    help="Parquet inputs: the column holding the audio (default: audio)")
     p.add_argument("--id-column", default=None, metavar="NAME",
@@ -111,6 +114,7 @@ def main(argv: list[str]) -> int:
         threads=model.threads, shard_size=args.shard_size, batch_size=model.batch_size, padding=args.padding,
         device=model.device, ray_address=args.ray_address, quiet=args.quiet,
         audio_column=args.audio_column, id_column=args.id_column, format=args.format,
+        redo_changed=args.redo_changed,
     )
     try:
         summary = tokenize(opts, functools.partial(load_codec, model))

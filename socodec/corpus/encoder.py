@@ -91,6 +91,7 @@ class BatchEncoder:
             "offset": [i.offset for i in items],
             "duration": [results[j][1] if results[j][0] is not None else i.duration for j, i in zip(order, items)],
             "metadata": [i.metadata for i in items],
+            "fingerprint": [i.fingerprint for i in items],
         }
         good = codes_table([(batch.items[j].id, results[j][0]) for j in ok],
                            {k: v[: len(ok)] for k, v in columns.items()}, padding=self.padding)

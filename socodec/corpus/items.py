@@ -26,6 +26,8 @@ class WorkItem:
         origin: where the item was listed (e.g. ``data/wav.scp``), for error messages.
         member: the audio's place inside ``source`` when ``source`` is a container (a WebDataset
             tar's member name, ``<column>:<row>`` of a Parquet file); None for an audio file.
+        fingerprint: what the item is read from, as JSON ``[location, size, mtime, offset, duration]``
+            (set by :func:`~socodec.corpus.reading.fingerprint`); resume compares it with the row's.
     """
 
     id: str
@@ -35,6 +37,7 @@ class WorkItem:
     metadata: str | None = None
     origin: str = ""
     member: str | None = None
+    fingerprint: str | None = None
 
     @property
     def location(self) -> str:

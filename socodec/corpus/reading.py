@@ -8,6 +8,7 @@ rate and sample format).
 from __future__ import annotations
 
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -17,10 +18,10 @@ import torch
 from socodec.audio import open_audio, read_block, to_model_input
 from socodec.corpus.containers import member_bytes
 from socodec.corpus.items import WorkItem
-from socodec.corpus.storage import is_url
+from socodec.corpus.storage import is_url, url_filesystem
 from socodec.errors import AudioError
 
-__all__ = ["read_item", "probe_seconds", "item_name"]
+__all__ = ["read_item", "probe_seconds", "item_name", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +105,24 @@ def probe_seconds(item: WorkItem) -> float:
     except Exception:  # noqa: BLE001 - any unreadable file: reported later, by read_item
         return 0.0
     return max(0.0, info.frames / info.samplerate - item.offset) if info.samplerate else 0.0
+
+
+def fingerprint(item: WorkItem) -> str:
+    """A cheap fingerprint of the item's audio: JSON ``[location, size, mtime, offset, duration]``.
+
+    Size and modification time come from the file (or the container, or the object's listing on
+    object storage); a file that cannot be examined gets nulls (it is reported when it is read).
+    """
+    size: int | None = None
+    mtime: float | str | None = None
+    try:
+        if is_url(item.source):
+            fs, path = url_filesystem(str(item.source))
+            info = fs.info(path)
+            size, mtime = info.get("size"), str(info.get("LastModified") or info.get("mtime") or info.get("ETag"))
+        else:
+            stat = Path(item.source).stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns / 1e9
+    except Exception:  # noqa: BLE001 - any file that cannot be examined: reported later, by read_item
+        pass
+    return json.dumps([item.location, size, mtime, item.offset, item.duration], separators=(",", ":"))

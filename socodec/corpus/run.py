@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,7 +25,7 @@ from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.corpus.export import FORMATS, export_shards
 from socodec.corpus.inputs import collect_work
 from socodec.corpus.plan import Batch, plan_shards
-from socodec.corpus.reading import probe_seconds
+from socodec.corpus.reading import fingerprint, probe_seconds
 from socodec.corpus.schema import pa
 from socodec.corpus.shards import ShardStore
 from socodec.corpus.storage import check_store, is_url
@@ -56,6 +57,7 @@ class TokenizeOptions:
     audio_column: str = "audio"
     id_column: str | None = None
     format: str = "parquet"
+    redo_changed: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -135,12 +137,22 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
     if is_url(opts.out_dir):
         check_store(str(opts.out_dir))  # a missing bucket or bad credentials: one line, before any input
     items = collect_work(opts.inputs, opts.audio_column, opts.id_column)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        items = [replace(item, fingerprint=fp) for item, fp in zip(items, pool.map(fingerprint, items))]
     with ShardStore(opts.out_dir) as store:
         done, stats = store.scan()
         other = stats.padding - {opts.padding}
         if other:
             raise SoCodecError(f"{opts.out_dir}: its shards were tokenised with padding {', '.join(sorted(other))}; "
                                f"use the same --padding or a new output folder")
+        changed = [i.id for i in items if done.get(i.id) is not None and done[i.id] != i.fingerprint]
+        if changed and opts.redo_changed:
+            log.info("tokenising again %d utterances whose audio changed: %s", len(changed), _some(changed))
+            store.drop_ids(set(changed))
+            done, stats = store.scan()
+        elif changed:
+            log.warning("%d utterances changed since they were tokenised (%s); their old rows are kept: "
+                        "add --redo-changed to tokenise them again", len(changed), _some(changed))
         todo = [item for item in items if item.id not in done]
         skipped = len(items) - len(todo)
         if skipped:
@@ -149,9 +161,9 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
         with ThreadPoolExecutor(max_workers=8) as pool:
             seconds = list(pool.map(probe_seconds, todo))
         plans = plan_shards(todo, seconds, opts.shard_size, opts.batch_size, store.next_index())
-        run = {"engine": opts.engine, "workers": workers, "threads": threads, "batch_size": opts.batch_size,
-               "device": opts.device}
-        collector = ShardCollector(store, plans, stats, opts.padding, run)
+        run = {"run_id": _run_id(), "engine": opts.engine, "workers": workers, "threads": threads,
+               "batch_size": opts.batch_size, "device": opts.device}
+        collector = ShardCollector(store, plans, stats, opts.padding, run, earlier_errors=store.previous_errors())
         batches = [batch for plan in plans for batch in plan.batches]
         written = failed = 0
         audio = 0.0
@@ -174,6 +186,15 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
         if opts.format != "parquet":
             export_shards(Path(opts.out_dir), opts.format)
     return summary
+
+
+def _some(ids: list[str], n: int = 5) -> str:
+    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _run_id() -> str:
+    """When this run started (UTC) plus a random suffix, e.g. ``20261205T164500Z-3f9a1c``."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], object], workers: int,

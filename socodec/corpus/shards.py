@@ -6,7 +6,7 @@
       shards/tokens-00000.parquet   rows of the schema in socodec.corpus.schema
       shards/tokens-00001.parquet   ...
       manifest.json                 counts, hours, model fingerprint, padding, socodec version
-      errors.jsonl                  one {"id", "source", "reason"} object per failed item
+      errors.jsonl                  one {"id", "source", "reason", "run"} object per failed item, every run's
 
 A shard appears under its name only once complete (written to a hidden temporary file,
 then renamed), so every ``tokens-*.parquet`` is whole. Resuming reads the ids of the
@@ -37,7 +37,7 @@ from typing import Any
 
 from socodec import __version__
 from socodec.config import SAMPLE_RATE
-from socodec.corpus.schema import SHARD_FORMAT, pa, pq, shard_info
+from socodec.corpus.schema import SHARD_FORMAT, pa, pc, pq, shard_info
 from socodec.corpus.storage import check_store, is_url, local_path, store_error
 from socodec.errors import SoCodecError, one_line
 from socodec.fileio import atomic_path, atomic_write
@@ -136,7 +136,7 @@ class ShardStore:
         found = [(int(m.group(1)), p) for p in paths if (m := _SHARD_NAME.fullmatch(p.name))]
         return sorted(found)
 
-    def _read(self, path: Path | PurePosixPath, columns: list[str]) -> tuple[pa.Table, dict[str, Any]]:
+    def _read(self, path: Path | PurePosixPath, columns: list[str] | None) -> tuple[pa.Table, dict[str, Any]]:
         """A shard's columns and its ``socodec`` metadata, from disk or from the store."""
         if self.url is None:
             return pq.read_table(path, columns=columns), shard_info(path)
@@ -147,21 +147,72 @@ class ShardStore:
         shards = self.complete_shards()
         return shards[-1][0] + 1 if shards else 0
 
-    def scan(self) -> tuple[set[str], ShardStats]:
-        """The ids already written and the statistics of the complete shards."""
-        ids: set[str] = set()
+    def scan(self) -> tuple[dict[str, str | None], ShardStats]:
+        """The ids already written (with their fingerprints; None in rows written without one) and the
+        statistics of the complete shards."""
+        ids: dict[str, str | None] = {}
         stats = ShardStats()
         for _, path in self.complete_shards():
             try:
-                table, info = self._read(path, ["id", "num_samples", "padding"])
+                table, info = self._read(path, None)
             except (OSError, pa.ArrowException) as exc:
                 raise SoCodecError(f"{path}: unreadable shard ({one_line(exc)}); move it away and run again") \
                     from None
-            ids.update(table.column("id").to_pylist())
+            prints = (table.column("fingerprint").to_pylist() if "fingerprint" in table.column_names
+                      else [None] * table.num_rows)
+            ids.update(zip(table.column("id").to_pylist(), prints))
             samples = sum(n or 0 for n in table.column("num_samples").to_pylist())
             paddings = {p for p in table.column("padding").to_pylist() if p}
             stats.add(path.name, table.num_rows, samples, info.get("model") or {}, paddings)
         return ids, stats
+
+    def drop_ids(self, ids: set[str]) -> int:
+        """Rewrite the shards holding ``ids`` without them (a shard left empty is deleted); rows dropped.
+
+        Each shard is replaced whole (renamed into place, or one upload on object storage), so a
+        crash leaves every id either in its old row or absent, to be tokenised by the next run.
+        """
+        dropped = 0
+        for _, path in self.complete_shards():
+            table, _ = self._read(path, None)
+            keep = pc.invert(pc.is_in(table.column("id"), pa.array(sorted(ids), pa.string())))
+            kept = table.filter(keep)
+            if kept.num_rows == table.num_rows:
+                continue
+            dropped += table.num_rows - kept.num_rows
+            kept = kept.replace_schema_metadata(table.schema.metadata)
+            if self.url is not None:
+                if kept.num_rows:
+                    buf = io.BytesIO()
+                    pq.write_table(kept, buf)
+                    self._put(str(path), buf.getvalue())
+                else:
+                    self.fs.rm_file(str(path))
+            elif kept.num_rows:
+                with atomic_path(path) as tmp:
+                    pq.write_table(kept, tmp)
+            else:
+                Path(path).unlink()
+        return dropped
+
+    def previous_errors(self) -> list[dict[str, Any]]:
+        """The lines of ``errors.jsonl`` written by earlier runs (kept: the file is appended run by run)."""
+        try:
+            if self.url is not None:
+                key = self._key("errors.jsonl")
+                text = self.fs.cat_file(key).decode() if self.fs.exists(key) else ""
+            else:
+                path = self.root / "errors.jsonl"
+                text = path.read_text("utf-8") if path.is_file() else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SoCodecError(f"{self.root}: cannot read errors.jsonl ({one_line(exc)})") from None
+        lines = []
+        for line in text.splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
 
     def write_shard(self, index: int, table: pa.Table) -> Path | PurePosixPath:
         """Write one shard atomically (it is complete, or absent)."""
@@ -181,8 +232,8 @@ class ShardStore:
             pq.write_table(table, tmp)
         return path
 
-    def write_manifest(self, stats: ShardStats, padding: str, errors: list[dict[str, str]], run: dict[str, Any]) \
-            -> None:
+    def write_manifest(self, stats: ShardStats, padding: str, errors: list[dict[str, Any]], run: dict[str, Any],
+                       run_errors: int | None = None) -> None:
         """Rewrite ``manifest.json`` and ``errors.jsonl`` (atomically) from the shards written so far."""
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -194,7 +245,7 @@ class ShardStore:
             "rows": stats.rows,
             "hours": round(stats.hours, 6),
             "shards": stats.shards,
-            "errors": len(errors),
+            "errors": len(errors) if run_errors is None else run_errors,
             "errors_file": "errors.jsonl",
             "last_run": run,
         }

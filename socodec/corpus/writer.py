@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from socodec.corpus.plan import ShardPlan
 from socodec.corpus.schema import COLUMNS, pa, pc, shard_schema
@@ -49,6 +50,7 @@ class ShardCollector:
     padding: str
     run: dict
     errors: list[dict[str, str]] = field(default_factory=list)
+    earlier_errors: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, str] | None = None
     _pending: dict[int, list[pa.Table]] = field(default_factory=dict)
     _received: dict[int, int] = field(default_factory=dict)
@@ -74,7 +76,7 @@ class ShardCollector:
         failed = [i for i, e in enumerate(errors) if e is not None]
         for i in failed:
             self.errors.append({"id": table.column("id")[i].as_py(), "source": table.column("source")[i].as_py(),
-                                "reason": errors[i]})
+                                "reason": errors[i], "run": self.run.get("run_id")})
             log.warning("%s", errors[i])
         seconds = sum(d or 0.0 for d, e in zip(table.column("duration").to_pylist(), errors) if e is None)
         for shard in set(table.column("_shard").to_pylist()):
@@ -112,7 +114,9 @@ class ShardCollector:
 
     def write_manifest(self) -> None:
         """Rewrite the manifest and the errors file for the shards written so far."""
-        self.store.write_manifest(self.stats, self.padding, sorted(self.errors, key=lambda e: e["id"]), self.run)
+        self.store.write_manifest(self.stats, self.padding,
+                                  self.earlier_errors + sorted(self.errors, key=lambda e: e["id"]), self.run,
+                                  run_errors=len(self.errors))
 
     @property
     def unfinished(self) -> list[int]:
