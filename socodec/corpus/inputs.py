@@ -22,17 +22,18 @@ Every id must be unique across all inputs; a duplicate is reported before any wo
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 from socodec.audio import AUDIO_SUFFIXES
 from socodec.corpus.containers import expand_braces, is_lhotse_manifest, lhotse_items, parquet_items, tar_items
-from socodec.corpus.items import WorkItem, check_unique, relative_id
+from socodec.corpus.items import WorkItem, check_unique
 from socodec.corpus.manifests import jsonl_items, kaldi_items
 from socodec.corpus.storage import is_url, local_path, store_error, url_filesystem
 from socodec.errors import SoCodecError
 
-__all__ = ["collect_work", "MANIFEST_SUFFIXES"]
+__all__ = ["collect_work", "walk_files", "is_glob", "MANIFEST_SUFFIXES"]
 
 MANIFEST_SUFFIXES = (".jsonl", ".json")
 _GLOB_CHARS = frozenset("*?[")
@@ -61,8 +62,8 @@ def collect_work(inputs: Sequence[str | Path], audio_column: str = "audio",
             continue
         path = local_path(text)
         suffix = path.suffix.lower()
-        if not path.exists() and _GLOB_CHARS & set(text):
-            items.extend(_glob_items(text))
+        if is_glob(text):
+            items.extend(_walk_items(text))
         elif path.is_file() and suffix == ".tar":
             items.extend(tar_items(path))
         elif path.is_file() and suffix == ".parquet":
@@ -75,7 +76,7 @@ def collect_work(inputs: Sequence[str | Path], audio_column: str = "audio",
         elif path.is_dir() and (path / "wav.scp").is_file():
             items.extend(kaldi_items(path))
         elif path.is_dir():
-            items.extend(_folder_items(path))
+            items.extend(_walk_items(path))
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             items.extend(jsonl_items(path))
         elif path.is_file():
@@ -124,19 +125,52 @@ def _is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
-def _folder_items(folder: Path) -> list[WorkItem]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_audio(p))
-    if not files:
-        raise SoCodecError(f"{folder}: no audio files in this folder ({' '.join(AUDIO_SUFFIXES)})")
-    return [WorkItem(id=relative_id(p, folder), source=p.absolute(), origin=str(folder)) for p in files]
+def is_glob(path: str | Path) -> bool:
+    """``path`` does not exist and holds glob characters: a pattern for socodec to expand."""
+    return not Path(path).exists() and bool(_GLOB_CHARS & set(str(path)))
 
 
-def _glob_items(pattern: str) -> list[WorkItem]:
-    files = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file() and _is_audio(Path(m)))
-    if not files:
-        raise SoCodecError(f"{pattern}: no audio files match")
-    base = _glob_base(pattern)
-    return [WorkItem(id=relative_id(p, base), source=p.absolute(), origin=pattern) for p in files]
+def walk_files(root: str | Path, keep: Callable[[Path], bool]) -> list[tuple[Path, Path]]:
+    """``(file, path relative to the root)`` for the files ``keep`` accepts, sorted by path.
+
+    ``root`` is a folder (searched recursively) or a glob (``**`` too), whose root is its leading
+    folders without glob characters, so ``data/**/*.wav`` mirrors subfolders as ``data/`` does.
+    Hidden files are skipped. Every command lists folders and globs this way, and an item's id is
+    the relative path without suffix.
+
+    Raises:
+        SoCodecError: nothing matches (naming the pattern or the folder).
+    """
+    text = str(root)
+    if is_glob(text):
+        base = _glob_base(text)
+        files = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+        found = [p for p in files if keep(p) and not p.name.startswith(".")]
+        if not found:
+            raise SoCodecError(f"{text}: no files match" if not files else f"{text}: no usable files match")
+    else:
+        base = Path(root)
+        found = sorted(p for p in base.rglob("*") if p.is_file() and keep(p) and not p.name.startswith("."))
+        if not found:
+            raise SoCodecError(f"{root}: nothing usable in this folder")
+    return [(p, _relative(p, base)) for p in found]
+
+
+def _relative(path: Path, base: Path) -> Path:
+    """``path`` below ``base`` (its name alone if it is not below it)."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(base))
+    except ValueError:
+        return Path(path.name)
+
+
+def _walk_items(root: str | Path) -> list[WorkItem]:
+    try:
+        pairs = walk_files(root, _is_audio)
+    except SoCodecError:
+        kind = "match" if is_glob(root) else "in this folder"
+        raise SoCodecError(f"{root}: no audio files {kind} ({' '.join(AUDIO_SUFFIXES)})") from None
+    return [WorkItem(id=rel.with_suffix("").as_posix(), source=p.absolute(), origin=str(root)) for p, rel in pairs]
 
 
 def _glob_base(pattern: str) -> Path:
