@@ -62,6 +62,8 @@ def export_shards(out_dir: Path, fmt: str) -> list[Path]:
     if fmt == "parquet":
         return []
     shards = sorted((out_dir / "shards").glob("tokens-*.parquet"))
+    for leftover in [*out_dir.glob(f"{fmt}/.*.tmp-*"), *out_dir.glob(".cuts*.tmp-*")]:  # a killed export
+        leftover.unlink(missing_ok=True)
     if fmt == "webdataset":
         target = out_dir / "webdataset"
         target.mkdir(exist_ok=True)

@@ -238,3 +238,15 @@ def test_every_format_decodes_to_the_same_audio(exported: dict) -> None:
         assert np.array_equal(sf.read(root / "dec_lhotse" / f"{utt}.wav")[0], ref), utt
         if utt in wds_ids:
             assert np.array_equal(sf.read(root / "dec_wds" / f"{utt}.wav")[0], ref), utt
+
+
+def test_a_rerun_cleans_a_killed_export_and_keeps_finished_files(exported: dict) -> None:
+    from socodec.corpus.export import export_shards
+
+    out = exported["root"] / "out_webdataset"
+    leftover = out / "webdataset" / ".tokens-00001.tmp-123-abcd.tar"
+    leftover.write_bytes(b"half a tar")
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "webdataset").glob("*.tar")}
+    assert export_shards(out, "webdataset") == []  # every shard has its tar already
+    assert not leftover.exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "webdataset").glob("*.tar")} == before
