@@ -129,3 +129,15 @@ def test_an_unreachable_endpoint_is_one_line(s3: dict, tmp_path: Path) -> None:
     assert result.returncode == 1, show(result)
     assert "cannot reach the store" in result.stderr and "Traceback" not in result.stderr, show(result)
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_storage_options_and_formats_on_s3_are_usage_errors(s3: dict, tmp_path: Path) -> None:
+    corpus = s3["corpus"]
+    for extra, expected in [(["--storage-options", "{not json"], "--storage-options must be a JSON object"),
+                            (["--format", "lhotse"], "--format lhotse writes to a local folder")]:
+        result = run(socodec("tokenize", s3["local"] / "part-000.tar", "-o", "s3://tokens/never", *extra,
+                             *corpus.model_args), s3["env"], cwd=tmp_path)
+        assert result.returncode == 2 and expected in result.stderr, show(result)
+        assert "Traceback" not in result.stderr
+    s3["fs"].invalidate_cache()
+    assert not s3["fs"].exists("tokens/never")
