@@ -1,7 +1,7 @@
 """Corpus throughput: ``socodec tokenize`` against the per-file command line, on many short clips.
 
     python bench/corpus.py [--clips 200] [--min-seconds 1.5] [--max-seconds 6] [--threads 2]
-                           [--one-by-one 20] [--skip-ray] [--modes MODE ...] [--tiny]
+                           [--one-by-one 20] [--skip-ray] [--modes MODE ...] [--tiny] [--tar-size 20]
                            [--ckpt-dir bench/.cache/ckpts] [--out bench/results-corpus-cpu.json]
 
 Writes ``--clips`` clips of speech-like 16-bit audio (lengths spread evenly between
@@ -14,7 +14,12 @@ runs them):
 * ``directory_batch``: the same with ``--batch-size 8``;
 * ``tokenize``: ``socodec tokenize CLIPS/ -o OUT/`` with its defaults (workers, batch size);
 * ``tokenize_2x1``: the same with 2 workers of 1 thread each;
-* ``tokenize_ray``: ``--engine ray`` (a local Ray started by the command) with the defaults.
+* ``tokenize_ray``: ``--engine ray`` (a local Ray started by the command) with the defaults;
+* ``tokenize_tars``: the same clips as WebDataset tars (``--tar-size`` clips each) on the local
+  disk, ``socodec tokenize 'TARS/clips-{000..N}.tar' -o OUT/``;
+* ``tokenize_tars_s3``: those tars in a bucket of a loopback S3 server (moto's
+  ``ThreadedMotoServer``, started by this script only when the mode runs), read from
+  ``s3://`` and written to ``s3://``.
 
 For each: wall time, throughput in hours of audio per hour of wall time and its ratio to
 ``directory``, and the peak RSS of every process of the run (main process and each worker
@@ -73,8 +78,12 @@ def write_clips(folder: Path, count: int, lo: float, hi: float) -> float:
     return total
 
 
+EXTRA_ENV: dict[str, str] = {}
+"""Set for the S3 mode: the loopback server's endpoint and credentials."""
+
+
 def child_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **EXTRA_ENV}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
                PYTHONPATH=str(REPO), SOCODEC_CACHE_DIR=str(BENCH / ".cache" / "hubert"))
     return env
@@ -182,6 +191,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the small test models (a quick check of the script)")
     parser.add_argument("--ckpt-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--tar-size", type=int, default=20, metavar="N", help="clips per tar (tar modes)")
     args = parser.parse_args()
     cache = BENCH / ".cache"
     model = model_args(args, cache)
@@ -203,6 +213,12 @@ def main() -> None:
         "tokenize_2x1": ([[*py, "tokenize", str(clips), "-o", str(work / "tok2"), "-q", "--workers", "2",
                            "--threads", "1", *model]], total),
     }
+    tars = write_tars(clips, work / "tars", args.tar_size)
+    pattern = f"clips-{{000..{tars - 1:03d}}}.tar"
+    modes["tokenize_tars"] = ([[*py, "tokenize", str(work / "tars" / pattern), "-o", str(work / "tok_tars"), "-q",
+                                *model]], total)
+    modes["tokenize_tars_s3"] = ([[*py, "tokenize", f"s3://bench/tars/{pattern}", "-o", "s3://bench/tok_s3", "-q",
+                                   *model]], total)
     if not args.skip_ray:
         modes["tokenize_ray"] = ([[*py, "tokenize", str(clips), "-o", str(work / "tok_ray"), "-q", "--engine",
                                    "ray", *model]], total)
@@ -212,8 +228,11 @@ def main() -> None:
             raise SystemExit(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(modes)}")
         modes = {name: modes[name] for name in args.modes}
     results: dict[str, dict[str, object]] = {}
+    server = start_s3(work / "tars") if "tokenize_tars_s3" in modes else None
     for name, (commands, seconds) in modes.items():
-        for folder in ("one", "dir", "dir_batch", "tok", "tok2", "tok_ray"):
+        if server is not None and server[1].exists("bench/tok_s3"):
+            server[1].rm("bench/tok_s3", recursive=True)
+        for folder in ("one", "dir", "dir_batch", "tok", "tok2", "tok_ray", "tok_tars"):
             shutil.rmtree(work / folder, ignore_errors=True)
         (work / "one").mkdir(parents=True)
         print(f"{name}: {len(commands)} command(s), {seconds:.0f} s of audio ...", flush=True)
@@ -229,10 +248,44 @@ def main() -> None:
     report = {**report_header(args.threads), "clips": args.clips, "seconds": [args.min_seconds, args.max_seconds],
               "audio_s": total, "model": "tiny test models" if args.tiny else "real-size random weights",
               "modes": results}
+    if server is not None:
+        server[0].stop()
     print_table(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def write_tars(clips: Path, folder: Path, size: int) -> int:
+    """The clips as WebDataset tars of ``size`` clips each (``clips-000.tar``, ...); returns how many."""
+    import tarfile
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    files = sorted(clips.glob("*.wav"))
+    groups = [files[i : i + size] for i in range(0, len(files), size)]
+    for n, group in enumerate(groups):
+        with tarfile.open(folder / f"clips-{n:03d}.tar", "w") as tar:
+            for path in group:
+                tar.add(path, arcname=path.name)
+    return len(groups)
+
+
+def start_s3(tars: Path) -> tuple[object, object]:
+    """A moto S3 server on loopback holding ``tars`` under ``s3://bench/tars/``; sets the commands' environment."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    EXTRA_ENV.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                     AWS_ENDPOINT_URL=f"http://{host}:{port}")
+    fs = s3fs.S3FileSystem(key="bench", secret="bench", endpoint_url=f"http://{host}:{port}")
+    fs.mkdir("bench")
+    for tar in sorted(tars.glob("*.tar")):
+        fs.put_file(str(tar), f"bench/tars/{tar.name}")
+    return server, fs
 
 
 def model_args(args: argparse.Namespace, cache: Path) -> list[str]:

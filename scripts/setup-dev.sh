@@ -14,4 +14,4 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
-python -m pip install -q -r requirements.txt -e ".[test,download,corpus,ray,eval,demo,train,serve]"
+python -m pip install -q -r requirements.txt -e ".[test,download,corpus,ray,lhotse,webdataset,s3,eval,demo,train,serve]"

@@ -8,7 +8,6 @@ apply to none of the jobs. :mod:`socodec.cli.runner` then runs the jobs.
 
 from __future__ import annotations
 
-import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +15,12 @@ from pathlib import Path
 from socodec.cli.common import UsageError
 from socodec.cli.options import CodingOptions
 from socodec.config import AUDIO_SUFFIXES, TOKEN_SUFFIXES, WRITE_SUFFIXES
+from socodec.corpus import inputs as corpus_inputs
 from socodec.errors import SoCodecError
 
 __all__ = ["Job", "check_options", "is_audio_file", "is_token_file", "plan_jobs"]
 
 log = logging.getLogger("socodec")
-
-GLOB_CHARS = frozenset("*?[")
 
 #: Suffixes an output file may have: audio written by socodec, then token files.
 OUTPUT_SUFFIXES = (*WRITE_SUFFIXES, *TOKEN_SUFFIXES)
@@ -40,7 +38,7 @@ def is_audio_file(path: Path) -> bool:
 
 def is_glob(path: Path) -> bool:
     """``path`` does not exist and holds glob characters: a pattern for socodec to expand."""
-    return not path.exists() and bool(GLOB_CHARS & set(str(path)))
+    return corpus_inputs.is_glob(path)
 
 
 @dataclass(frozen=True)
@@ -57,17 +55,21 @@ class Job:
 
 
 def _expand(item: Path) -> list[tuple[Path, Path]]:
-    """``(file, path relative to its root)`` pairs for a file, a directory (recursive) or a glob."""
+    """``(file, path relative to its root)`` pairs for a file, a directory (recursive) or a glob.
+
+    Folders and globs are listed as every command lists them (:func:`socodec.corpus.inputs.walk_files`):
+    a glob's files keep their subfolders below the glob's leading folder, as a folder's do.
+    """
     if is_glob(item):
-        matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True) if Path(m).is_file())
-        if not matches:
-            raise SoCodecError(f"{item}: no files match")
-        return [(m, Path(m.name)) for m in matches]
+        try:
+            return corpus_inputs.walk_files(item, lambda p: True)
+        except SoCodecError:
+            raise SoCodecError(f"{item}: no files match") from None
     if item.is_dir():
-        files = sorted(p for p in item.rglob("*") if p.is_file() and (is_audio_file(p) or is_token_file(p)))
-        if not files:
-            raise SoCodecError(f"{item}: no audio or token files in this directory")
-        return [(p, p.relative_to(item)) for p in files]
+        try:
+            return corpus_inputs.walk_files(item, lambda p: is_audio_file(p) or is_token_file(p))
+        except SoCodecError:
+            raise SoCodecError(f"{item}: no audio or token files in this directory") from None
     return [(item, Path(item.name))]
 
 

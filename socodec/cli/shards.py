@@ -31,8 +31,10 @@ SHARD_SUFFIX = ".parquet"
 
 
 def is_shard_input(path: Path) -> bool:
-    """A Parquet token shard, or a ``socodec tokenize`` output folder (it has ``shards/``)."""
-    return path.suffix.lower() == SHARD_SUFFIX or (path.is_dir() and (path / "shards").is_dir()
+    """A Parquet token shard, a ``socodec tokenize`` output folder (it has ``shards/``), or a token tar /
+    lhotse ``cuts.jsonl.gz`` written by ``tokenize --format``."""
+    name = path.name.lower()
+    return path.suffix.lower() == SHARD_SUFFIX or name.endswith((".tar", ".jsonl.gz")) or (path.is_dir() and (path / "shards").is_dir()
                                                    and (path / "manifest.json").is_file())
 
 

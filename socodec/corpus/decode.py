@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import torch
 
 from socodec.audio import save_audio_stream
+from socodec.corpus.export import is_exported, read_exported
 from socodec.corpus.schema import read_codes
 from socodec.errors import SoCodecError, one_line
 
@@ -54,7 +55,8 @@ def decode_shard(
     skip_existing: bool = False,
     on_row: Callable[[str], object] | None = None,
 ) -> DecodeReport:
-    """Decode the rows of ``shard`` (a ``.parquet`` file or a tokenize output folder) to audio files.
+    """Decode the rows of ``shard`` to audio files: a ``.parquet`` file, a tokenize output folder,
+    or a ``--format webdataset`` token tar / ``--format lhotse`` ``cuts.jsonl.gz``.
 
     Args:
         codec: a loaded :class:`~socodec.SoCodec` (only its synthesis half is used).
@@ -74,7 +76,14 @@ def decode_shard(
     out = Path(out_dir)
     wanted = None if ids is None else list(dict.fromkeys(ids))
     report = DecodeReport()
-    for utt_id, codes in read_codes(shard, wanted):  # an unknown id raises before the first row
+    exported = is_exported(Path(shard))
+    if wanted is not None and exported:  # read_codes raises for unknown ids itself
+        missing = set(wanted) - {utt for utt, _ in read_exported(Path(shard))}
+        if missing:
+            raise SoCodecError(f"{shard}: no rows with id {', '.join(sorted(missing)[:5])}"
+                               + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+    rows = read_exported(Path(shard), wanted) if exported else read_codes(shard, wanted)
+    for utt_id, codes in rows:
         try:
             path = output_path(out, utt_id, suffix)
             if path.exists() and not overwrite:

@@ -62,7 +62,7 @@ class BatchEncoder:
         clips: list[tuple[int, torch.Tensor, float]] = []
         for j, item in enumerate(batch.items):
             try:
-                if not item.is_segment and probe_seconds(item) > LONG_SECONDS:
+                if not item.is_segment and item.member is None and probe_seconds(item) > LONG_SECONDS:
                     results[j] = (self._encode(str(item.source)), probe_seconds(item), None)
                 else:
                     wav, seconds = read_item(item)
@@ -89,10 +89,11 @@ class BatchEncoder:
         order = ok + bad
         items = [batch.items[j] for j in order]
         columns = {
-            "source": [str(i.source) for i in items],
+            "source": [i.location for i in items],
             "offset": [i.offset for i in items],
             "duration": [results[j][1] if results[j][0] is not None else i.duration for j, i in zip(order, items)],
             "metadata": [i.metadata for i in items],
+            "fingerprint": [i.fingerprint for i in items],
         }
         good = codes_table([(batch.items[j].id, results[j][0]) for j in ok],
                            {k: v[: len(ok)] for k, v in columns.items()}, padding=self.padding)

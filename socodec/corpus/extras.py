@@ -13,6 +13,7 @@ __all__ = ["MissingExtraError", "require"]
 _MESSAGES = {
     "pyarrow": "Parquet shards need pyarrow: pip install socodec[corpus]",
     "ray": "the ray engine needs Ray Data: pip install socodec[ray]",
+    "lhotse": "lhotse manifests need lhotse: pip install socodec[lhotse]",
 }
 
 

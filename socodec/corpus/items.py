@@ -19,19 +19,30 @@ class WorkItem:
 
     Attributes:
         id: unique name of the utterance (the ``id`` column of the shards).
-        source: the audio file it is read from.
+        source: the audio file it is read from (absolute), or its URL on object storage (a ``str``).
         offset: seconds into ``source`` where the utterance starts.
         duration: seconds to read from ``offset``; None: to the end of the file.
         metadata: extra manifest fields as a JSON object text (None when there are none).
         origin: where the item was listed (e.g. ``data/wav.scp``), for error messages.
+        member: the audio's place inside ``source`` when ``source`` is a container (a WebDataset
+            tar's member name, ``<column>:<row>`` of a Parquet file); None for an audio file.
+        fingerprint: what the item is read from, as JSON ``[location, size, mtime, offset, duration]``
+            (set by :func:`~socodec.corpus.reading.fingerprint`); resume compares it with the row's.
     """
 
     id: str
-    source: Path
+    source: Path | str
     offset: float = 0.0
     duration: float | None = None
     metadata: str | None = None
     origin: str = ""
+    member: str | None = None
+    fingerprint: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the audio is: the file, or ``<container>#<member>`` (the shards' ``source`` column)."""
+        return f"{self.source}#{self.member}" if self.member is not None else str(self.source)
 
     @property
     def is_segment(self) -> bool:
@@ -51,7 +62,8 @@ class WorkItem:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "WorkItem":
-        return cls(**{**data, "source": Path(data["source"])})
+        source = data["source"]
+        return cls(**{**data, "source": source if "://" in source else Path(source)})
 
 
 def check_unique(items: Iterable[WorkItem]) -> None:
@@ -67,7 +79,7 @@ def check_unique(items: Iterable[WorkItem]) -> None:
 
 
 def _where(item: WorkItem) -> str:
-    where = str(item.source) if item.origin in ("", str(item.source)) else f"{item.source} (from {item.origin})"
+    where = item.location if item.origin in ("", str(item.source)) else f"{item.location} (from {item.origin})"
     return where + (f" at {item.offset:g} s" if item.offset else "")
 
 

@@ -15,7 +15,7 @@ and optionally ``id``, ``offset`` and ``duration`` (seconds: the item is ``durat
 seconds from ``offset``); every other key is carried along as metadata.
 
 Relative audio paths are taken from the current folder when they exist there (as Kaldi
-recipes do), else from the manifest's folder. Ids default to the audio path relative to
+recipes do), else from the manifest's folder; either way the item holds the absolute path. Ids default to the audio path relative to
 the manifest's folder, without suffix.
 """
 
@@ -154,5 +154,5 @@ def _resolve(text: str, folder: Path) -> Path:
     """An audio path from a manifest: absolute; relative to the current folder if it exists; else to ``folder``."""
     path = Path(text)
     if path.is_absolute() or path.exists():
-        return path
-    return folder / path
+        return path.absolute()
+    return (folder / path).absolute()

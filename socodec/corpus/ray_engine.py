@@ -9,7 +9,14 @@ columns, never numpy arrays (ragged numpy output would become a Ray tensor exten
 
 Without ``address`` a local Ray is started (with enough logical CPUs for the actors and
 Ray's own tasks, whatever the core count); with one, the job joins that cluster, whose
-nodes must have socodec (same version) and the model files installed.
+nodes must have socodec (same version) and the model files installed. When the calling
+process already runs Ray, that Ray is used and left running; only a Ray this module
+started is shut down.
+
+Fault tolerance is set explicitly: an actor whose node is lost is restarted elsewhere
+(``max_restarts=-1``) and the batches it held are run again (``max_task_retries=-1``);
+the driver keeps a result only once per shard position, and a shard is written only
+when all its rows are in, so a lost node neither loses nor duplicates a row.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from socodec.corpus.extras import require
 from socodec.corpus.plan import Batch
 from socodec.corpus.quiet import RAY_NATIVE_LOG, drop_stderr_lines
 from socodec.corpus.schema import pa
+from socodec.corpus.storage import STORAGE_OPTIONS_ENV
 from socodec.errors import SoCodecError
 
 __all__ = ["run_ray"]
@@ -78,7 +86,7 @@ def run_ray(
     rows = [{"batch": json.dumps(b.to_json())} for b in batches]
     if not rows:
         return
-    _start(ray, workers, address, log_level)
+    started = _start(ray, workers, address, log_level)
     quiet = drop_stderr_lines(RAY_NATIVE_LOG) if log_level > logging.DEBUG else nullcontext()
     try:
         ctx = ray.data.DataContext.get_current()
@@ -95,6 +103,8 @@ def run_ray(
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
             num_gpus=1 if gpu else 0,
+            max_restarts=-1,  # an actor lost with its node is started again on another node
+            max_task_retries=-1,  # and the batches it was running are retried there
         )
         try:
             with quiet:  # Ray's core worker warns about every Ray Data actor pool, on fd 2
@@ -103,19 +113,24 @@ def run_ray(
         except Exception as exc:  # noqa: BLE001 - Ray wraps the actors' errors; keep their message
             raise SoCodecError(f"the ray engine failed: {_original_message(exc)}") from None
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
-def _start(ray, workers: int, address: str | None, log_level: int) -> None:
+def _start(ray, workers: int, address: str | None, log_level: int) -> bool:
     """Join ``address``, or start a quiet local Ray with enough logical CPUs for the actors.
 
-    Ray's Python loggers are set to errors only unless ``log_level`` is DEBUG.
+    Ray's Python loggers are set to errors only unless ``log_level`` is DEBUG. Returns False
+    when this process already runs Ray (it is used as it is, and not shut down afterwards).
     """
+    if ray.is_initialized():
+        return False
     if log_level > logging.DEBUG:
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    env = {k: v for k, v in os.environ.items() if k == STORAGE_OPTIONS_ENV}  # the nodes read the same store
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-                  configure_logging=True, ignore_reinit_error=True)
+                  configure_logging=True, ignore_reinit_error=True, runtime_env={"env_vars": env} if env else None)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -123,6 +138,7 @@ def _start(ray, workers: int, address: str | None, log_level: int) -> None:
             ray.init(num_cpus=max(os.cpu_count() or 1, workers + 2), **kwargs)
     except Exception as exc:  # noqa: BLE001 - e.g. no cluster at the address
         raise SoCodecError(_start_failure(address, _original_message(exc))) from None
+    return True
 
 
 def _start_failure(address: str | None, reason: str) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,11 +22,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socodec.config import DEFAULT_PADDING, PADDINGS
+from socodec.corpus.export import FORMATS, export_shards
 from socodec.corpus.inputs import collect_work
 from socodec.corpus.plan import Batch, plan_shards
-from socodec.corpus.reading import probe_seconds
+from socodec.corpus.reading import fingerprint, probe_seconds
 from socodec.corpus.schema import pa
 from socodec.corpus.shards import ShardStore
+from socodec.corpus.storage import check_store, is_url
 from socodec.corpus.writer import ShardCollector
 from socodec.errors import ErrorLimit, SoCodecError
 
@@ -40,8 +43,8 @@ ENGINES = ("local", "ray")
 class TokenizeOptions:
     """What to tokenise, where to, and how (the model itself comes as a loader)."""
 
-    inputs: tuple[Path, ...]
-    out_dir: Path
+    inputs: tuple[Path | str, ...]
+    out_dir: Path | str
     engine: str = "local"
     workers: int | None = None
     threads: int | None = None
@@ -52,6 +55,10 @@ class TokenizeOptions:
     ray_address: str | None = None
     quiet: bool = False
     max_errors: ErrorLimit = ErrorLimit()
+    audio_column: str = "audio"
+    id_column: str | None = None
+    format: str = "parquet"
+    redo_changed: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -62,6 +69,10 @@ class TokenizeOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format != "parquet" and is_url(self.out_dir):
+            raise ValueError(f"format {self.format} is written to a local folder; on object storage only parquet")
         if self.shard_size < 1 or self.batch_size < 1:
             raise ValueError("shard_size and batch_size must be at least 1")
 
@@ -76,7 +87,7 @@ class TokenizeSummary:
     failed: int
     audio_seconds: float
     wall_seconds: float
-    out_dir: Path
+    out_dir: Path | str
     fallbacks: int = 0
 
     @property
@@ -91,7 +102,7 @@ class TokenizeSummary:
         if self.skipped:
             text += f"; {self.skipped} already done"
         if self.failed:
-            text += f"; {self.failed} failed (see {self.out_dir / 'errors.jsonl'})"
+            text += f"; {self.failed} failed (see {str(self.out_dir).rstrip('/')}/errors.jsonl)"
         if self.fallbacks:
             text += f"; {self.fallbacks} batches were redone one by one after failing whole"
         return text
@@ -130,13 +141,25 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
     start = time.perf_counter()
     workers = opts.workers or default_workers(opts.device)
     threads = opts.threads or max(1, _cores() // workers)
-    items = collect_work(opts.inputs)
+    if is_url(opts.out_dir):
+        check_store(str(opts.out_dir))  # a missing bucket or bad credentials: one line, before any input
+    items = collect_work(opts.inputs, opts.audio_column, opts.id_column)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        items = [replace(item, fingerprint=fp) for item, fp in zip(items, pool.map(fingerprint, items))]
     with ShardStore(opts.out_dir) as store:
         done, stats = store.scan()
         other = stats.padding - {opts.padding}
         if other:
             raise SoCodecError(f"{opts.out_dir}: its shards were tokenised with padding {', '.join(sorted(other))}; "
                                f"use the same --padding or a new output folder")
+        changed = [i.id for i in items if done.get(i.id) is not None and done[i.id] != i.fingerprint]
+        if changed and opts.redo_changed:
+            log.info("tokenising again %d utterances whose audio changed: %s", len(changed), _some(changed))
+            store.drop_ids(set(changed))
+            done, stats = store.scan()
+        elif changed:
+            log.warning("%d utterances changed since they were tokenised (%s); their old rows are kept: "
+                        "add --redo-changed to tokenise them again", len(changed), _some(changed))
         todo = [item for item in items if item.id not in done]
         skipped = len(items) - len(todo)
         if skipped:
@@ -145,9 +168,9 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
         with ThreadPoolExecutor(max_workers=8) as pool:
             seconds = list(pool.map(probe_seconds, todo))
         plans = plan_shards(todo, seconds, opts.shard_size, opts.batch_size, store.next_index())
-        run = {"engine": opts.engine, "workers": workers, "threads": threads, "batch_size": opts.batch_size,
-               "device": opts.device}
-        collector = ShardCollector(store, plans, stats, opts.padding, run)
+        run = {"run_id": _run_id(), "engine": opts.engine, "workers": workers, "threads": threads,
+               "batch_size": opts.batch_size, "device": opts.device}
+        collector = ShardCollector(store, plans, stats, opts.padding, run, earlier_errors=store.previous_errors())
         batches = [batch for plan in plans for batch in plan.batches]
         written = failed = 0
         audio = 0.0
@@ -175,7 +198,18 @@ def tokenize(opts: TokenizeOptions, load: Callable[[], object]) -> TokenizeSumma
                    fallbacks=summary.fallbacks,
                    audio_hours=round(audio / 3600, 6), wall_s=round(summary.wall_seconds, 3))
         collector.write_manifest()
+        if opts.format != "parquet":
+            export_shards(Path(opts.out_dir), opts.format)
     return summary
+
+
+def _some(ids: list[str], n: int = 5) -> str:
+    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _run_id() -> str:
+    """When this run started (UTC) plus a random suffix, e.g. ``20261205T164500Z-3f9a1c``."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], object], workers: int,

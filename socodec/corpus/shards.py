@@ -6,27 +6,37 @@
       shards/tokens-00000.parquet   rows of the schema in socodec.corpus.schema
       shards/tokens-00001.parquet   ...
       manifest.json                 counts, hours, model fingerprint, padding, socodec version
-      errors.jsonl                  one {"id", "source", "reason"} object per failed item
+      errors.jsonl                  one {"id", "source", "reason", "run"} object per failed item, every run's
 
 A shard appears under its name only once complete (written to a hidden temporary file,
 then renamed), so every ``tokens-*.parquet`` is whole. Resuming reads the ids of the
 existing shards and skips them: after a crash at any moment, a rerun writes every id
 exactly once. One process at a time may write a folder (a lock file, released when the
 process ends, however it ends).
+
+On object storage (``OUT`` an fsspec URL such as ``s3://bucket/tokens``), where there is no
+rename, the commit is the store's own: each shard is one object written in a single upload
+(a PUT, or a multipart upload completed only when the whole shard is sent), which becomes
+visible under its final name only when complete; nothing is ever written under a temporary
+name, so there is nothing to clean after a kill. A reader globbing ``shards/*.parquet`` sees
+whole shards only, and resume counts exactly those. The lock file has no equivalent there:
+run one ``tokenize`` per output URL at a time.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from socodec import __version__
 from socodec.config import SAMPLE_RATE
-from socodec.corpus.schema import SHARD_FORMAT, pa, pq, shard_info
+from socodec.corpus.schema import SHARD_FORMAT, pa, pc, pq, shard_info
+from socodec.corpus.storage import check_store, is_url, local_path, store_error
 from socodec.errors import SoCodecError, one_line
 from socodec.fileio import atomic_path, atomic_write, write_reason
 
@@ -64,14 +74,24 @@ class ShardStore:
     """An output folder, locked for writing while the object is open (use it as a context manager)."""
 
     def __init__(self, out_dir: str | Path) -> None:
-        self.root = Path(out_dir)
-        if self.root.exists() and not self.root.is_dir():
+        self.url = str(out_dir).rstrip("/") if is_url(out_dir) else None
+        self.fs: Any = None
+        self.root: Any = self.url or local_path(out_dir)
+        if self.url is None and self.root.exists() and not self.root.is_dir():
             raise SoCodecError(f"{self.root}: the output must be a folder, and this is a file")
-        self.shard_dir = self.root / "shards"
+        self.shard_dir = self.root / "shards" if self.url is None else PurePosixPath("shards")
         self._lock = None
         self._made: list[Path] = []
 
+    def _key(self, name: str) -> str:
+        """The store path of ``name`` (``shards/x.parquet``, ``manifest.json``) under a remote output."""
+        return f"{self._base}/{name}"
+
     def __enter__(self) -> "ShardStore":
+        if self.url is not None:
+            self.fs, self._base = check_store(self.url)
+            self._base = self._base.rstrip("/")
+            return self
         from filelock import FileLock, Timeout
 
         self._made = [d for d in (self.shard_dir, *self.shard_dir.parents) if not d.exists()]
@@ -109,6 +129,8 @@ class ShardStore:
 
     def _remove_leftovers(self) -> None:
         """Delete temporary shard files left by a run that was killed while writing."""
+        if self.url is not None:
+            return
         leftovers = [*self.shard_dir.glob(".tokens-*.tmp-*"), *self.root.glob(".manifest.tmp-*"),
                      *self.root.glob(".errors.tmp-*")]
         for tmp in leftovers:
@@ -121,32 +143,103 @@ class ShardStore:
 
     def complete_shards(self) -> list[tuple[int, Path]]:
         """``(index, path)`` of every complete shard, by index."""
-        found = [(int(m.group(1)), p) for p in self.shard_dir.glob("tokens-*.parquet")
-                 if (m := _SHARD_NAME.fullmatch(p.name))]
+        if self.url is not None:
+            self.fs.invalidate_cache()
+            paths = [PurePosixPath(p) for p in self.fs.glob(self._key("shards/tokens-*.parquet"))]
+        else:
+            paths = list(self.shard_dir.glob("tokens-*.parquet"))
+        found = [(int(m.group(1)), p) for p in paths if (m := _SHARD_NAME.fullmatch(p.name))]
         return sorted(found)
+
+    def _read(self, path: Path | PurePosixPath, columns: list[str] | None) -> tuple[pa.Table, dict[str, Any]]:
+        """A shard's columns and its ``socodec`` metadata, from disk or from the store."""
+        if self.url is None:
+            return pq.read_table(path, columns=columns), shard_info(path)
+        with self.fs.open(str(path), "rb") as f:
+            return pq.read_table(f, columns=columns), shard_info(f)
 
     def next_index(self) -> int:
         shards = self.complete_shards()
         return shards[-1][0] + 1 if shards else 0
 
-    def scan(self) -> tuple[set[str], ShardStats]:
-        """The ids already written and the statistics of the complete shards."""
-        ids: set[str] = set()
+    def scan(self) -> tuple[dict[str, str | None], ShardStats]:
+        """The ids already written (with their fingerprints; None in rows written without one) and the
+        statistics of the complete shards."""
+        ids: dict[str, str | None] = {}
         stats = ShardStats()
         for _, path in self.complete_shards():
             try:
-                table = pq.read_table(path, columns=["id", "num_samples", "padding"])
+                table, info = self._read(path, None)
             except (OSError, pa.ArrowException) as exc:
                 raise SoCodecError(f"{path}: unreadable shard ({one_line(exc)}); move it away and run again") \
                     from None
-            ids.update(table.column("id").to_pylist())
+            prints = (table.column("fingerprint").to_pylist() if "fingerprint" in table.column_names
+                      else [None] * table.num_rows)
+            ids.update(zip(table.column("id").to_pylist(), prints))
             samples = sum(n or 0 for n in table.column("num_samples").to_pylist())
             paddings = {p for p in table.column("padding").to_pylist() if p}
-            stats.add(path.name, table.num_rows, samples, shard_info(path).get("model") or {}, paddings)
+            stats.add(path.name, table.num_rows, samples, info.get("model") or {}, paddings)
         return ids, stats
 
-    def write_shard(self, index: int, table: pa.Table) -> Path:
+    def drop_ids(self, ids: set[str]) -> int:
+        """Rewrite the shards holding ``ids`` without them (a shard left empty is deleted); rows dropped.
+
+        Each shard is replaced whole (renamed into place, or one upload on object storage), so a
+        crash leaves every id either in its old row or absent, to be tokenised by the next run.
+        """
+        dropped = 0
+        for _, path in self.complete_shards():
+            table, _ = self._read(path, None)
+            keep = pc.invert(pc.is_in(table.column("id"), pa.array(sorted(ids), pa.string())))
+            kept = table.filter(keep)
+            if kept.num_rows == table.num_rows:
+                continue
+            dropped += table.num_rows - kept.num_rows
+            kept = kept.replace_schema_metadata(table.schema.metadata)
+            if self.url is not None:
+                if kept.num_rows:
+                    buf = io.BytesIO()
+                    pq.write_table(kept, buf)
+                    self._put(str(path), buf.getvalue())
+                else:
+                    self.fs.rm_file(str(path))
+            elif kept.num_rows:
+                with atomic_path(path) as tmp:
+                    pq.write_table(kept, tmp)
+            else:
+                Path(path).unlink()
+        return dropped
+
+    def previous_errors(self) -> list[dict[str, Any]]:
+        """The lines of ``errors.jsonl`` written by earlier runs (kept: the file is appended run by run)."""
+        try:
+            if self.url is not None:
+                key = self._key("errors.jsonl")
+                text = self.fs.cat_file(key).decode() if self.fs.exists(key) else ""
+            else:
+                path = self.root / "errors.jsonl"
+                text = path.read_text("utf-8") if path.is_file() else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SoCodecError(f"{self.root}: cannot read errors.jsonl ({one_line(exc)})") from None
+        lines = []
+        for line in text.splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+    def write_shard(self, index: int, table: pa.Table) -> Path | PurePosixPath:
         """Write one shard atomically (it is complete, or absent)."""
+        if self.url is not None:
+            key = self._key(f"shards/{self.shard_name(index)}")
+            if self.fs.exists(key):
+                raise SoCodecError(f"{self.url}/shards/{self.shard_name(index)}: exists already; "
+                                   "refusing to overwrite a complete shard")
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            self._put(key, buf.getvalue())
+            return PurePosixPath(key)
         path = self.shard_dir / self.shard_name(index)
         if path.exists():
             raise SoCodecError(f"{path}: exists already; refusing to overwrite a complete shard")
@@ -157,8 +250,8 @@ class ShardStore:
             raise SoCodecError(f"{path}: cannot write ({write_reason(exc)})") from None
         return path
 
-    def write_manifest(self, stats: ShardStats, padding: str, errors: list[dict[str, str]], run: dict[str, Any]) \
-            -> None:
+    def write_manifest(self, stats: ShardStats, padding: str, errors: list[dict[str, Any]], run: dict[str, Any],
+                       run_errors: int | None = None) -> None:
         """Rewrite ``manifest.json`` and ``errors.jsonl`` (atomically) from the shards written so far."""
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -170,14 +263,25 @@ class ShardStore:
             "rows": stats.rows,
             "hours": round(stats.hours, 6),
             "shards": stats.shards,
-            "errors": len(errors),
+            "errors": len(errors) if run_errors is None else run_errors,
             "errors_file": "errors.jsonl",
             "last_run": run,
         }
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
-        files = {"manifest.json": json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "errors.jsonl": lines}
-        for name, text in files.items():
+        if self.url is not None:
+            self._put(self._key("manifest.json"), text.encode())
+            self._put(self._key("errors.jsonl"), lines.encode())
+            return
+        for name, content in {"manifest.json": text, "errors.jsonl": lines}.items():
             try:
-                atomic_write(self.root / name, lambda p: p.write_text(text, "utf-8"))
+                atomic_write(self.root / name, lambda p: p.write_text(content, "utf-8"))
             except OSError as exc:
                 raise SoCodecError(f"{self.root / name}: cannot write ({write_reason(exc)})") from None
+
+    def _put(self, key: str, data: bytes) -> None:
+        """One object in one upload: visible under ``key`` only once complete."""
+        try:
+            self.fs.pipe_file(key, data)
+        except Exception as exc:  # noqa: BLE001 - every store failure becomes one line
+            raise store_error(f"{self.url}", exc) from None

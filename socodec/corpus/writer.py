@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from socodec.corpus.encoder import FALLBACK_KEY
 from socodec.corpus.plan import ShardPlan
@@ -51,10 +52,12 @@ class ShardCollector:
     padding: str
     run: dict
     errors: list[dict[str, str]] = field(default_factory=list)
+    earlier_errors: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, str] | None = None
     fallbacks: int = 0
     _pending: dict[int, list[pa.Table]] = field(default_factory=dict)
     _received: dict[int, int] = field(default_factory=dict)
+    _seen: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._expected = {plan.index: plan.size for plan in self.plans}
@@ -63,6 +66,14 @@ class ShardCollector:
         """Take one result table; write the shards it completes."""
         if table.num_rows == 0:
             return BatchReport(0, 0, 0.0)
+        positions = table.column("_pos").to_pylist()
+        fresh = [i for i, p in enumerate(positions) if p not in self._seen]
+        if len(fresh) < table.num_rows:  # a batch run twice (a retried task): keep the first rows only
+            log.debug("dropping %d rows received twice", table.num_rows - len(fresh))
+            table = table.take(pa.array(fresh, pa.int64()))
+            if table.num_rows == 0:
+                return BatchReport(0, 0, 0.0)
+        self._seen.update(table.column("_pos").to_pylist())
         self._check_model(table.column("_model")[0].as_py())
         fallback = FALLBACK_KEY in (table.schema.metadata or {})
         if fallback:
@@ -73,7 +84,7 @@ class ShardCollector:
         failed = [i for i, e in enumerate(errors) if e is not None]
         for i in failed:
             self.errors.append({"id": table.column("id")[i].as_py(), "source": table.column("source")[i].as_py(),
-                                "reason": errors[i]})
+                                "reason": errors[i], "run": self.run.get("run_id")})
             log.warning("%s", errors[i])
         seconds = sum(d or 0.0 for d, e in zip(table.column("duration").to_pylist(), errors) if e is None)
         for shard in set(table.column("_shard").to_pylist()):
@@ -111,7 +122,9 @@ class ShardCollector:
 
     def write_manifest(self) -> None:
         """Rewrite the manifest and the errors file for the shards written so far."""
-        self.store.write_manifest(self.stats, self.padding, sorted(self.errors, key=lambda e: e["id"]), self.run)
+        self.store.write_manifest(self.stats, self.padding,
+                                  self.earlier_errors + sorted(self.errors, key=lambda e: e["id"]), self.run,
+                                  run_errors=len(self.errors))
 
     @property
     def unfinished(self) -> list[int]:

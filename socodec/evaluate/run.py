@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -150,7 +151,7 @@ def _groups(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
         if item.duration is not None:
             return item.duration * SAMPLE_RATE * 2
         try:
-            return item.path.stat().st_size
+            return Path(item.path).stat().st_size if item.member is None else 0.0
         except OSError:
             return 0.0
 

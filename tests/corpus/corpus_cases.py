@@ -140,3 +140,16 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    """A plain tar holding ``members`` (name -> bytes), in order, as WebDataset shards are."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

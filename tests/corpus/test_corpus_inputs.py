@@ -141,3 +141,38 @@ def test_plan_buckets_by_length_inside_consecutive_shards() -> None:
     assert [b.positions for b in plans[1].batches] == [(6, 5)]
     batch = plans[0].batches[0]
     assert Batch.from_json(json.loads(json.dumps(batch.to_json()))) == batch
+
+
+def test_every_command_lists_globs_and_folders_the_same_way(tmp_path: Path) -> None:
+    """One id rule: a ``**`` glob mirrors subfolders below its leading folder, as a folder input does,
+    in tokenize, eval and the convert command (two x files in different folders do not clash)."""
+    import os
+    import subprocess
+    import sys
+
+    from socodec import Codes
+    from socodec.evaluate.inputs import expand_inputs
+
+    root = tmp_path / "data"
+    for sub in ("a", "b"):
+        _wav(root / sub / "x.wav")
+        Codes(tokens=torch.randint(0, 16384, (5, 4)), speaker=torch.zeros(64)).save(root / sub / "x.soc")
+    pattern = str(root / "**" / "*.wav")
+    assert [i.id for i in collect_work([pattern])] == ["a/x", "b/x"] == [i.id for i in collect_work([root])]
+    items, errors = expand_inputs([pattern])
+    assert [i.id for i in items] == ["a/x", "b/x"] and not errors
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "socodec", str(root / "**" / "*.soc"), str(tmp_path / "out"),
+                             "-t", ".pt"], env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.pt")) == \
+        ["a/x.pt", "b/x.pt"]
+
+
+def test_eval_reads_a_segment_as_tokenize_does(tmp_path: Path) -> None:
+    from socodec.evaluate.inputs import EvalItem, read_item as eval_read
+
+    rec = _wav(tmp_path / "r.wav", 3.0, rate=44100)
+    wav, _ = read_item(WorkItem("u", rec, offset=0.75, duration=1.0))
+    assert torch.equal(eval_read(EvalItem("u", rec, offset=0.75, duration=1.0)), wav)

@@ -139,3 +139,40 @@ def test_rows_built_from_generated_tokens_decode(setup: dict, tmp_path: Path) ->
         next(read_codes(path, ids=["gen/0", "nope"]))
     again_report = decode_shard(codec, path, tmp_path / "wavs", ids=["gen/0"])
     assert again_report.failed and "exists" in again_report.failed[0][1]
+
+
+def test_resume_reports_changed_audio_and_redoes_it_on_request(setup: dict, tmp_path: Path) -> None:
+    import json
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(11)
+    for name in ("a", "b", "c"):
+        sf.write(clips / f"{name}.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000, subtype="PCM_16")
+    (clips / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+    out = tmp_path / "out"
+    argv = socodec("tokenize", clips, "-o", out, "--workers", "1", "--threads", "1", *setup["model"])
+    first = run(argv, setup["env"])
+    assert first.returncode == 1, show(first)  # broken.wav
+    before = {row["id"]: row for row in pq.read_table(out / "shards").to_pylist()}
+    assert json.loads(before["a"]["fingerprint"])[0] == str(clips / "a.wav")
+
+    sf.write(clips / "b.wav", (0.1 * rng.standard_normal(9600)).astype(np.float32), 16000, subtype="PCM_16")
+    kept = run(argv, setup["env"])
+    assert kept.returncode == 1, show(kept)
+    assert "1 utterances changed since they were tokenised (b)" in kept.stderr and "--redo-changed" in kept.stderr
+    assert pq.read_table(out / "shards").to_pylist() == list(before.values())  # old rows kept
+
+    redone = run([*argv, "--redo-changed"], setup["env"])
+    assert redone.returncode == 1, show(redone)
+    rows = {row["id"]: row for row in pq.read_table(out / "shards").to_pylist()}
+    ids = pq.read_table(out / "shards", columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == ["a", "b", "c"]  # each once
+    assert rows["a"] == before["a"] and rows["c"] == before["c"]
+    with one_thread():
+        ref = setup["codec"].encode(clips / "b.wav")
+    assert rows["b"]["tokens"] == ref.tokens.tolist() and rows["b"]["num_samples"] == 9600
+
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in errors] == ["broken"] * 3  # one line per run, appended
+    assert len({e["run"] for e in errors}) == 3 and all(e["run"] for e in errors)
