@@ -5,7 +5,8 @@
     OUT/
       shards/tokens-00000.parquet   rows of the schema in socodec.corpus.schema
       shards/tokens-00001.parquet   ...
-      manifest.json                 counts, hours, model fingerprint, padding, socodec version
+      manifest.json                 counts, hours, model fingerprint, padding, rows per HuBERT attention
+                                    (full: the published tokens; windowed), socodec version
       errors.jsonl                  one {"id", "source", "reason", "run"} object per failed item, every run's
 
 A shard appears under its name only once complete (written to a hidden temporary file,
@@ -57,17 +58,25 @@ class ShardStats:
     shards: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, str] | None = None
     padding: set[str] = field(default_factory=set)
+    attention: dict[str, int] = field(default_factory=dict)
 
     @property
     def hours(self) -> float:
         return self.samples / SAMPLE_RATE / 3600
 
-    def add(self, name: str, rows: int, samples: int, model: dict[str, str], paddings: set[str]) -> None:
+    def add(self, name: str, table: pa.Table, model: dict[str, str], paddings: set[str]) -> None:
+        """Count a complete shard's rows (``table``: its rows, at least ``num_samples``, ``attention``)."""
+        rows = table.num_rows
+        samples = sum(n or 0 for n in table.column("num_samples").to_pylist())
         self.rows += rows
         self.samples += samples
         self.shards.append({"file": f"shards/{name}", "rows": rows, "hours": round(samples / SAMPLE_RATE / 3600, 6)})
         self.model = self.model or model
         self.padding |= paddings
+        attention = table.column("attention").to_pylist() if "attention" in table.column_names else [None] * rows
+        for value in attention:  # how HuBERT's attention saw each row: "full" = the published tokens
+            key = value or "unknown"
+            self.attention[key] = self.attention.get(key, 0) + 1
 
 
 class ShardStore:
@@ -176,9 +185,8 @@ class ShardStore:
             prints = (table.column("fingerprint").to_pylist() if "fingerprint" in table.column_names
                       else [None] * table.num_rows)
             ids.update(zip(table.column("id").to_pylist(), prints))
-            samples = sum(n or 0 for n in table.column("num_samples").to_pylist())
             paddings = {p for p in table.column("padding").to_pylist() if p}
-            stats.add(path.name, table.num_rows, samples, info.get("model") or {}, paddings)
+            stats.add(path.name, table, info.get("model") or {}, paddings)
         return ids, stats
 
     def drop_ids(self, ids: set[str]) -> int:
@@ -259,6 +267,7 @@ class ShardStore:
             "socodec_version": __version__,
             "model": stats.model or {},
             "padding": padding,
+            "attention": dict(sorted(stats.attention.items())),
             "sample_rate": SAMPLE_RATE,
             "rows": stats.rows,
             "hours": round(stats.hours, 6),

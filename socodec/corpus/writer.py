@@ -115,8 +115,7 @@ class ShardCollector:
         if ok.num_rows:
             rows = ok.select(list(COLUMNS)).cast(shard_schema(self.model))
             path = self.store.write_shard(shard, rows)
-            samples = sum(n or 0 for n in rows.column("num_samples").to_pylist())
-            self.stats.add(path.name, rows.num_rows, samples, self.model or {}, {self.padding})
+            self.stats.add(path.name, rows, self.model or {}, {self.padding})
             log.debug("wrote %s (%d rows)", path, rows.num_rows)
         self.write_manifest()
 

@@ -39,3 +39,33 @@ def test_shards_without_the_columns_read_as_unknown(tmp_path):
     (key, codes), = read_codes(tmp_path / "old.parquet")
     assert key == "a" and (codes.attention, codes.hubert_window, codes.exact) == (None, None, None)
     assert dataclasses.replace(codes, attention="full").exact is True
+
+
+def test_tokenize_records_the_attention_per_row_and_in_the_manifest(tmp_path):
+    """``tokenize --hubert-window``: windowed rows for inputs longer than a window, counted in the manifest."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from corpus_cases import TINY, run, show, socodec
+    from conftest import tiny_ckpt_dir
+
+    ckpts = tiny_ckpt_dir(tmp_path / "ckpts")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SOCODEC_")}
+    env.update(SOCODEC_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(__import__("conftest").REPO))
+    folder = tmp_path / "wavs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, seconds in (("long", 9.0), ("short", 1.0)):
+        sf.write(folder / f"{name}.wav", (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+    out = tmp_path / "tokens"
+    result = run(socodec("tokenize", folder, "-o", out, "--workers", "1", "--hubert-window", "2.4",
+                         "--ckpt-dir", ckpts, *TINY), env)
+    assert result.returncode == 0, show(result)
+    rows = dict(read_codes(out))
+    assert (rows["long"].attention, rows["long"].hubert_window) == ("windowed", 2.4)
+    assert (rows["short"].attention, rows["short"].hubert_window) == ("full", None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["attention"] == {"full": 1, "windowed": 1}
