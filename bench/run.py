@@ -161,6 +161,8 @@ def main() -> None:
         resummarize(args.from_json)
         return
 
+    header = report_header(args.threads)
+    print(f"host: {header['machine']['cpu']} ({header['machine']['host_kind']}), {args.threads} threads", flush=True)
     ensure_checkpoints(args.ckpt_dir)
     worker = [sys.executable, str(BENCH / "worker.py"), "--threads", str(args.threads),
               "--ckpt-dir", str(args.ckpt_dir), "--cache-dir", str(args.cache_dir), "--package", str(args.package)]
@@ -193,7 +195,7 @@ def main() -> None:
     print()
     print_table(rows)
     report = {
-        **report_header(args.threads),
+        **header,
         "package": {"path": str(args.package), **git_state(args.package)},
         "runs": args.runs,
         "first_load_s": first["load_s"],

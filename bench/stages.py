@@ -13,6 +13,7 @@ codec takes.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -222,12 +223,34 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def lscpu() -> dict[str, str]:
+    """``lscpu``'s fields (model name, vendor, flags, caches, hypervisor ...), or {} where it is missing."""
+    try:
+        out = subprocess.run(["lscpu", "--json"], capture_output=True, text=True, check=True, timeout=30).stdout
+        return {str(e["field"]).rstrip(":"): str(e["data"]) for e in json.loads(out)["lscpu"] if e.get("data") is not None}
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return {}
+
+
+_KIND_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def host_kind(fields: dict[str, str]) -> str:
+    """A short name of the host kind: vendor and the vector / matrix extensions that set the speed,
+    e.g. "GenuineIntel avx2 avx512f avx512_bf16 amx_bf16 amx_tile"."""
+    flags = set(fields.get("Flags", "").split())
+    return " ".join([fields.get("Vendor ID", "unknown vendor")] + [f for f in _KIND_FLAGS if f in flags])
+
+
 def machine() -> dict[str, object]:
+    fields = lscpu()
     return {
         "cpu": cpu_model(),
+        "host_kind": host_kind(fields),
         "nproc": os.cpu_count(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "lscpu": fields,
     }
 
 

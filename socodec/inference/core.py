@@ -214,6 +214,7 @@ class CodecCore(nn.Module):
         if "hubert" in self._modules:
             self._modules["hubert"].to(dtype)
         self.vocoder.to(dtype if dev.type == "cuda" else torch.float32)
+        self.vocoder.prepare()  # its weight caches now, not in the first decode
         self.compute_dtype = dtype
         return self
 

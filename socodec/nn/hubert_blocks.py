@@ -20,7 +20,13 @@ FFN_BLOCK_FRAMES = 512
 
 
 class ConvLayer(nn.Module):
-    """Conv1d → LayerNorm over channels (per frame) → GELU: ``[B, C_in, N] -> [B, C_out, N']``."""
+    """Conv1d → LayerNorm over channels (per frame) → GELU: ``[B, C_in, N] -> [B, C_out, N']``.
+
+    Runs time-major: the convolution is a channels-last 2-D one on ``[B, C, 1, N]`` (oneDNN's
+    fast layout), whose output is ``[B, N', C_out]`` in memory, so the LayerNorm over channels
+    and the GELU read it without a transposed copy. The returned ``[B, C_out, N']`` tensor is a
+    view of that time-major memory, which the next layer takes as it is.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool) -> None:
         super().__init__()
@@ -28,8 +34,11 @@ class ConvLayer(nn.Module):
         self.layer_norm = nn.LayerNorm(out_dim, eps=LAYER_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.layer_norm(self.conv(x).transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x)
+        h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [B, C_in, 1, N], time-major
+        h = F.conv2d(h, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
+        # time-major [B, N', C_out] (oneDNN returns channels-last but for a single input channel)
+        h = h.contiguous(memory_format=torch.channels_last).squeeze(2).transpose(1, 2)
+        return F.gelu(self.layer_norm(h)).transpose(1, 2)
 
 
 class BlockwiseFeatureEncoder(nn.Module):
@@ -60,8 +69,8 @@ class BlockwiseFeatureEncoder(nn.Module):
         blocks = []
         for start in range(0, frames, self.block_frames):
             stop = min(frames, start + self.block_frames)
-            blocks.append(self._run(wav[:, start * self.hop : (stop - 1) * self.hop + self.field]))
-        return torch.cat(blocks, dim=2)
+            blocks.append(self._run(wav[:, start * self.hop : (stop - 1) * self.hop + self.field]).transpose(1, 2))
+        return torch.cat(blocks, dim=1).transpose(1, 2)  # time-major memory, like each block
 
 
 class FeatureProjection(nn.Module):

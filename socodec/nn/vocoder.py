@@ -117,6 +117,18 @@ class Vocoder(nn.Module):
             if isinstance(module, (WNConv1d, WNConvTranspose1d)):
                 module.clear_cache()
 
+    def prepare(self) -> None:
+        """Build every inference cache (weight-normalised channels-last weights, folded activation
+        filters) for the current device and dtype, so that the first call runs as fast as later ones.
+        Call again after moving the model; stale caches are also rebuilt on use."""
+        dtype = next(self.parameters()).dtype
+        with torch.no_grad():  # the caches serve gradient-free calls
+            for module in self.modules():
+                if isinstance(module, (WNConv1d, WNConvTranspose1d)):
+                    module.prepare()
+                elif isinstance(module, Activation1d):
+                    module.prepare(dtype)
+
     def receptive_field(self) -> int:
         """Mel frames of context needed on each side of a chunk for exact chunked synthesis.
 

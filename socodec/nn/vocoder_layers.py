@@ -102,6 +102,10 @@ class _WeightNormed(nn.Module):
             self._cache_key = key
         return self._cached_weight
 
+    def prepare(self) -> None:
+        """Build the inference weight cache now (the channels-last one), not in the first forward."""
+        self.weight_cl()
+
     def weight_cl(self) -> Tensor:
         """The weight as a channels-last [d0, d1, 1, k] tensor, for 2-D convolutions on [B, C, 1, T].
 
@@ -242,6 +246,10 @@ class Activation1d(nn.Module):
         self.upsample = _FilterBuffer()
         self.downsample = _Downsample()
         self._cache: tuple[tuple[object, ...], tuple[Tensor, Tensor, Tensor] | None] | None = None
+
+    def prepare(self, dtype: torch.dtype) -> None:
+        """Build the folded filters for inputs of ``dtype`` now, not in the first forward."""
+        self._filters(torch.float32 if dtype == torch.bfloat16 and self.act.alpha.device.type == "cpu" else dtype)
 
     def _geometry(self) -> tuple[int, int, int, int]:
         """(up replicate pad, up crop, down left pad, down right pad); 12-tap filters: (5, 15, 5, 6)."""

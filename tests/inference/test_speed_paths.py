@@ -182,3 +182,23 @@ def test_bfloat16_on_cpu_follows_the_cpu(tmp_path, monkeypatch):
         load_tiny_codec(tmp_path / "c").to_device("cpu", torch.bfloat16)
     with pytest.raises(SoCodecError, match="float16 is only supported on CUDA"):
         load_tiny_codec(tmp_path / "d").to_device("cpu", torch.float16)
+
+
+def test_vocoder_caches_are_built_at_load(tmp_path, monkeypatch):
+    """Loading builds the vocoder's weight and filter caches: the first decode computes none of them."""
+    model = load_tiny_codec(tmp_path)
+    codes = make_codes(model, 5000, 0, "grid", seed=3)
+    computed = []
+    real_weight_norm = torch._weight_norm
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        return real_weight_norm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_weight_norm", counting)
+    first = model.decode(codes)
+    assert computed == []
+    model.vocoder.clear_cache()  # the counter sees a rebuild, so it would have seen one at the first decode
+    second = model.decode(codes)
+    assert len(computed) == sum(1 for m in model.vocoder.modules() if hasattr(m, "weight_g"))
+    assert torch.equal(torch.as_tensor(first), torch.as_tensor(second))
