@@ -10,7 +10,7 @@ normally nothing is cut; :func:`signal_metrics` reports how much was (``length_c
 ===================  =====================================================  =========
 name                 definition                                             better
 ===================  =====================================================  =========
-``pesq``             wideband PESQ (ITU-T P.862.2), MOS-LQO 1.04-4.64       higher
+``pesq``             wideband PESQ (ITU-T P.862.2), MOS-LQO 1.0-4.64        higher
 ``stoi``             STOI (Taal et al. 2011), 0-1                           higher
 ``estoi``            extended STOI (Jensen & Taal 2016), 0-1                higher
 ``mel_distance``     mean |log-mel(ref) - log-mel(deg)| (natural log, the   lower
@@ -54,7 +54,7 @@ HIGHER_IS_BETTER = {
 }
 
 RANGES = {
-    "pesq": (1.04, 4.64), "stoi": (0.0, 1.0), "estoi": (0.0, 1.0), "mel_distance": (0.0, math.inf),
+    "pesq": (0.999, 4.644), "stoi": (0.0, 1.0), "estoi": (0.0, 1.0), "mel_distance": (0.0, math.inf),
     "si_sdr": (-math.inf, math.inf), "mrstft": (0.0, math.inf), "speaker_similarity": (-1.0, 1.0),
     "dnsmos_sig": (1.0, 5.0), "dnsmos_bak": (1.0, 5.0), "dnsmos_ovrl": (1.0, 5.0), "original_dnsmos_ovrl": (1.0, 5.0),
     "resemblyzer_similarity": (-1.0, 1.0), "wer": (0.0, math.inf),

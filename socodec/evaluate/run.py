@@ -21,7 +21,7 @@ from socodec.config import DEFAULT_PADDING, SAMPLE_RATE
 from socodec.errors import SoCodecError, one_line
 from socodec.evaluate.inputs import EvalItem, read_item
 from socodec.evaluate import independent
-from socodec.evaluate.metrics import cosine_similarity, signal_metrics
+from socodec.evaluate.metrics import cosine_similarity, is_silent, signal_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
@@ -190,6 +190,8 @@ def _measure(
             row["speaker_similarity"] = cosine_similarity(codes[i].speaker, again[i * len(config.streams) + j].speaker)
             row.update(original)
             row.update(_independent(config, wav, resynth[k][i], text))
+            if is_silent(wav):  # nothing to judge: every quality number is undefined, left out of the means
+                row.update({name: math.nan for name in row if name not in ("token_bitrate", "bitrate", "length_cut")})
             rows[k] = row
         result = FileResult(item, wav.numel() / SAMPLE_RATE, rows)
         example = Example(result, wav[:clip].numpy().copy(), {k: resynth[k][i][:clip].numpy().copy()

@@ -50,4 +50,4 @@ def summarise(values: Iterable[float], bounds: tuple[float, float] = (-math.inf,
     if n < 2:
         return Summary(mean, math.nan, math.nan, n)
     half = float(t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return Summary(mean, max(mean - half, bounds[0]), min(mean + half, bounds[1]), n)
+    return Summary(mean, min(max(mean - half, bounds[0]), mean), max(min(mean + half, bounds[1]), mean), n)

@@ -6,15 +6,12 @@ Needs Debian's ``chromium`` (or ``chromium-headless-shell``) installed, e.g. ``a
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from conftest import GOLDEN, tiny_ckpt_dir
+from conftest import GOLDEN, chromium_path, tiny_ckpt_dir
 from socodec import SoCodec
 from socodec.demo.app import launch
 from socodec.demo.handlers import DemoHandlers
@@ -23,17 +20,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # it
 
 SPEECH = GOLDEN / "ground_truth.wav"
 WAIT_MS = 30_000
-
-
-def chromium_path() -> str:
-    """The system Chromium: ``$SOCODEC_CHROMIUM``, else ``chromium`` / ``chromium-headless-shell`` on PATH."""
-    candidates = [os.environ.get("SOCODEC_CHROMIUM"), shutil.which("chromium"),
-                  shutil.which("chromium-headless-shell"), shutil.which("chromium-browser")]
-    for path in candidates:
-        if path and Path(path).is_file():
-            return path
-    pytest.fail("no Chromium found for the browser tests: install it (apt-get install -y chromium) "
-                "or set SOCODEC_CHROMIUM to its binary")
 
 
 @pytest.fixture(scope="module")
