@@ -7,6 +7,7 @@ Needs Debian's ``chromium`` (or ``chromium-headless-shell``) installed, e.g. ``a
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
@@ -75,6 +76,13 @@ def test_upload_encode_and_hear_the_resynthesis(page: Page):
     page.wait_for_function("document.querySelector('#synthesis-summary').innerText.includes('2 of 4 streams')",
                            timeout=WAIT_MS)
     assert page.outside == []  # type: ignore[attr-defined]
+
+
+def test_the_empty_token_table_names_its_columns(page: Page):
+    headers = page.locator("#token-table th").all_inner_texts()
+    text = " ".join(headers)
+    assert "frame" in text and "stream 4" in text, headers
+    assert not {"1", "2", "3"} & {h.strip() for h in headers}, headers
 
 
 def test_a_bad_upload_shows_the_one_line_error(page: Page, tmp_path):
