@@ -49,9 +49,8 @@ def _y_limits(name: str, lows: np.ndarray, highs: np.ndarray) -> tuple[float, fl
     seen = seen[np.isfinite(seen)]
     top = float(seen.max()) if seen.size else 1.0
     bottom = float(seen.min()) if seen.size else 0.0
-    span = max(top - bottom, 1e-3)
-    lo = lo if math.isfinite(lo) else bottom - 0.1 * span
-    hi = hi if math.isfinite(hi) else max(top + 0.1 * span, lo + 1e-3)
+    lo = lo if math.isfinite(lo) else bottom - 0.1 * max(top - bottom, 1e-3)
+    hi = hi if math.isfinite(hi) else top + 0.15 * max(top - lo, 1e-3)
     return lo, hi
 
 
@@ -68,7 +67,7 @@ def rate_quality_png(summaries: dict[int, dict[str, Summary]]) -> bytes:
 
     streams = sorted(summaries)
     rates = [summaries[k]["token_bitrate"].mean for k in streams]
-    fig = Figure(figsize=(12, 6.8), layout="constrained")
+    fig = Figure(figsize=(13.4, 6.8), layout="constrained")
     axes = fig.subplots(2, 3).ravel()
     x_lo, x_hi = min(rates), max(rates)
     x_pad = max(0.15 * (x_hi - x_lo), 20.0)
@@ -80,12 +79,12 @@ def rate_quality_png(summaries: dict[int, dict[str, Summary]]) -> bytes:
         above = np.where(np.isfinite(highs), np.maximum(highs - means, 0.0), 0.0)
         ax.errorbar(rates, means, yerr=np.stack([below, above]), marker="o", capsize=4, color="#1f5fa8")
         ax.set_ylim(*_y_limits(name, np.concatenate([lows, means]), np.concatenate([highs, means])))
-        for k, x, y in zip(streams, rates, means):
+        for i, (k, x, y) in enumerate(zip(streams, rates, means)):
             if math.isfinite(y):
                 right = x > (x_lo + x_hi) / 2  # labels of the right half point left: never cut at the edge
                 ax.annotate(f"{k} stream{'s' if k > 1 else ''}", (x, y), textcoords="offset points",
-                            xytext=(-6 if right else 6, 6), ha="right" if right else "left", fontsize=8,
-                            color="#444")
+                            xytext=(-6 if right else 6, 7 if i % 2 == 0 else -14),  # alternate: no overlap
+                            ha="right" if right else "left", fontsize=8, color="#444")
         if not np.isfinite(means).any():
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="#888")
         ax.set_xlim(x_lo - x_pad, x_hi + x_pad)

@@ -42,7 +42,7 @@ _COLUMNS = (
 )
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; padding: 0 1em; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; font-size: 15px; color: #222; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
@@ -162,8 +162,8 @@ def report_html(run: EvalRun) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>socodec evaluation report</title>
 <style>{_STYLE}</style></head><body>
 <h1>socodec evaluation report</h1>
-<p class="meta">{len(run.results)} files ({_duration(seconds)} of audio), {len(run.errors)} failed
-{"(listed below)" if run.errors else ""};
+<p class="meta">{len(run.results)} files ({_duration(seconds)} of audio), {len(run.errors)} failed{
+" (listed below)" if run.errors else ""};
 decoded with {", ".join(map(str, run.config.streams))} streams. socodec {__version__}; model {html.escape(model)};
 {html.escape(when)}.</p>
 <h2>Rate-quality curve</h2>
