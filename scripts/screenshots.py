@@ -60,7 +60,7 @@ def _report_png(model: list[str], speech: Path, work: Path, out: Path, page) -> 
     report = work / "report"
     cmd = [sys.executable, "-m", "socodec", "eval", str(speech), "-o", str(report), "--examples", "2", *model]
     subprocess.run(cmd, check=True, cwd=REPO)
-    page.set_viewport_size({"width": 1280, "height": 1900})
+    page.set_viewport_size({"width": 1400, "height": 2000})
     page.goto((report / "report.html").as_uri())
     page.screenshot(path=str(out))
 

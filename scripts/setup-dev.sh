@@ -15,3 +15,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 python -m pip install -q -r requirements.txt -e ".[test,download,corpus,ray,lhotse,webdataset,s3,eval,demo,train,serve]"
+# Resemblyzer pulls the old webrtcvad, whose module imports pkg_resources (gone from setuptools >= 81);
+# webrtcvad-wheels installs the same module without it: make sure its copy is the one on disk.
+python -m pip install -q --force-reinstall --no-deps webrtcvad-wheels

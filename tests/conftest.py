@@ -7,6 +7,7 @@ parity with the published model is the point of these tests.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,14 @@ def load_tiny_codec(cache_dir: Path, **kwargs):
         analyzer_config=GOLDEN / "analyzer_tiny.json", vocoder_config=GOLDEN / "vocoder_tiny.json",
         cache_dir=cache_dir, **kwargs,
     )
+
+
+def chromium_path() -> str:
+    """The system Chromium: ``$SOCODEC_CHROMIUM``, else ``chromium`` / ``chromium-headless-shell`` on PATH."""
+    candidates = [os.environ.get("SOCODEC_CHROMIUM"), shutil.which("chromium"),
+                  shutil.which("chromium-headless-shell"), shutil.which("chromium-browser")]
+    for path in candidates:
+        if path and Path(path).is_file():
+            return path
+    pytest.fail("no Chromium found for the browser tests: install it (apt-get install -y chromium) "
+                "or set SOCODEC_CHROMIUM to its binary")

@@ -10,6 +10,7 @@ Exit status: 0 all measured, 1 some input failed (the report covers the others),
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -49,6 +50,7 @@ class EvalOptions:
     padding: str = DEFAULT_PADDING
     force: bool = False
     quiet: bool = False
+    transcripts: Path | None = None
     model: ModelOptions = field(default_factory=ModelOptions)
     max_errors: ErrorLimit = field(default_factory=ErrorLimit)
 
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the published model's 0.5 s lead of zeros before analysis")
     p.add_argument("--padding", choices=PADDINGS, default=DEFAULT_PADDING,
                    help="'published' (default): the published tool's tokens; 'grid': pad to the 1920-sample grid")
+    p.add_argument("--transcripts", type=Path, metavar="FILE",
+                   help="reference texts for the WER: lines 'id<TAB>text', or JSONL with 'id' and 'text' "
+                        "(default: WER against the recognition of the original)")
     p.add_argument("-f", "--force", action="store_true", help="replace an existing report in REPORT_DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar or table")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -103,7 +108,7 @@ def parse_options(argv: list[str]) -> EvalOptions:
     return EvalOptions(
         inputs=tuple(ns.inputs), report_dir=ns.output, streams=_streams(ns.streams), examples=ns.examples,
         clip_seconds=ns.clip_seconds, lead=not ns.no_lead, padding=ns.padding, force=ns.force, quiet=ns.quiet,
-        model=model_options(ns), max_errors=ns.max_errors,
+        transcripts=ns.transcripts, model=model_options(ns), max_errors=ns.max_errors,
     )
 
 
@@ -122,34 +127,93 @@ def _check_report_dir(opts: EvalOptions) -> None:
         raise SoCodecError(f"{folder}: cannot write here ({ancestor} is not a writable folder)")
 
 
+def read_transcripts(path: Path) -> dict[str, str]:
+    """id -> text from ``id<TAB>text`` lines or JSONL objects with ``id`` and ``text`` (one line per error)."""
+    import json
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SoCodecError(f"{path}: cannot read the transcripts ({getattr(exc, 'strerror', None) or exc})") from None
+    out = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            if line.lstrip().startswith("{"):
+                obj = json.loads(line)
+                key, text = str(obj["id"]), str(obj["text"])
+            else:
+                key, text = line.split("\t", 1)
+        except (ValueError, KeyError, TypeError):
+            raise SoCodecError(f"{path}:{number}: expected 'id<TAB>text' or a JSON object with id and text") from None
+        out[key.strip()] = text.strip()
+    return out
+
+
 def _print_means(run: EvalRun) -> None:
     """The table of means (and 95 % CI half-widths) per stream count, on stdout."""
     from socodec.evaluate.tables import summaries
 
     table = summaries(run)
-    names = ("token_bitrate", "pesq", "stoi", "estoi", "mel_distance", "si_sdr", "mrstft", "speaker_similarity")
+    names = ("token_bitrate", "pesq", "stoi", "estoi", "mel_distance", "si_sdr", "mrstft", "dnsmos_ovrl",
+             "resemblyzer_similarity", "wer", "speaker_similarity")
     sys.stdout.write("streams " + " ".join(f"{n:>18}" for n in names) + "\n")
     for k in run.config.streams:
         cells = []
         for n in names:
             s = table[k][n]
-            cells.append(f"{s.mean:10.3f} ±{s.half_width:6.3f}" if s.n > 1 else f"{s.mean:18.3f}")
+            cells.append(f"{s.mean:10.3f} ±{s.half_width:6.3f}" if s.n > 1 else f"{s.mean:18.3f}" if s.n else "-")
         sys.stdout.write(f"{k:>7} " + " ".join(f"{c:>18}" for c in cells) + "\n")
+
+
+def _write_all(run: EvalRun, folder: Path) -> Path:
+    """Write the tables and the report into ``folder``; on failure (disk full) one line naming the file,
+    and nothing left behind: no partial file, and no folder this call created. Returns the report's path."""
+    from socodec.evaluate.report import report_html
+    from socodec.evaluate.tables import table_texts
+    from socodec.fileio import atomic_write
+
+    texts = {**table_texts(run), "report.html": report_html(run)}
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    written: list[Path] = []
+    path = folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            path = folder / name
+            written.append(atomic_write(path, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8")))
+    except OSError as exc:
+        for done in written:
+            done.unlink(missing_ok=True)
+        for made in created:  # innermost first
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise SoCodecError(f"{path}: cannot write the report ({reason}); nothing written") from None
+    return written[-1]
 
 
 def main(argv: list[str]) -> int:
     """Run ``socodec eval``; returns the exit status."""
     opts = parse_options(argv)
     require_extra("'socodec eval'", "eval", *EXTRA_MODULES)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font-cache notices are not for users
+    for noisy in ("matplotlib", "numba"):  # font-cache notices and compiler dumps are not for users
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from tqdm import tqdm
 
     from socodec.evaluate.inputs import expand_inputs
-    from socodec.evaluate.report import write_report
     from socodec.evaluate.run import EvalConfig, evaluate
-    from socodec.evaluate.tables import write_tables
+
+    from socodec.evaluate.independent import GROUPS, missing
 
     _check_report_dir(opts)
+    transcripts = read_transcripts(opts.transcripts) if opts.transcripts is not None else None
+    absent = missing()
+    for line in absent.values():
+        log.warning("%s", line)
     items, errors = expand_inputs(list(opts.inputs))
     for line in errors:
         log.error("%s", line)
@@ -160,7 +224,8 @@ def main(argv: list[str]) -> int:
     codec = load_codec(opts.model)
     config = EvalConfig(streams=opts.streams, batch_size=opts.model.batch_size, examples=opts.examples,
                         clip_seconds=opts.clip_seconds, lead=opts.lead, padding=opts.padding,
-                        max_errors=opts.max_errors)
+                        max_errors=opts.max_errors,
+                        independent=tuple(g for g in GROUPS if g not in absent), transcripts=transcripts)
     bar = tqdm(total=len(items), unit="file", disable=opts.quiet or None, dynamic_ncols=True)
 
     def report(line: str) -> None:
@@ -181,12 +246,7 @@ def main(argv: list[str]) -> int:
     if not run.results:
         log.error("no input could be measured; no report written")
         return EXIT_FAILED
-    try:
-        opts.report_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SoCodecError(f"{opts.report_dir}: cannot create the report folder ({exc.strerror})") from None
-    write_tables(run, opts.report_dir)
-    html = write_report(run, opts.report_dir)
+    html = _write_all(run, opts.report_dir)
     if not opts.quiet:
         _print_means(run)
     fallbacks = f"; {run.fallbacks} batches redone one by one" if run.fallbacks else ""

@@ -99,7 +99,9 @@ def build_app(handlers: DemoHandlers) -> gr.Blocks:
             with gr.Row():
                 spec_in = gr.Image(label="Original (log-mel)", type="numpy", interactive=False)
                 spec_out = gr.Image(label="Resynthesis (log-mel)", type="numpy", interactive=False)
-            table = gr.Dataframe(label="Tokens (one row per 120 ms frame)", interactive=False, max_height=320)
+            empty_headers = ["frame", "start (s)", *(f"stream {k}" for k in range(1, handlers.codec.num_streams + 1))]
+            table = gr.Dataframe(value=[], headers=empty_headers, label="Tokens (one row per 120 ms frame)",
+                                 interactive=False, max_height=320, elem_id="token-table")
             codes_state = gr.State(None)
             run.click(encode, [audio_in, streams, voice],
                       [summary, files, table, spec_in, resynth, spec_out, synth_summary, codes_state],

@@ -2,14 +2,15 @@
 
 Every function takes two waveforms ``[N]`` (numpy or torch, float, in [-1, 1]) and
 returns one float; NaN marks a value that cannot be measured for this pair (e.g. PESQ on
-silence), never a crash. The two signals are first cut to their common length
-(:func:`align`): ``SoCodec.decode`` returns exactly the input's length, so normally
-nothing is cut.
+silence), never a crash. A reference with no signal (peak below :data:`SILENCE_PEAK`,
+-60 dBFS) leaves every metric undefined (NaN). The two signals are first cut to their
+common length (:func:`align`): ``SoCodec.decode`` returns exactly the input's length, so
+normally nothing is cut; :func:`signal_metrics` reports how much was (``length_cut``).
 
 ===================  =====================================================  =========
 name                 definition                                             better
 ===================  =====================================================  =========
-``pesq``             wideband PESQ (ITU-T P.862.2), MOS-LQO 1.04-4.64       higher
+``pesq``             wideband PESQ (ITU-T P.862.2), MOS-LQO 1.0-4.64        higher
 ``stoi``             STOI (Taal et al. 2011), 0-1                           higher
 ``estoi``            extended STOI (Jensen & Taal 2016), 0-1                higher
 ``mel_distance``     mean |log-mel(ref) - log-mel(deg)| (natural log, the   lower
@@ -38,7 +39,7 @@ from socodec.nn.mel import MelSpectrogram
 
 __all__ = [
     "SIGNAL_METRICS", "HIGHER_IS_BETTER", "align", "pesq_wb", "stoi", "si_sdr", "mel_distance",
-    "mrstft_distance", "cosine_similarity", "signal_metrics",
+    "mrstft_distance", "cosine_similarity", "signal_metrics", "RANGES", "SILENCE_PEAK", "is_silent", "MEL_FRAME",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,22 @@ SIGNAL_METRICS = ("pesq", "stoi", "estoi", "mel_distance", "si_sdr", "mrstft")
 
 HIGHER_IS_BETTER = {
     "pesq": True, "stoi": True, "estoi": True, "mel_distance": False, "si_sdr": True, "mrstft": False,
-    "speaker_similarity": True,
+    "speaker_similarity": True, "dnsmos_sig": True, "dnsmos_bak": True, "dnsmos_ovrl": True,
+    "original_dnsmos_ovrl": True, "resemblyzer_similarity": True, "wer": False,
 }
+
+RANGES = {
+    "pesq": (0.999, 4.644), "stoi": (0.0, 1.0), "estoi": (0.0, 1.0), "mel_distance": (0.0, math.inf),
+    "si_sdr": (-math.inf, math.inf), "mrstft": (0.0, math.inf), "speaker_similarity": (-1.0, 1.0),
+    "dnsmos_sig": (1.0, 5.0), "dnsmos_bak": (1.0, 5.0), "dnsmos_ovrl": (1.0, 5.0), "original_dnsmos_ovrl": (1.0, 5.0),
+    "resemblyzer_similarity": (-1.0, 1.0), "wer": (0.0, math.inf),
+}
+"""Each metric's possible values: confidence intervals are clipped to them and plots use them."""
+
+SILENCE_PEAK = 1e-3
+"""Peak amplitude (-60 dBFS) below which a waveform counts as silence: reference metrics are undefined."""
+MEL_FRAME = 160
+"""Samples per log-mel frame (10 ms): the unit of ``length_cut``."""
 
 # (n_fft, hop) pairs of the multi-resolution STFT distance; Hann windows of n_fft samples.
 MRSTFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
@@ -174,10 +189,21 @@ def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor
     return float(np.dot(x, y) / norm) if norm > 0 else math.nan
 
 
+def is_silent(wav: np.ndarray | torch.Tensor) -> bool:
+    """True when the waveform ``[N]`` is empty or its peak is below :data:`SILENCE_PEAK`."""
+    x = _as_numpy(wav)
+    return x.size == 0 or float(np.max(np.abs(x))) < SILENCE_PEAK
+
+
 def signal_metrics(ref: np.ndarray | torch.Tensor, deg: np.ndarray | torch.Tensor) -> dict[str, float]:
-    """Every metric of :data:`SIGNAL_METRICS` for one pair of waveforms ``[N]``."""
+    """Every metric of :data:`SIGNAL_METRICS` for one pair of waveforms ``[N]``, and ``length_cut``:
+    the 10 ms frames cut off the longer one. All metrics are NaN for a silent reference."""
+    cut = abs(_as_numpy(ref).shape[0] - _as_numpy(deg).shape[0]) / MEL_FRAME
     r, d = align(ref, deg)
+    if is_silent(r):
+        return {**dict.fromkeys(SIGNAL_METRICS, math.nan), "length_cut": cut}
     return {
+        "length_cut": cut,
         "pesq": pesq_wb(r, d),
         "stoi": stoi(r, d),
         "estoi": stoi(r, d, extended=True),

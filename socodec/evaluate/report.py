@@ -17,7 +17,7 @@ from socodec.config import SAMPLE_RATE
 from socodec.evaluate.figures import rate_quality_png, spectrogram_png
 from socodec.evaluate.run import EvalRun, FileResult, worst_key
 from socodec.evaluate.stats import Summary
-from socodec.evaluate.tables import DEFINITIONS, summaries
+from socodec.evaluate.tables import DEFINITIONS, models, summaries, wer_definition
 from socodec.fileio import atomic_write
 
 __all__ = ["report_html", "write_report", "TABLE_ROWS"]
@@ -33,11 +33,16 @@ _COLUMNS = (
     ("mel_distance", "log-mel dist.", 3),
     ("si_sdr", "SI-SDR dB", 2),
     ("mrstft", "MR-STFT dist.", 3),
-    ("speaker_similarity", "speaker sim.", 3),
+    ("dnsmos_ovrl", "DNSMOS OVRL", 2),
+    ("dnsmos_sig", "DNSMOS SIG", 2),
+    ("dnsmos_bak", "DNSMOS BAK", 2),
+    ("resemblyzer_similarity", "speaker sim. (Resemblyzer)", 3),
+    ("wer", "WER", 3),
+    ("speaker_similarity", "speaker sim. (codec's own encoder)", 3),
 )
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222; padding: 0 1em; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; font-size: 15px; color: #222; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
@@ -65,8 +70,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
-def _png_tag(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _img_tag(data: bytes, alt: str, mime: str = "image/png") -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
 def _audio_tag(wav: np.ndarray) -> str:
@@ -83,7 +88,15 @@ def _means_table(run: EvalRun) -> str:
     for k in run.config.streams:
         cells = "".join(f"<td>{_fmt_summary(table[k][name], d)}</td>" for name, _, d in _COLUMNS)
         rows.append(f"<tr><th>{k}</th>{cells}</tr>")
-    return f"<table><tr><th>streams</th>{head}</tr>{''.join(rows)}</table>"
+    files = len(run.results)
+    top = table[max(run.config.streams)]
+    undefined = "".join(f"<td>{files - top[name].n or ''}</td>" for name, _, _ in _COLUMNS)
+    rows.append(f"<tr><th title='files whose value is undefined (e.g. silent input), left out of the means'>"
+                f"undefined</th>{undefined}</tr>")
+    original = top["original_dnsmos_ovrl"]
+    note = (f"<p>DNSMOS OVRL of the originals: {_fmt_summary(original, 2)} (the ceiling for the resyntheses).</p>"
+            if original.n else "")
+    return f"<table><tr><th>streams</th>{head}</tr>{''.join(rows)}</table>{note}"
 
 
 def _file_table(results: list[FileResult], k: int) -> str:
@@ -91,8 +104,13 @@ def _file_table(results: list[FileResult], k: int) -> str:
     rows = []
     for r in results[:TABLE_ROWS]:
         cells = "".join(f"<td>{_fmt(r.rows[k][name], d)}</td>" for name, _, d in _COLUMNS if name != "token_bitrate")
-        rows.append(f'<tr><td class="name">{html.escape(r.item.id)}</td><td>{r.duration:.2f}</td>{cells}</tr>')
-    return f"<table><tr><th>file</th><th>seconds</th>{head}</tr>{''.join(rows)}</table>"
+        cut = r.rows[k].get("length_cut", 0.0)
+        cut_cell = f"{cut:.0f}" if math.isfinite(cut) and cut > 1 else ""
+        rows.append(f'<tr><td class="name">{html.escape(r.item.id)}</td><td>{r.duration:.2f}</td>{cells}'
+                    f"<td>{cut_cell}</td></tr>")
+    return (f"<table><tr><th>file</th><th>seconds</th>{head}"
+            f"<th title='10 ms frames cut off the longer signal before measuring'>frames cut</th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 def _examples(run: EvalRun) -> str:
@@ -113,9 +131,17 @@ def _examples(run: EvalRun) -> str:
             f"<p class='meta'>{r.duration:.2f} s; with {max(r.rows)} streams: PESQ {_fmt(top['pesq'], 2)}, "
             f"STOI {_fmt(top['stoi'], 3)}, speaker similarity {_fmt(top['speaker_similarity'], 3)}</p>"
             f"<div class='players'>{''.join(players)}</div>"
-            f"{_png_tag(spectrogram_png(example), 'log-mel spectrograms of ' + r.item.id)}"
+            f"{_img_tag(spectrogram_png(example), 'log-mel spectrograms of ' + r.item.id, 'image/jpeg')}"
         )
     return "".join(parts)
+
+
+def _left_out(run: EvalRun) -> str:
+    from socodec.evaluate.independent import GROUPS
+
+    absent = [name for group, (names, _, _) in GROUPS.items() if group not in run.config.independent for name in names]
+    return (f"<p class='meta'>Not measured in this run (their packages are not installed): {', '.join(absent)}; "
+            "<code>pip install 'socodec[eval]'</code> adds them.</p>" if absent else "")
 
 
 def report_html(run: EvalRun) -> str:
@@ -126,19 +152,25 @@ def report_html(run: EvalRun) -> str:
     model = ", ".join(f"{k} {v}" for k, v in sorted(run.model.items())) or "unknown"
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     errors = "".join(f"<li class='err'>{html.escape(e)}</li>" for e in run.errors)
-    definitions = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(d)}</li>" for n, d in DEFINITIONS.items())
+    computed_by = models(run)
+    definitions = "".join(
+        f"<li><b>{html.escape(n)}</b>: {html.escape(wer_definition(run) if n == 'wer' else d)}"
+        + (f"; computed by {html.escape(computed_by[n])}" if n in computed_by else "") + "</li>"
+        for n, d in DEFINITIONS.items())
     shown = "" if len(worst) <= TABLE_ROWS else f" (the {TABLE_ROWS} worst of {len(worst)}; all in metrics.csv)"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>socodec evaluation report</title>
 <style>{_STYLE}</style></head><body>
 <h1>socodec evaluation report</h1>
-<p class="meta">{len(run.results)} files ({_duration(seconds)} of audio), {len(run.errors)} failed;
+<p class="meta">{len(run.results)} files ({_duration(seconds)} of audio), {len(run.errors)} failed{
+" (listed below)" if run.errors else ""};
 decoded with {", ".join(map(str, run.config.streams))} streams. socodec {__version__}; model {html.escape(model)};
 {html.escape(when)}.</p>
 <h2>Rate-quality curve</h2>
-{_png_tag(rate_quality_png(summaries(run)), "rate-quality curve")}
+{_img_tag(rate_quality_png(summaries(run)), "rate-quality curve")}
 <h2>Means over files</h2>
-<p>Mean ± half-width of the 95 % confidence interval over files.</p>
+<p>Mean ± half-width of the 95 % confidence interval over files (intervals are clipped to each metric's range).
+Undefined values (e.g. on silent input) are left empty, left out of the means and counted in the last row.</p>
 {_means_table(run)}
 <h2>Worst files</h2>
 {_examples(run)}
@@ -146,6 +178,7 @@ decoded with {", ".join(map(str, run.config.streams))} streams. socodec {__versi
 {_file_table(worst, k_max)}
 {f"<h2>Failed inputs</h2><ul>{errors}</ul>" if errors else ""}
 <h2>Metrics</h2><ul>{definitions}</ul>
+{_left_out(run)}
 </body></html>
 """
 

@@ -22,7 +22,8 @@ import torch
 from socodec.config import DEFAULT_PADDING, SAMPLE_RATE
 from socodec.errors import ErrorLimit, Fallbacks, SoCodecError, is_item_error, one_line
 from socodec.evaluate.inputs import EvalItem, read_item
-from socodec.evaluate.metrics import cosine_similarity, signal_metrics
+from socodec.evaluate import independent
+from socodec.evaluate.metrics import cosine_similarity, is_silent, signal_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
@@ -32,7 +33,7 @@ __all__ = ["EvalConfig", "FileResult", "Example", "EvalRun", "evaluate", "ROW_ME
 log = logging.getLogger(__name__)
 
 ROW_METRICS = ("token_bitrate", "bitrate", "pesq", "stoi", "estoi", "mel_distance", "si_sdr", "mrstft",
-               "speaker_similarity")
+               "speaker_similarity", *independent.INDEPENDENT_METRICS, "original_dnsmos_ovrl", "length_cut")
 """The numbers of one (file, stream count) row, in CSV order."""
 
 
@@ -48,6 +49,10 @@ class EvalConfig:
         lead: prepend the published model's 0.5 s of zeros before analysis.
         padding: ``"published"`` or ``"grid"`` (see :meth:`socodec.SoCodec.encode`).
         max_errors: how many failed files stop the run (``--max-errors``).
+        independent: the groups of :data:`socodec.evaluate.independent.GROUPS` to compute (their
+            metrics are NaN otherwise).
+        transcripts: item id -> reference text for the WER; without one, the WER is measured against
+            the recognition of the original.
     """
 
     streams: tuple[int, ...] = (1, 2, 3, 4)
@@ -57,6 +62,13 @@ class EvalConfig:
     lead: bool = True
     padding: str = DEFAULT_PADDING
     max_errors: ErrorLimit = field(default_factory=ErrorLimit)
+    independent: tuple[str, ...] = ()
+    transcripts: dict[str, str] | None = None
+
+    @property
+    def wer_reference(self) -> str:
+        """What the WER is measured against."""
+        return "the transcripts" if self.transcripts is not None else "the recognition of the original"
 
 
 @dataclass(frozen=True)
@@ -177,18 +189,44 @@ def _measure(
     clip = round(config.clip_seconds * SAMPLE_RATE)
     out = []
     for i, (item, wav) in enumerate(zip(items, wavs)):
+        original, text = _original(config, item, wav)
         rows = {}
         for j, k in enumerate(config.streams):
             kept = codes[i].with_streams(k)
             row = {"token_bitrate": kept.bitrate(include_speaker=False), "bitrate": kept.bitrate()}
             row.update(signal_metrics(wav, resynth[k][i]))
             row["speaker_similarity"] = cosine_similarity(codes[i].speaker, again[i * len(config.streams) + j].speaker)
+            row.update(original)
+            row.update(_independent(config, wav, resynth[k][i], text))
+            if is_silent(wav):  # nothing to judge: every quality number is undefined, left out of the means
+                row.update({name: math.nan for name in row if name not in ("token_bitrate", "bitrate", "length_cut")})
             rows[k] = row
         result = FileResult(item, wav.numel() / SAMPLE_RATE, rows)
         example = Example(result, wav[:clip].numpy().copy(), {k: resynth[k][i][:clip].numpy().copy()
                                                                  for k in config.streams})
         out.append((result, example))
     return out
+
+
+def _original(config: EvalConfig, item: EvalItem, wav: torch.Tensor) -> tuple[dict[str, float], str | None]:
+    """The original's DNSMOS OVRL, and the WER's reference text (transcript, else its recognition)."""
+    score = independent.dnsmos(wav)["dnsmos_ovrl"] if "dnsmos" in config.independent else math.nan
+    if "wer" not in config.independent:
+        return {"original_dnsmos_ovrl": score}, None
+    text = config.transcripts.get(item.id) if config.transcripts is not None else independent.recognise(wav)
+    return {"original_dnsmos_ovrl": score}, text
+
+
+def _independent(config: EvalConfig, wav: torch.Tensor, deg: torch.Tensor, text: str | None) -> dict[str, float]:
+    """The metrics of :mod:`socodec.evaluate.independent` of one resynthesis ``[N]`` (NaN when not asked)."""
+    row = dict.fromkeys(independent.INDEPENDENT_METRICS, math.nan)
+    if "dnsmos" in config.independent:
+        row.update(independent.dnsmos(deg))
+    if "resemblyzer" in config.independent:
+        row["resemblyzer_similarity"] = independent.speaker_similarity(wav, deg)
+    if "wer" in config.independent:
+        row["wer"] = independent.word_error_rate(text, independent.recognise(deg))
+    return row
 
 
 def _keep(run: EvalRun, example: Example, limit: int) -> None:

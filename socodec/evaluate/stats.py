@@ -33,11 +33,13 @@ class Summary:
 
     @property
     def half_width(self) -> float:
+        """Half the interval's width (the interval may be asymmetric once clipped to the metric's range)."""
         return (self.high - self.low) / 2
 
 
-def summarise(values: Iterable[float]) -> Summary:
-    """Mean and 95 % confidence interval of the finite ``values``."""
+def summarise(values: Iterable[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> Summary:
+    """Mean and 95 % confidence interval of the finite ``values``, the interval clipped to ``bounds``
+    (the metric's possible values: an interval never claims an impossible score)."""
     from scipy.stats import t
 
     x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
@@ -48,4 +50,4 @@ def summarise(values: Iterable[float]) -> Summary:
     if n < 2:
         return Summary(mean, math.nan, math.nan, n)
     half = float(t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return Summary(mean, mean - half, mean + half, n)
+    return Summary(mean, min(max(mean - half, bounds[0]), mean), max(min(mean + half, bounds[1]), mean), n)

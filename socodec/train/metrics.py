@@ -28,7 +28,8 @@ def train_columns(n_streams: int) -> list[str]:
 
 
 def valid_columns(n_streams: int) -> list[str]:
-    return ["step"] + [f"mel_distance_{k}" for k in range(1, n_streams + 1)] + ["ordered", "clips"]
+    return (["step"] + [f"mel_distance_{k}" for k in range(1, n_streams + 1)] + ["ordered", "clips"]
+            + ["dnsmos_ovrl", "speaker_similarity"])  # the last two need the [eval] extra (else empty)
 
 
 class CsvLog:

@@ -7,11 +7,17 @@ absolute log-mel error over all frames, averaged over clips. The streams are ord
 when the distance does not grow as streams are added (``d_1 >= d_2 >= ... >= d_S``).
 Samples go through the public ``encode``/``decode`` path (0.5 s lead, vocoder) and are
 written to ``RUN_DIR/samples/step_NNNNNNNN/<id>_streams<k>.wav``.
+
+With the ``[eval]`` extra's speechmos and Resemblyzer installed, every clip is also decoded
+from all streams through that public path, and the means of its DNSMOS OVRL and of its
+Resemblyzer speaker similarity to the input are reported (``dnsmos_ovrl``,
+``speaker_similarity``; empty without those packages): independent of the codec's own models.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +42,10 @@ class ValidResult:
     distances: tuple[float, ...]
     """Mean log-mel L1 distance decoding the first 1, 2, ..., S streams."""
     clips: int
+    dnsmos_ovrl: float = math.nan
+    """Mean DNSMOS OVRL of the clips decoded from all streams (NaN without speechmos)."""
+    speaker_similarity: float = math.nan
+    """Mean Resemblyzer cosine similarity, input vs decoded from all streams (NaN without Resemblyzer)."""
 
     @property
     def ordered(self) -> bool:
@@ -45,6 +55,9 @@ class ValidResult:
     def row(self) -> dict[str, object]:
         row: dict[str, object] = {"step": self.step, "ordered": int(self.ordered), "clips": self.clips}
         row.update({f"mel_distance_{k}": d for k, d in enumerate(self.distances, start=1)})
+        row.update({name: value for name, value in (("dnsmos_ovrl", self.dnsmos_ovrl),
+                                                     ("speaker_similarity", self.speaker_similarity))
+                    if math.isfinite(value)})
         return row
 
 
@@ -87,9 +100,40 @@ def validate(codec: SoCodec, clips: Sequence[tuple[str, Tensor]], step: int,
         distances = tuple(sum(d[k] for d in per_clip) / max(1, len(per_clip)) for k in range(n))
         if samples_dir is not None and n_samples > 0:
             write_samples(codec, clips[:n_samples], samples_dir / f"step_{step:08d}")
+        quality = independent_scores(codec, clips)
     finally:
         codec.analyzer.train(was_training)
-    return ValidResult(step, distances, len(per_clip))
+    return ValidResult(step, distances, len(per_clip), **quality)
+
+
+def independent_scores(codec: SoCodec, clips: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
+    """Mean DNSMOS OVRL and Resemblyzer similarity of the clips ``[N]`` decoded from all streams; a metric
+    whose package is missing (said once in the log) or that no clip defines is left out."""
+    from socodec.evaluate import independent
+
+    absent = independent.missing()
+    for group in ("dnsmos", "resemblyzer"):
+        if group in absent and group not in _SAID:
+            _SAID.add(group)
+            log.info("validation: %s", absent[group])
+    if not clips or ("dnsmos" in absent and "resemblyzer" in absent):
+        return {}
+    scores: dict[str, list[float]] = {"dnsmos_ovrl": [], "speaker_similarity": []}
+    for _, wav in clips:
+        decoded = codec.decode(codec.encode(wav))
+        if "dnsmos" not in absent:
+            scores["dnsmos_ovrl"].append(independent.dnsmos(decoded)["dnsmos_ovrl"])
+        if "resemblyzer" not in absent:
+            scores["speaker_similarity"].append(independent.speaker_similarity(wav, decoded))
+    means = {}
+    for name, values in scores.items():
+        finite = [v for v in values if math.isfinite(v)]
+        if finite:
+            means[name] = sum(finite) / len(finite)
+    return means
+
+
+_SAID: set[str] = set()
 
 
 def write_samples(codec: SoCodec, clips: Sequence[tuple[str, Tensor]], folder: Path) -> None:

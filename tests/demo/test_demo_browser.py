@@ -6,15 +6,13 @@ Needs Debian's ``chromium`` (or ``chromium-headless-shell``) installed, e.g. ``a
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from conftest import GOLDEN, tiny_ckpt_dir
+from conftest import GOLDEN, chromium_path, tiny_ckpt_dir
 from socodec import SoCodec
 from socodec.demo.app import launch
 from socodec.demo.handlers import DemoHandlers
@@ -23,17 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # it
 
 SPEECH = GOLDEN / "ground_truth.wav"
 WAIT_MS = 30_000
-
-
-def chromium_path() -> str:
-    """The system Chromium: ``$SOCODEC_CHROMIUM``, else ``chromium`` / ``chromium-headless-shell`` on PATH."""
-    candidates = [os.environ.get("SOCODEC_CHROMIUM"), shutil.which("chromium"),
-                  shutil.which("chromium-headless-shell"), shutil.which("chromium-browser")]
-    for path in candidates:
-        if path and Path(path).is_file():
-            return path
-    pytest.fail("no Chromium found for the browser tests: install it (apt-get install -y chromium) "
-                "or set SOCODEC_CHROMIUM to its binary")
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +76,15 @@ def test_upload_encode_and_hear_the_resynthesis(page: Page):
     page.wait_for_function("document.querySelector('#synthesis-summary').innerText.includes('2 of 4 streams')",
                            timeout=WAIT_MS)
     assert page.outside == []  # type: ignore[attr-defined]
+
+
+def test_the_empty_token_table_names_its_columns(page: Page):
+    page.wait_for_selector("#token-table th[role=columnheader]", timeout=WAIT_MS)
+    headers = [page.locator("#token-table th[role=columnheader]").nth(i).get_attribute("title") or ""
+               for i in range(page.locator("#token-table th[role=columnheader]").count())]
+    text = " ".join(headers)
+    assert "frame" in text and "stream 4" in text, headers
+    assert not {"1", "2", "3"} & {h.strip() for h in headers}, headers
 
 
 def test_a_bad_upload_shows_the_one_line_error(page: Page, tmp_path):

@@ -53,6 +53,9 @@ def test_run_folder_validation_and_samples(trained):
     assert all(float(r[f"mel_distance_{k}"]) > 0 for r in valid for k in range(1, 5))
     assert float(valid[-1]["mel_distance_4"]) < float(valid[0]["mel_distance_4"])
     assert result.last_valid is not None and len(result.last_valid.distances) == 4
+    assert all(1.0 <= float(r["dnsmos_ovrl"]) <= 5.0 for r in valid)  # independent quality, [eval] extra
+    assert "speaker_similarity" in valid[0] and result.last_valid.dnsmos_ovrl == pytest.approx(
+        float(valid[-1]["dnsmos_ovrl"]), rel=1e-5)
     assert sorted(p.name for p in (run / "samples" / "step_00000030").iterdir()) == ["clip0_streams1.wav",
                                                                                    "clip0_streams4.wav"]
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [15, 30]
