@@ -32,7 +32,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Iterator
 
-from socodec.audio import AUDIO_SUFFIXES
+from socodec.config import AUDIO_SUFFIXES
 from socodec.corpus.extras import require
 from socodec.corpus.items import WorkItem, metadata_text
 from socodec.corpus.storage import is_url, store_error, url_filesystem

@@ -26,7 +26,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
-from socodec.audio import AUDIO_SUFFIXES
+from socodec.config import AUDIO_SUFFIXES
 from socodec.corpus.containers import expand_braces, is_lhotse_manifest, lhotse_items, parquet_items, tar_items
 from socodec.corpus.items import WorkItem, check_unique
 from socodec.corpus.manifests import jsonl_items, kaldi_items

@@ -127,9 +127,13 @@ class ShardStore:
         """After a failed run: the folders this run made are removed again while nothing was written in them."""
         if not self._made or any(self.shard_dir.iterdir()):
             return
-        if {p.name for p in self.root.iterdir()} - {"shards", ".lock"}:
+        errors = self.root / "errors.jsonl"
+        if {p.name for p in self.root.iterdir()} - {"shards", ".lock", "manifest.json", "errors.jsonl"}:
             return
-        (self.root / ".lock").unlink(missing_ok=True)
+        if errors.exists() and errors.stat().st_size:  # failed items are worth keeping
+            return
+        for name in (".lock", "manifest.json", "errors.jsonl"):
+            (self.root / name).unlink(missing_ok=True)
         for folder in self._made:  # deepest first
             try:
                 folder.rmdir()
