@@ -6,12 +6,12 @@ or ``--format webdataset`` each committed shard is also written in that format, 
 
 * ``webdataset``: ``OUT/webdataset/tokens-NNNNN.tar`` per shard, each row two members:
   ``KEY.socodec.npz`` (``tokens`` int16 ``[T, S]``, ``speaker`` float32 ``[D]``, ``num_samples``,
-  ``lead``, ``padding``, ``model`` (the weight fingerprints as JSON)) and ``KEY.json`` (the row's
+  ``lead``, ``padding``, ``attention``, ``hubert_window``, ``model`` (the weight fingerprints as JSON)) and ``KEY.json`` (the row's
   metadata plus ``source``, ``offset``, ``duration``). ``KEY`` is the row's id.
 * ``lhotse``: ``OUT/cuts.jsonl.gz``, a ``CutSet`` with one cut per row (id = the row's id,
   duration = ``T`` frames of 0.12 s) whose custom fields hold the tokens as a temporal array
   (``cut.load_custom("socodec_tokens")`` -> ``[T, S]``, ``frame_shift`` 0.12 s), the speaker
-  vector (``socodec_speaker``), ``num_samples``, ``lead``, ``padding``, ``socodec_model``,
+  vector (``socodec_speaker``), ``num_samples``, ``lead``, ``padding``, ``attention``, ``hubert_window``, ``socodec_model``,
   ``source``, ``offset``, ``duration_read`` and the metadata. The arrays are ``.npy`` files
   under ``OUT/lhotse/`` written with lhotse's own array writer.
 
@@ -87,6 +87,8 @@ def _npz(codes: Codes) -> bytes:
     np.savez(buf, tokens=codes.tokens.numpy().astype(np.int16), speaker=codes.speaker.numpy().astype(np.float32),
              num_samples=np.int64(-1 if codes.num_samples is None else codes.num_samples),
              lead=np.int64(-1 if codes.lead is None else codes.lead), padding=np.str_(codes.padding or ""),
+             attention=np.str_(codes.attention or ""),
+             hubert_window=np.float64(-1.0 if codes.hubert_window is None else codes.hubert_window),
              model=np.str_(json.dumps(dict(codes.model or {}), sort_keys=True)))
     return buf.getvalue()
 
@@ -122,7 +124,8 @@ def _write_cuts(shard: Path, folder: Path, path: Path) -> Path:
                                         temporal_dim=0)
             speaker = writer.store_array(key + "-speaker", codes.speaker.numpy().astype(np.float32))
             custom = {"socodec_tokens": tokens, "socodec_speaker": speaker, "num_samples": codes.num_samples,
-                      "lead": codes.lead, "padding": codes.padding, "socodec_model": dict(codes.model or {}),
+                      "lead": codes.lead, "padding": codes.padding, "attention": codes.attention,
+                      "hubert_window": codes.hubert_window, "socodec_model": dict(codes.model or {}),
                       **{k: v for k, v in _row_json(fields).items() if k != "duration"},
                       "duration_read": fields.get("duration")}
             cuts.append(lhotse.MonoCut(id=utt, start=0.0, duration=round(codes.tokens.shape[0] * FRAME_SHIFT, 6),
@@ -150,7 +153,8 @@ def read_exported(path: Path, ids: Iterable[str] | None = None) -> Iterator[tupl
                 yield cut.id, Codes(tokens=torch.from_numpy(cut.load_custom("socodec_tokens").astype(np.int64)),
                                     speaker=torch.from_numpy(cut.load_custom("socodec_speaker").astype(np.float32)),
                                     sample_rate=SAMPLE_RATE, num_samples=c.get("num_samples"), lead=c.get("lead"),
-                                    padding=c.get("padding"), model=dict(c.get("socodec_model") or {}))
+                                    padding=c.get("padding"), attention=c.get("attention"),
+                                    hubert_window=c.get("hubert_window"), model=dict(c.get("socodec_model") or {}))
         return
     try:
         with tarfile.open(path, "r:") as tar:
@@ -172,5 +176,14 @@ def _codes_from_npz(data: bytes) -> Codes:
         return Codes(tokens=torch.from_numpy(npz["tokens"].astype(np.int64)),
                      speaker=torch.from_numpy(npz["speaker"].astype(np.float32)), sample_rate=SAMPLE_RATE,
                      num_samples=None if num_samples < 0 else num_samples, lead=None if lead < 0 else lead,
-                     padding=str(npz["padding"]) or None, model=json.loads(str(npz["model"])))
+                     padding=str(npz["padding"]) or None, model=json.loads(str(npz["model"])),
+                     attention=(str(npz["attention"]) or None) if "attention" in npz.files else None,
+                     hubert_window=_window(npz))
+
+
+def _window(npz) -> float | None:
+    """``hubert_window`` of an npz (-1 or absent: none recorded)."""
+    if "hubert_window" not in npz.files or float(npz["hubert_window"]) < 0:
+        return None
+    return float(npz["hubert_window"])
 

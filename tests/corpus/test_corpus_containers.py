@@ -208,6 +208,7 @@ def test_webdataset_tars_round_trip_with_webdataset(exported: dict, shipped: dic
         assert np.array_equal(npz["speaker"], ref.speaker.numpy())
         assert int(npz["num_samples"]) == ref.num_samples and int(npz["lead"]) == ref.lead
         assert json.loads(str(npz["model"])) == ref.model
+        assert str(npz["attention"]) == ref.attention == "full" and float(npz["hubert_window"]) == -1.0
         assert s["json"]["source"] == str(shipped["clips"][s["__key__"]])
 
 
@@ -225,6 +226,7 @@ def test_lhotse_cuts_round_trip_with_lhotse(exported: dict) -> None:
         assert np.array_equal(cut.load_custom("socodec_speaker"), ref.speaker.numpy())
         assert cut.socodec_tokens.frame_shift == pytest.approx(0.12)
         assert cut.custom["num_samples"] == ref.num_samples and cut.custom["socodec_model"] == ref.model
+        assert (cut.custom["attention"], cut.custom["hubert_window"]) == ("full", None) == (ref.attention, None)
 
 
 def test_every_format_decodes_to_the_same_audio(exported: dict) -> None:
