@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from socodec.cli import main as socodec_main
-from socodec.cli.parser import build_parser
+from socodec.cli.convert import build_parser
 
 
 def _parser() -> argparse.ArgumentParser:

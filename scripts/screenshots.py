@@ -66,7 +66,7 @@ def _report_png(model: list[str], speech: Path, work: Path, out: Path, page) -> 
 
 
 def _demo_png(model: list[str], speech: Path, work: Path, out: Path, page) -> None:
-    from socodec.cli.model import load_codec, model_options
+    from socodec.cli.options import load_codec, model_options
     from socodec.cli.demo import build_parser
     from socodec.demo.app import launch
     from socodec.demo.handlers import DemoHandlers

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(*logging_flags(argv))
     if not argv:
-        from socodec.cli.parser import build_parser, commands_text
+        from socodec.cli.convert import build_parser, commands_text
 
         sys.stderr.write(f"{build_parser().format_usage()}\n{commands_text()}\n\n'socodec --help' for the options\n")
         return EXIT_USAGE

@@ -17,7 +17,7 @@ from pathlib import Path
 from socodec.cli.common import (
     EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, add_host_argument, is_loopback, require_extra,
 )
-from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
+from socodec.cli.options import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.errors import SoCodecError
 

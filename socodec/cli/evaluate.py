@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from socodec.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError,
                                  add_max_errors_argument, require_extra)
-from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
+from socodec.cli.options import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.errors import ErrorLimit, SoCodecError

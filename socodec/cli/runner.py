@@ -6,35 +6,57 @@ one job's failure (a bad input) is reported on one line and the others go on, up
 at once (the outputs written so far are complete; ``--skip-existing`` resumes). With
 ``--batch-size`` the jobs are grouped by input size and each group goes through
 the model as one batch first (:meth:`Runner.prefetch`).
+
+``socodec IN -``: decode one input and stream raw 16-bit PCM to stdout as it is synthesised.
+
+The output is headerless signed 16-bit little-endian mono at 16 kHz, converted exactly as
+a 16-bit ``.wav`` output is (same library, same scale, samples clipped to [-1, 1]): the bytes
+equal the ``.wav`` file's samples. E.g. ``socodec tokens.soc - | aplay -f S16_LE -r 16000``.
+The tokens are fed to :meth:`SoCodec.decode_stream` :data:`STREAM_FRAMES` frames at a time,
+so playback can start after the first chunk instead of after the whole file. An audio input
+is analysed first (analysis is not streamed), then synthesised the same way. A reader that
+stops early (``| head -c 1000``) ends the command quietly with exit status 0, as Unix tools do.
+
+Token shards back to audio: ``socodec shard.parquet [more.parquet | TOKENIZE_DIR] OUT_DIR/ [--ids ...]``.
+
+The rows of ``socodec tokenize`` shards (or of shards written with
+:func:`socodec.corpus.write_codes`, e.g. from a language model's output) become one audio file
+per row, ``OUT_DIR/<id>.wav`` (``-t .flac`` for FLAC), each equal to decoding that row's codes
+alone. ``--ids`` picks rows; ``--streams``, ``--speaker``, ``--sample-format``, ``-f`` and
+``--skip-existing`` work as for token files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import BinaryIO, Iterator, TYPE_CHECKING
 
+import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socodec.audio import file_duration, load_audio, save_audio, save_audio_stream
-from socodec.cli.jobs import Job, is_audio_file, is_token_file
-from socodec.cli.model import load_codec
-from socodec.cli.options import ConvertOptions
+from socodec.cli.common import UsageError, require_extra
+from socodec.cli.jobs import Job, check_options, is_audio_file, is_token_file
+from socodec.cli.options import ConvertOptions, load_codec
 from socodec.codes import Codes, load_codes, save_codes
-from socodec.config import SAMPLE_RATE
+from socodec.config import SAMPLE_RATE, WRITE_SUFFIXES
 from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line
+
+__all__ = ["Runner", "run_jobs", "STREAM_FRAMES", "check_pcm_options", "pcm16_bytes", "stream_pcm", "SHARD_SUFFIX", "is_shard_input", "decode_shards"]
+
 
 if TYPE_CHECKING:
     from socodec.codec import SoCodec
-
-__all__ = ["Runner", "run_jobs"]
-
 log = logging.getLogger("socodec")
 
 
@@ -299,3 +321,130 @@ def _report(bar: tqdm, message: str) -> None:
         log.error("%s", message)
     else:
         bar.write(f"socodec: ERROR: {message}", file=sys.stderr)
+
+
+STREAM_FRAMES = 8
+"""Token frames (120 ms each) fed per step: ~1 s of audio per write after a 140 ms look-ahead."""
+STDOUT = Path("stdout.wav")
+"""How the jobs' planning and checks see ``-``: an audio output."""
+
+
+def pcm16_bytes(wav: torch.Tensor) -> bytes:
+    """``[n]`` float audio -> ``2 n`` bytes of signed 16-bit little-endian PCM, as a pcm16 ``.wav`` holds them."""
+    samples = np.clip(wav.detach().to("cpu", torch.float32).numpy().reshape(-1), -1.0, 1.0)
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", samplerate=SAMPLE_RATE, channels=1, format="RAW", subtype="PCM_16",
+                      endian="LITTLE") as out:
+        out.write(samples)
+    return buf.getvalue()
+
+
+def check_pcm_options(opts: ConvertOptions) -> None:
+    """Refuse (exit status 2) what ``-`` cannot do (several inputs, a sample format or suffix) and
+    coding options that do not apply to its input (:func:`~socodec.cli.jobs.check_options`)."""
+    if len(opts.inputs) != 1:
+        raise UsageError("'-' (raw PCM to stdout) takes exactly one input file")
+    fmt = opts.coding.sample_format
+    if fmt not in (None, "pcm16"):
+        raise UsageError(f"--sample-format {fmt} does not apply to '-': raw PCM on stdout is always 16-bit "
+                         "(write a .wav file for other formats)")
+    if opts.to is not None:
+        raise UsageError("-t/--to does not apply to '-' (raw PCM on stdout)")
+    check_options([Job(opts.inputs[0], STDOUT)], opts.coding)
+
+
+def stream_pcm(opts: ConvertOptions, out: BinaryIO | None = None) -> int:
+    """Decode ``opts.inputs[0]`` (tokens or audio) to raw PCM on ``out`` (default stdout). Returns the exit status."""
+    check_pcm_options(opts)
+    src = opts.inputs[0]
+    if not src.is_file():
+        raise SoCodecError(f"{src}: no such file")
+    sink = out if out is not None else sys.stdout.buffer
+    if out is None and sink.isatty():
+        raise SoCodecError("refusing to write raw PCM to a terminal; pipe it into a player or a file")
+    runner = Runner(opts)
+    runner.prepare([Job(src, STDOUT)])  # the model, once, before the input is read
+    codes = load_codes(src) if is_token_file(src) else runner.encode(src)
+    codes = runner.adjust(codes)
+    runner.codec.check_codes(codes)
+    written = 0
+    try:
+        for chunk in runner.codec.decode_stream(codes.tokens.split(STREAM_FRAMES), codes):
+            sink.write(pcm16_bytes(chunk))
+            sink.flush()
+            written += chunk.numel()
+    except BrokenPipeError:  # the reader has all it wanted (e.g. `| head -c 1000`): not an error
+        if out is None:  # keep the interpreter from complaining when it flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        log.debug("%s: the reader closed the pipe after %d samples", src, written)
+        return 0
+    log.info("%s: %d samples of raw 16-bit PCM at 16 kHz written to stdout", src, written)
+    return 0
+
+
+SHARD_SUFFIX = ".parquet"
+
+
+def is_shard_input(path: Path) -> bool:
+    """A Parquet token shard, a ``socodec tokenize`` output folder (it has ``shards/``), or a token tar /
+    lhotse ``cuts.jsonl.gz`` written by ``tokenize --format``."""
+    name = path.name.lower()
+    return path.suffix.lower() == SHARD_SUFFIX or name.endswith((".tar", ".jsonl.gz")) or (path.is_dir() and (path / "shards").is_dir()
+                                                   and (path / "manifest.json").is_file())
+
+
+def decode_shards(opts: ConvertOptions) -> int:
+    """Decode every row of the shard inputs into ``opts.output`` (a folder); exit status 0 or 1."""
+    require_extra("reading token shards", "corpus", "pyarrow")
+    from socodec.corpus import decode_shard
+
+    if not all(is_shard_input(p) for p in opts.inputs):
+        raise UsageError("token shards (.parquet) cannot be mixed with other inputs in one command")
+    if opts.output.suffix and not opts.output.is_dir():
+        raise UsageError(f"{opts.output}: shards decode to a folder (one file per row); give a folder name")
+    suffix = opts.to or ".wav"
+    if suffix not in WRITE_SUFFIXES:
+        raise UsageError(f"shards decode to audio: -t must be one of {', '.join(WRITE_SUFFIXES)}")
+    coding = opts.coding
+    if not coding.lead or coding.padding != "published":
+        raise UsageError("--no-lead and --padding apply to audio inputs only")
+    speaker_src = coding.speaker
+    codec = load_codec(opts.model, analysis=speaker_src is not None and is_audio_file(speaker_src))
+    speaker = None
+    if speaker_src is not None:
+        if is_token_file(speaker_src):
+            speaker = load_codes(speaker_src).speaker
+        elif is_audio_file(speaker_src):
+            speaker = codec.encode(speaker_src).speaker
+        else:
+            raise SoCodecError(f"{speaker_src}: --speaker needs a token file (.soc, .pt) or an audio file")
+    opts.output.mkdir(parents=True, exist_ok=True)
+    written = failed = skipped = 0
+    # a bar on a terminal (tqdm leaves it out elsewhere), as long as rows are decoded
+    bar = tqdm(total=_row_count(opts), unit="file", disable=True if opts.quiet else None, dynamic_ncols=True,
+               desc="decode")
+    with bar, logging_redirect_tqdm():
+        for shard in opts.inputs:
+            report = decode_shard(
+                codec, shard, opts.output, ids=opts.ids, streams=coding.streams, speaker=speaker,
+                sample_format=coding.audio_format, suffix=suffix, overwrite=opts.force,
+                skip_existing=opts.skip_existing, on_row=lambda _: bar.update(),
+            )
+            written += len(report.written)
+            failed += len(report.failed)
+            skipped += len(report.skipped)
+    log.info("%d files written to %s%s%s", written, opts.output,
+             f", {skipped} skipped (they exist)" if skipped else "", f", {failed} rows failed" if failed else "")
+    return 1 if failed else 0
+
+
+def _row_count(opts: ConvertOptions) -> int | None:
+    """How many rows the shard inputs will decode (None when their metadata cannot be read)."""
+    from socodec.corpus.schema import pq, shard_files
+
+    if opts.ids is not None:
+        return len(opts.ids) * len(opts.inputs)
+    try:
+        return sum(pq.ParquetFile(f).metadata.num_rows for shard in opts.inputs for f in shard_files(shard))
+    except (OSError, SoCodecError, ValueError):
+        return None

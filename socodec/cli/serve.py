@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from socodec.cli.common import EXIT_OK, Parser, UsageError, add_host_argument, is_loopback, require_extra
-from socodec.cli.model import add_model_arguments, apply_threads, load_codec, model_options
+from socodec.cli.options import add_model_arguments, apply_threads, load_codec, model_options
 from socodec.cli.options import ModelOptions
 
 __all__ = ["ServeCommand", "build_parser", "parse_options", "main", "EXTRA_MODULES", "RAY_MODULES"]
