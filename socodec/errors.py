@@ -5,15 +5,22 @@ tells a failure that belongs to one input (it is recorded and the run goes on) f
 systematic one (out of memory, a full disk, a bug: the run stops at once);
 :class:`Fallbacks` is the one batch-then-one-by-one retry of the batch commands and
 :class:`ErrorLimit` their ``--max-errors`` threshold.
+
+Optional dependencies of the corpus tools, each with the one line that says how to get it.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import re
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable, Iterable, TypeVar
+
+__all__ = ["MissingExtraError", "require"]
+
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -187,3 +194,24 @@ class ErrorLimit:
         """The one line that stops a run."""
         return (f"stopped: {failed} of {processed} inputs failed, more than --max-errors {self.describe()} "
                 f"(a broken set-up rather than bad inputs?); see {where}; what was written is kept")
+
+
+#: top-level module -> the message when it is missing
+_MESSAGES = {
+    "pyarrow": "Parquet shards need pyarrow: pip install socodec[corpus]",
+    "ray": "the ray engine needs Ray Data: pip install socodec[ray]",
+    "lhotse": "lhotse manifests need lhotse: pip install socodec[lhotse]",
+}
+
+
+class MissingExtraError(SoCodecError):
+    """An optional dependency is not installed (the message names the ``pip install`` line)."""
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` (``pyarrow``, ``ray``) or raise :class:`MissingExtraError` with one line to fix it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise MissingExtraError(_MESSAGES.get(top, f"{top} is not installed: pip install {top}")) from None

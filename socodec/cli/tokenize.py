@@ -19,7 +19,7 @@ from pathlib import Path
 from socodec.cli.common import Parser, UsageError, add_max_errors_argument, require_extra
 from socodec.cli.options import add_model_arguments, load_codec, model_options
 from socodec.config import DEFAULT_PADDING, PADDINGS
-from socodec.corpus.storage import STORAGE_OPTIONS_ENV, is_url
+from socodec.corpus.containers import STORAGE_OPTIONS_ENV, is_url
 
 __all__ = ["build_parser", "main"]
 

@@ -32,7 +32,7 @@ import torch
 
 from socodec.codes import Codes
 from socodec.config import SAMPLE_RATE
-from socodec.corpus.extras import require
+from socodec.errors import require
 from socodec.corpus.schema import codes_from_table, pq, shard_info
 from socodec.errors import CodesError
 from socodec.fileio import atomic_path

@@ -27,7 +27,7 @@ class WorkItem:
         member: the audio's place inside ``source`` when ``source`` is a container (a WebDataset
             tar's member name, ``<column>:<row>`` of a Parquet file); None for an audio file.
         fingerprint: what the item is read from, as JSON ``[location, size, mtime, offset, duration]``
-            (set by :func:`~socodec.corpus.reading.fingerprint`); resume compares it with the row's.
+            (set by :func:`~socodec.corpus.inputs.fingerprint`); resume compares it with the row's.
     """
 
     id: str

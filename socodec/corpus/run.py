@@ -4,7 +4,7 @@ The steps: build the work list (:func:`~socodec.corpus.inputs.collect_work`), sk
 already in the output's complete shards, plan shards and length-bucketed batches
 (:func:`~socodec.corpus.plan.plan_shards`), run the batches on an engine (``local`` or
 ``ray``: same plan, same rows), and write each shard as it completes
-(:class:`~socodec.corpus.writer.ShardCollector`), with one progress bar.
+(:class:`~socodec.corpus.shards.ShardCollector`), with one progress bar.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.corpus.export import FORMATS, export_shards
 from socodec.corpus.inputs import collect_work
 from socodec.corpus.plan import Batch, plan_shards
-from socodec.corpus.reading import fingerprint, probe_seconds
+from socodec.corpus.inputs import fingerprint, probe_seconds
 from socodec.corpus.schema import pa
 from socodec.corpus.shards import ShardStore
-from socodec.corpus.storage import check_store, is_url
-from socodec.corpus.writer import ShardCollector
+from socodec.corpus.containers import check_store, is_url
+from socodec.corpus.shards import ShardCollector
 from socodec.errors import ErrorLimit, SoCodecError
 
 __all__ = ["TokenizeOptions", "TokenizeSummary", "tokenize", "default_workers", "ENGINES"]
@@ -220,11 +220,11 @@ def _engine(opts: TokenizeOptions, batches: list[Batch], load: Callable[[], obje
         return iter(())
     workers = min(workers, len(batches))
     if opts.engine == "ray":
-        from socodec.corpus.ray_engine import run_ray
+        from socodec.corpus.engines import run_ray
 
         return run_ray(batches, load, workers=workers, threads=threads, padding=opts.padding, device=opts.device,
                        address=opts.ray_address, log_level=level)
-    from socodec.corpus.local import run_local
+    from socodec.corpus.engines import run_local
 
     return run_local(batches, load, workers=workers, threads=threads, padding=opts.padding,
                      device=opts.device, log_level=level)

@@ -39,7 +39,7 @@ import torch
 from socodec import __version__
 from socodec.codes import Codes
 from socodec.config import SAMPLE_RATE
-from socodec.corpus.extras import require
+from socodec.errors import require
 from socodec.errors import CodesError, one_line
 from socodec.fileio import atomic_path
 

@@ -3,7 +3,7 @@
 The work list is :func:`socodec.corpus.inputs.collect_work`'s (audio files, folders, globs,
 Kaldi folders, JSONL manifests, WebDataset tars, Parquet, lhotse manifests; the same ids), and a
 segment is read by seeking into its file as ``tokenize`` reads it
-(:func:`socodec.corpus.reading.read_item`), so an item gives the same samples in both commands.
+(:func:`socodec.corpus.inputs.read_item`), so an item gives the same samples in both commands.
 Two things are eval's own: an input is listed on its own, so one bad input is an error line
 while the others are measured, and the same audio listed twice is measured once.
 """
@@ -18,7 +18,7 @@ import torch
 from socodec.audio import AUDIO_SUFFIXES
 from socodec.corpus.inputs import MANIFEST_SUFFIXES, collect_work
 from socodec.corpus.items import WorkItem
-from socodec.corpus.reading import read_item as read_work_item
+from socodec.corpus.inputs import read_item as read_work_item
 from socodec.errors import SoCodecError
 
 __all__ = ["EvalItem", "expand_inputs", "read_item", "MANIFEST_SUFFIXES"]

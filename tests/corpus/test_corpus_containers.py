@@ -18,7 +18,7 @@ from socodec import SoCodec
 from socodec.corpus import read_codes
 from socodec.corpus.containers import expand_braces
 from socodec.corpus.inputs import collect_work
-from socodec.corpus.reading import read_item
+from socodec.corpus.inputs import read_item
 from socodec.errors import SoCodecError
 
 TINY = ["--analyzer-config", str(GOLDEN / "analyzer_tiny.json"), "--vocoder-config", str(GOLDEN / "vocoder_tiny.json")]

@@ -209,7 +209,7 @@ def test_every_call_hands_freed_heap_back(codec, golden_case, monkeypatch):
 
 def test_heap_trimming_is_opt_in_for_the_api(codec, golden_case, monkeypatch):
     """A library call leaves the process heap alone; the corpus workers (and the command line) opt in."""
-    from socodec.corpus.encoder import load_encoder
+    from socodec.corpus.engines import load_encoder
     import socodec.inference.core as heap
 
     trims = []
