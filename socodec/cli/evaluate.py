@@ -153,7 +153,7 @@ def read_transcripts(path: Path) -> dict[str, str]:
 
 def _print_means(run: EvalRun) -> None:
     """The table of means (and 95 % CI half-widths) per stream count, on stdout."""
-    from socodec.evaluate.tables import summaries
+    from socodec.evaluate.report import summaries
 
     table = summaries(run)
     names = ("token_bitrate", "pesq", "stoi", "estoi", "mel_distance", "si_sdr", "mrstft", "dnsmos_ovrl",
@@ -171,7 +171,7 @@ def _write_all(run: EvalRun, folder: Path) -> Path:
     """Write the tables and the report into ``folder``; on failure (disk full) one line naming the file,
     and nothing left behind: no partial file, and no folder this call created. Returns the report's path."""
     from socodec.evaluate.report import report_html
-    from socodec.evaluate.tables import table_texts
+    from socodec.evaluate.report import table_texts
     from socodec.fileio import atomic_write
 
     texts = {**table_texts(run), "report.html": report_html(run)}
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from tqdm import tqdm
 
-    from socodec.evaluate.inputs import expand_inputs
+    from socodec.evaluate.run import expand_inputs
     from socodec.evaluate.run import EvalConfig, evaluate
 
     from socodec.evaluate.independent import GROUPS, missing

@@ -22,6 +22,8 @@ name                 definition                                             bett
 ===================  =====================================================  =========
 
 ``pesq`` and ``pystoi`` (the ``[eval]`` extra) are imported when first used.
+
+Means with 95 % confidence intervals over files.
 """
 
 from __future__ import annotations
@@ -29,30 +31,27 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from socodec.config import SAMPLE_RATE, MelConfig
+from socodec.config import MelConfig, SAMPLE_RATE
 from socodec.nn.mel import MelSpectrogram
 
-__all__ = [
-    "SIGNAL_METRICS", "HIGHER_IS_BETTER", "align", "pesq_wb", "stoi", "si_sdr", "mel_distance",
-    "mrstft_distance", "cosine_similarity", "signal_metrics", "RANGES", "SILENCE_PEAK", "is_silent", "MEL_FRAME",
-]
+__all__ = ["SIGNAL_METRICS", "HIGHER_IS_BETTER", "align", "pesq_wb", "stoi", "si_sdr", "mel_distance", "mrstft_distance", "cosine_similarity", "signal_metrics", "RANGES", "SILENCE_PEAK", "is_silent", "MEL_FRAME", "Summary", "summarise"]
+
 
 log = logging.getLogger(__name__)
-
 SIGNAL_METRICS = ("pesq", "stoi", "estoi", "mel_distance", "si_sdr", "mrstft")
 """The metrics :func:`signal_metrics` computes, in report order."""
-
 HIGHER_IS_BETTER = {
     "pesq": True, "stoi": True, "estoi": True, "mel_distance": False, "si_sdr": True, "mrstft": False,
     "speaker_similarity": True, "dnsmos_sig": True, "dnsmos_bak": True, "dnsmos_ovrl": True,
     "original_dnsmos_ovrl": True, "resemblyzer_similarity": True, "wer": False,
 }
-
 RANGES = {
     "pesq": (0.999, 4.644), "stoi": (0.0, 1.0), "estoi": (0.0, 1.0), "mel_distance": (0.0, math.inf),
     "si_sdr": (-math.inf, math.inf), "mrstft": (0.0, math.inf), "speaker_similarity": (-1.0, 1.0),
@@ -60,12 +59,10 @@ RANGES = {
     "resemblyzer_similarity": (-1.0, 1.0), "wer": (0.0, math.inf),
 }
 """Each metric's possible values: confidence intervals are clipped to them and plots use them."""
-
 SILENCE_PEAK = 1e-3
 """Peak amplitude (-60 dBFS) below which a waveform counts as silence: reference metrics are undefined."""
 MEL_FRAME = 160
 """Samples per log-mel frame (10 ms): the unit of ``length_cut``."""
-
 # (n_fft, hop) pairs of the multi-resolution STFT distance; Hann windows of n_fft samples.
 MRSTFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 _MAG_FLOOR = 1e-7
@@ -211,3 +208,45 @@ def signal_metrics(ref: np.ndarray | torch.Tensor, deg: np.ndarray | torch.Tenso
         "si_sdr": si_sdr(r, d),
         "mrstft": mrstft_distance(r, d),
     }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean of the measurable values and its 95 % confidence interval (Student's t).
+
+    Attributes:
+        mean: mean over the ``n`` finite values (NaN when there are none).
+        low, high: the interval ``mean -/+ t(0.975, n-1) * sd / sqrt(n)``; NaN when ``n < 2``.
+        n: how many files had a finite value (NaN values, e.g. PESQ on silence, are left out).
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def to_json(self) -> dict[str, float | int | None]:
+        """JSON-safe dict: NaN becomes None."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in {"mean": self.mean, "ci95_low": self.low, "ci95_high": self.high, "n": self.n}.items()}
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width (the interval may be asymmetric once clipped to the metric's range)."""
+        return (self.high - self.low) / 2
+
+
+def summarise(values: Iterable[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> Summary:
+    """Mean and 95 % confidence interval of the finite ``values``, the interval clipped to ``bounds``
+    (the metric's possible values: an interval never claims an impossible score)."""
+    from scipy.stats import t
+
+    x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        return Summary(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n < 2:
+        return Summary(mean, math.nan, math.nan, n)
+    half = float(t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Summary(mean, min(max(mean - half, bounds[0]), mean), max(min(mean + half, bounds[1]), mean), n)

@@ -3,6 +3,14 @@
 ``RUN_DIR/`` afterwards: ``metrics.csv``, ``valid.csv``, ``skipped.tsv``, ``run.json``,
 ``checkpoints/``, ``samples/``, ``tensorboard/`` (when installed) and ``export/``.
 Running the same command again continues from the newest checkpoint up to ``steps``.
+
+Pieces of one training step: the frozen targets, the learning rate, the logged numbers.
+
+Training losses: masked reconstruction of HuBERT features and log-mel, plus commitment.
+
+``loss = ssl_weight · D(ssl_pred, ssl) + mel_weight · D(mel_pred, mel) + commitment_weight · commit``
+with ``D`` the mean absolute (``l1``) or squared (``l2``) error over the valid frames
+and all channels (padding frames excluded).
 """
 
 from __future__ import annotations
@@ -18,24 +26,29 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from socodec import __version__
+from socodec.codec import SoCodec
+from socodec.config import SAMPLES_PER_TOKEN
 from socodec.errors import SoCodecError
 from socodec.fileio import atomic_write
+from socodec.nn.analyzer import ProductQuantizer
 from socodec.train import distributed
-from socodec.train.checkpoint import (global_rng_state, latest_checkpoint, list_checkpoints, save_checkpoint,
-                                      set_global_rng_state)
+from socodec.train.checkpoint import (
+    global_rng_state, latest_checkpoint, list_checkpoints, save_checkpoint, set_global_rng_state,
+)
 from socodec.train.config import TrainConfig
 from socodec.train.data import StepBatches, find_clips, index_clips
-from socodec.train.export import export_run
-from socodec.train.losses import compute_losses
-from socodec.train.metrics import Board, CsvLog, train_columns, valid_columns
-from socodec.train.model import ClipSettings, TrainModel
-from socodec.train.setup import Models, ModelSource, build_models
-from socodec.train.step import StepInputs, batch_targets, lr_at, step_metrics
+from socodec.train.checkpoint import export_run
+from socodec.train.checkpoint import Board, CsvLog, train_columns, valid_columns
+from socodec.train.model import ClipSettings, TrainModel, TrainOutput
+from socodec.train.setup import ModelSource, Models, build_models
 from socodec.train.validate import ValidResult, load_valid_clips, validate, write_samples
-from socodec.train.vq import VQSettings
+from socodec.train.vq import VQSettings, usage_and_perplexity
+
 
 log = logging.getLogger(__name__)
 
@@ -363,3 +376,95 @@ def ordering_note(result: ValidResult) -> str:
             return (f"not ordered: {k + 1} streams give a larger distance than {k} ({d[k]:.6g} > {d[k - 1]:.6g}, "
                     f"by {d[k] - d[k - 1]:.2g})")
     return "ordered (more streams never give a larger distance)"
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    vq: VQSettings
+    clip: ClipSettings
+    amp: torch.dtype | None
+    """Autocast dtype of the trainable parts (None: float32)."""
+
+
+@torch.no_grad()
+def batch_targets(codec: SoCodec, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """A loader batch -> (HuBERT features [B, 6T, C], log-mel [B, 12T, n_mels], frames [B]) on the codec's device.
+
+    HuBERT is frozen (no gradient); each item's features stop at its own length (zeros after),
+    and each item's log-mel is computed on its own padded audio (as in inference), zero after.
+    """
+    device = codec.device
+    wav = batch["wav"].to(device, non_blocking=True)
+    frames = batch["frames"].to(torch.long)
+    lengths = frames * SAMPLES_PER_TOKEN
+    features = codec.features(wav, lengths)
+    mels = [codec.mel(wav[b : b + 1, : int(n)]) for b, n in enumerate(lengths)]
+    total = wav.shape[1] // codec.vocoder.hop_length
+    mel = torch.cat([F.pad(m, (0, 0, 0, total - m.shape[1])) for m in mels])
+    return features, mel.float(), frames.to(device)
+
+
+def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
+    """Learning rate of the ``step``-th update (0-based): linear warm-up, then constant or cosine to ``min_lr_ratio``.
+
+    The cosine runs over ``schedule_steps`` (default ``cfg.steps``) and holds its floor after them.
+    """
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "constant":
+        return cfg.lr * warm
+    progress = min(1.0, step / max(1, schedule_steps or cfg.steps))
+    factor = cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr * warm * factor
+
+
+def step_metrics(step: int, terms: LossTerms, out: TrainOutput, frames: Tensor, vq: ProductQuantizer,
+                 grad_norm: float, lr: float, seconds: float, skipped: int) -> dict[str, float | int]:
+    """One ``metrics.csv`` row (this process's batch)."""
+    t = out.vq.tokens.shape[1]
+    mask = torch.arange(t, device=frames.device)[None, :] < frames[:, None]
+    usage, perplexity = usage_and_perplexity(out.vq.indices, mask.to(out.vq.indices[0].device), vq.sizes, vq.per_stream)
+    row: dict[str, float | int] = {"step": step, **terms.as_floats()}
+    row.update({f"usage_{k}": u for k, u in enumerate(usage, start=1)})
+    row.update({f"perplexity_{k}": p for k, p in enumerate(perplexity, start=1)})
+    row.update({"grad_norm": grad_norm, "lr": lr, "seconds": seconds, "skipped": skipped})
+    return row
+
+
+@dataclass
+class LossTerms:
+    """The total (with gradient) and each unweighted term (scalars)."""
+
+    total: Tensor
+    mel: Tensor
+    ssl: Tensor
+    commitment: Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """The four values averaged over all processes (this process's alone when there is one)."""
+        values = torch.stack([self.total, self.mel, self.ssl, self.commitment]).detach().float()
+        values = distributed.all_reduce_sum(values.clone()) / distributed.world_size()
+        return dict(zip(("loss", "loss_mel", "loss_ssl", "loss_commit"), values.tolist()))
+
+
+def frame_mask(frames: Tensor, per_token: int, total: int) -> Tensor:
+    """``[B, total]`` bool: the first ``frames[b] · per_token`` frames of item b are valid."""
+    return torch.arange(total, device=frames.device)[None, :] < (frames * per_token)[:, None]
+
+
+def masked_distance(pred: Tensor, target: Tensor, mask: Tensor, kind: str) -> Tensor:
+    """Mean ``|pred - target|`` (l1) or ``(pred - target)^2`` (l2) over valid frames of ``[B, F, C]`` tensors."""
+    diff = pred.float() - target.float()
+    err = diff.abs() if kind == "l1" else diff.pow(2)
+    weights = mask.to(err.dtype)[..., None]
+    return (err * weights).sum() / (weights.sum() * err.shape[-1]).clamp(min=1)
+
+
+def compute_losses(out: TrainOutput, ssl: Tensor, mel: Tensor, frames: Tensor, cfg: TrainConfig) -> LossTerms:
+    """The loss terms of one batch: ``ssl`` [B, 6T, C] and ``mel`` [B, 12T, n_mels] targets, ``frames`` [B] valid tokens."""
+    t = out.vq.tokens.shape[1]
+    frames = frames.to(ssl.device)
+    ssl_term = masked_distance(out.ssl_pred, ssl, frame_mask(frames, ssl.shape[1] // t, ssl.shape[1]), cfg.ssl_loss)
+    mel_term = masked_distance(out.mel_pred, mel, frame_mask(frames, mel.shape[1] // t, mel.shape[1]), cfg.mel_loss)
+    commit = out.vq.commitment
+    total = cfg.ssl_weight * ssl_term + cfg.mel_weight * mel_term + cfg.commitment_weight * commit
+    return LossTerms(total, mel_term, ssl_term, commit)

@@ -23,7 +23,7 @@ from socodec.loading.checkpoints import ANALYZER_FILE, CheckpointPaths
 from socodec.loading.checkpoints import resolve_checkpoints
 from socodec.nn.analyzer import Analyzer
 from socodec.train import distributed
-from socodec.train.export import write_analyzer
+from socodec.train.checkpoint import write_analyzer
 from socodec.train.model import TrainModel
 
 log = logging.getLogger(__name__)

@@ -177,7 +177,7 @@ def test_max_errors_stops_the_folder_command(tmp_path: Path, monkeypatch, capsys
 
 
 def test_eval_fallback_is_counted_and_a_systematic_failure_stops_it(tmp_path: Path) -> None:
-    from socodec.evaluate.inputs import EvalItem
+    from socodec.evaluate.run import EvalItem
     from socodec.evaluate.run import EvalConfig, evaluate
 
     wavs = write_wavs(tmp_path / "wavs", 2)

@@ -151,7 +151,7 @@ def test_every_command_lists_globs_and_folders_the_same_way(tmp_path: Path) -> N
     import sys
 
     from socodec import Codes
-    from socodec.evaluate.inputs import expand_inputs
+    from socodec.evaluate.run import expand_inputs
 
     root = tmp_path / "data"
     for sub in ("a", "b"):
@@ -171,7 +171,7 @@ def test_every_command_lists_globs_and_folders_the_same_way(tmp_path: Path) -> N
 
 
 def test_eval_reads_a_segment_as_tokenize_does(tmp_path: Path) -> None:
-    from socodec.evaluate.inputs import EvalItem, read_item as eval_read
+    from socodec.evaluate.run import EvalItem, read_item as eval_read
 
     rec = _wav(tmp_path / "r.wav", 3.0, rate=44100)
     wav, _ = read_item(WorkItem("u", rec, offset=0.75, duration=1.0))

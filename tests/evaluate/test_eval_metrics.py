@@ -11,9 +11,9 @@ import soundfile as sf
 
 from conftest import GOLDEN
 from socodec.errors import SoCodecError
-from socodec.evaluate.inputs import EvalItem, expand_inputs, read_item
+from socodec.evaluate.run import EvalItem, expand_inputs, read_item
 from socodec.evaluate.metrics import align, cosine_similarity, mel_distance, signal_metrics, si_sdr
-from socodec.evaluate.stats import summarise
+from socodec.evaluate.metrics import summarise
 
 SNRS_DB = (30, 20, 10, 0)
 

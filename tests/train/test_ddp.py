@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_ckpt_dir
 from socodec.train.checkpoint import list_checkpoints
-from socodec.train.metrics import read_csv
+from socodec.train.checkpoint import read_csv
 from train_helpers import ddp_worker, make_clips
 
 TIMEOUT_S = 240

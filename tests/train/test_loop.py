@@ -13,8 +13,8 @@ from conftest import GOLDEN
 from socodec import SoCodec
 from socodec.train import loop
 from socodec.train.checkpoint import list_checkpoints
-from socodec.train.export import ANALYZER_CONFIG, VOCODER_CONFIG
-from socodec.train.metrics import read_csv
+from socodec.train.checkpoint import ANALYZER_CONFIG, VOCODER_CONFIG
+from socodec.train.checkpoint import read_csv
 from train_helpers import make_clips, tiny_config, tiny_spec
 
 LOSS_COLUMNS = ("loss", "loss_mel", "loss_ssl", "loss_commit", "grad_norm")

@@ -15,8 +15,8 @@ from socodec.errors import SoCodecError
 from socodec.train import loop
 from socodec.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from socodec.train.config import TrainConfig
-from socodec.train.metrics import CsvLog, read_csv
-from socodec.train.step import lr_at
+from socodec.train.checkpoint import CsvLog, read_csv
+from socodec.train.loop import lr_at
 from socodec.train.validate import ValidResult
 from socodec.train.vq import EmaQuantizerTrainer
 from train_helpers import make_clips, tiny_config, tiny_spec

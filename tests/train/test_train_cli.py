@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import REPO, tiny_ckpt_dir
-from socodec.train.metrics import read_csv
+from socodec.train.checkpoint import read_csv
 from train_helpers import TINY_ANALYZER, TINY_VOCODER, make_clips
 
 TIMEOUT_S = 300
