@@ -69,7 +69,7 @@ def _demo_png(model: list[str], speech: Path, work: Path, out: Path, page) -> No
     from socodec.cli.options import load_codec, model_options
     from socodec.cli.demo import build_parser
     from socodec.demo.app import launch
-    from socodec.demo.handlers import DemoHandlers
+    from socodec.demo.app import DemoHandlers
 
     codec = load_codec(model_options(build_parser().parse_args(model)))
     with socket.socket() as s:

@@ -1,42 +1,62 @@
-"""Codec output: :class:`Codes` (tokens + speaker vector) and reading/writing token files.
+"""Codec output: :class:`Codes` (tokens + speaker vector) and the token files that hold them.
 
 :class:`Codes` holds what the analyzer produces for one utterance: tokens
 ``[T, S]`` (S ordered streams of ``log2(16384) = 14`` bits, one frame per
 1920 samples = 120 ms at 16 kHz) and one speaker vector ``[D]``, plus what decoding
-needs to give back exactly the input's duration (lead, length) and how it was made.
+needs to give back exactly the input's duration (lead, length) and how it was made
+(padding, HuBERT attention, model fingerprints).
 
-Files are chosen by suffix (:data:`TOKEN_SUFFIXES`): ``.pt`` (the published layout,
-:mod:`socodec.formats.pt`) and ``.soc`` (ours, pickle-free, :mod:`socodec.formats.soc`).
-Writers are atomic (:func:`socodec.fileio.atomic_write`); readers raise
-:class:`~socodec.errors.CodesError` naming the file for any problem.
+Files are chosen by suffix (:data:`TOKEN_SUFFIXES`). Writers are atomic
+(:func:`socodec.fileio.atomic_write`); readers raise :class:`~socodec.errors.CodesError`
+naming the file for any problem, and check sizes before allocating anything.
+
+**``.pt``**: the published layout ``{"token": int64 [T, S], "speaker": float32 [D]}``
+(:func:`encode_pt`, :func:`read_pt`). We add the keys ``sample_rate``, ``num_samples``, ``lead``,
+``model`` and ``format`` (``"socodec-pt/1"``), and when known ``padding``, ``attention`` and
+``hubert_window``; files without them (the published tool's) read too. Always read with
+``torch.load(weights_only=True)``: a file that needs any other pickle global is refused, nothing
+in it is executed.
+
+**``.soc``**: ours, pickle-free, versioned (:func:`encode_soc`, :func:`read_soc`). All integers
+little-endian::
+
+    magic     8 bytes   b"SOCODEC\x00"
+    version   uint8     1
+    hlen      uint32    length of the header, 2 .. 65536
+    header    hlen      UTF-8 JSON object: exactly the keys of SOC_REQUIRED_KEYS (+ SOC_OPTIONAL_KEYS)
+    tokens    T*S*2     uint16, row-major [T, S]
+    speaker   D*4       float32 [D]
+    (end of file: nothing may follow)
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
+import struct
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from socodec.config import (
-    ATTENTION_FULL, ATTENTION_WINDOWED, ATTENTIONS, PADDINGS, SAMPLE_RATE, SAMPLES_PER_TOKEN, TOKEN_SUFFIXES,
+    ATTENTIONS, ATTENTION_FULL, ATTENTION_WINDOWED, PADDINGS, SAMPLES_PER_TOKEN, SAMPLE_RATE, TOKEN_SUFFIXES,
 )
-from socodec.errors import CodesError
+from socodec.errors import CodesError, unpickle_reason
 from socodec.fileio import atomic_write
-from socodec.formats.pt import PT_FORMAT, encode_pt, read_pt
-from socodec.formats.soc import SOC_MAGIC, SOC_MAX_HEADER, encode_soc, read_soc
 
-__all__ = ["Codes", "load_codes", "save_codes", "TOKEN_SUFFIXES", "SOC_MAGIC", "SOC_MAX_HEADER", "PT_FORMAT"]
+__all__ = ["Codes", "load_codes", "save_codes", "TOKEN_SUFFIXES", "SOC_MAGIC", "SOC_MAX_HEADER", "PT_FORMAT", "encode_pt", "read_pt", "SOC_VERSION", "SOC_FORMAT", "encode_soc", "read_soc"]
+
 
 logger = logging.getLogger(__name__)
-
 CARDINALITY = 16384
 MAX_STREAMS = 4
 FORMAT_VERSION = 1
-
 _INT_DTYPES = frozenset(
     {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
     | {getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)}
@@ -308,7 +328,7 @@ def _load_pt(path: Path) -> Codes:
 
 
 def _load_soc(path: Path) -> Codes:
-    """Read a ``.soc`` file (structure checked by :func:`socodec.formats.soc.read_soc`)."""
+    """Read a ``.soc`` file (structure checked by :func:`socodec.codes.read_soc`)."""
     header, tokens, speaker = read_soc(path)
     return Codes(
         tokens=torch.from_numpy(tokens),
@@ -321,3 +341,161 @@ def _load_soc(path: Path) -> Codes:
         attention=header.get("attention"),
         hubert_window=header.get("hubert_window"),
     )
+
+
+PT_FORMAT = "socodec-pt/1"
+META_KEYS = ("sample_rate", "num_samples", "lead", "padding", "attention", "hubert_window", "model")
+#: written only when known (files without them read as "unknown")
+PT_OPTIONAL_KEYS = ("padding", "attention", "hubert_window")
+
+
+def encode_pt(meta: dict[str, Any], tokens: torch.Tensor, speaker: torch.Tensor) -> bytes:
+    """The bytes of a ``.pt`` file (serialised in memory: a failing disk then raises the real OSError).
+
+    Args:
+        meta: the :data:`META_KEYS` (validated); :data:`PT_OPTIONAL_KEYS` that are None are left out.
+        tokens: ``[T, S]`` int64; speaker: ``[D]`` float32.
+    """
+    payload: dict[str, Any] = {
+        "token": tokens.clone(),  # clone: never save a larger underlying storage
+        "speaker": speaker.clone(),
+        "sample_rate": int(meta["sample_rate"]),
+        "num_samples": meta["num_samples"],
+        "lead": meta["lead"],
+        "model": dict(meta["model"]),
+        "format": PT_FORMAT,
+    }
+    payload.update({k: meta[k] for k in PT_OPTIONAL_KEYS if meta.get(k) is not None})
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def read_pt(path: Path) -> dict[str, Any]:
+    """``{"token", "speaker", and whichever META_KEYS the file has}``; types are checked by ``Codes``."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise CodesError("not a torch file: it is neither a zip archive nor a pickle (a text file named .pt?)")
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols in corrupt files
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - untrusted input: every failure mode of the unpickler
+        raise CodesError(f"cannot unpickle safely: {unpickle_reason(exc)}") from None
+    if not isinstance(obj, dict):
+        raise CodesError(f"expected a dict with 'token' and 'speaker', got {type(obj).__name__}")
+    for key in ("token", "speaker"):
+        if key not in obj:
+            raise CodesError(f"missing key {key!r}")
+        if not isinstance(obj[key], torch.Tensor):
+            raise CodesError(f"{key!r} must be a tensor, got {type(obj[key]).__name__}")
+    fmt = obj.get("format", PT_FORMAT)
+    if not isinstance(fmt, str) or fmt != PT_FORMAT:
+        raise CodesError(f"unsupported format {fmt!r}"[:100] + f" (this version reads {PT_FORMAT!r})")
+    return {"token": obj["token"].detach(), "speaker": obj["speaker"].detach(),
+            **{k: obj[k] for k in META_KEYS if k in obj}}
+
+
+SOC_MAGIC = b"SOCODEC\x00"
+SOC_VERSION = 1
+SOC_FORMAT = f"socodec-soc/{SOC_VERSION}"
+SOC_MAX_HEADER = 64 * 1024
+PREFIX = struct.Struct("<8sBI")  # magic, version, header length
+TOKEN_DTYPE = "uint16le"
+SPEAKER_DTYPE = "float32le"
+SOC_REQUIRED_KEYS = frozenset("format frames streams cardinality token_dtype speaker_dim speaker_dtype".split()
+                          + "sample_rate num_samples lead model".split())
+SOC_OPTIONAL_KEYS = frozenset({"padding", "attention", "hubert_window"})
+MAX_SPEAKER_DIM = 1 << 20
+
+
+def encode_soc(meta: dict[str, Any], tokens: np.ndarray, speaker: np.ndarray) -> bytes:
+    """The bytes of a ``.soc`` file.
+
+    Args:
+        meta: ``sample_rate``, ``num_samples``, ``lead``, ``model`` and optionally ``padding``,
+            ``attention``, ``hubert_window`` (already validated; None ones are left out).
+        tokens: ``[T, S]`` integers in [0, 16384).
+        speaker: ``[D]`` float32.
+    """
+    header = {
+        "format": SOC_FORMAT,
+        "frames": int(tokens.shape[0]),
+        "streams": int(tokens.shape[1]),
+        "cardinality": CARDINALITY,
+        "token_dtype": TOKEN_DTYPE,
+        "speaker_dim": int(speaker.shape[0]),
+        "speaker_dtype": SPEAKER_DTYPE,
+        "sample_rate": int(meta["sample_rate"]),
+        "num_samples": meta["num_samples"],
+        "lead": meta["lead"],
+        "model": dict(meta["model"]),
+    }
+    header.update({k: meta[k] for k in sorted(SOC_OPTIONAL_KEYS) if meta.get(k) is not None})
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(blob) > SOC_MAX_HEADER:
+        raise CodesError(f"header of {len(blob)} bytes exceeds {SOC_MAX_HEADER} (model identity too large)")
+    prefix = PREFIX.pack(SOC_MAGIC, SOC_VERSION, len(blob))
+    return prefix + blob + tokens.astype("<u2").tobytes() + speaker.astype("<f4").tobytes()
+
+
+def parse_header(blob: bytes) -> dict[str, Any]:
+    """Decode and check the structural fields of a ``.soc`` header (the rest is checked by ``Codes``)."""
+    try:
+        header = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CodesError(f"header is not UTF-8 JSON ({str(exc)[:100]})") from None
+    if not isinstance(header, dict):
+        raise CodesError("header is not a JSON object")
+    keys = set(header)
+    if not SOC_REQUIRED_KEYS <= keys or keys - SOC_REQUIRED_KEYS - SOC_OPTIONAL_KEYS:
+        missing, extra = sorted(SOC_REQUIRED_KEYS - keys), sorted(keys - SOC_REQUIRED_KEYS - SOC_OPTIONAL_KEYS)
+        raise CodesError(f"header keys wrong (missing {missing}, unexpected {extra})"[:300])
+    expected = {"format": SOC_FORMAT, "cardinality": CARDINALITY, "token_dtype": TOKEN_DTYPE,
+                "speaker_dtype": SPEAKER_DTYPE}
+    for key, want in expected.items():
+        if header[key] != want or type(header[key]) is not type(want):
+            raise CodesError(f"header {key} is {header[key]!r}, expected {want!r}"[:200])
+    sizes = {"frames": (0, 1 << 62), "streams": (1, MAX_STREAMS), "speaker_dim": (1, MAX_SPEAKER_DIM)}
+    for key, (lo, hi) in sizes.items():
+        value = header[key]
+        if not (isinstance(value, int) and not isinstance(value, bool)) or not lo <= value <= hi:
+            raise CodesError(f"header {key} is {value!r}"[:100] + f", expected an integer in {lo}..{hi}")
+    return header
+
+
+def read_soc(path: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """``(header, tokens [T, S] int64, speaker [D] float32)`` of a ``.soc`` file.
+
+    The header and the exact payload size are checked before the payload is read.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(PREFIX.size)
+        if len(prefix) < PREFIX.size:
+            raise CodesError(f"truncated: {size} bytes, shorter than the {PREFIX.size}-byte prefix")
+        magic, version, hlen = PREFIX.unpack(prefix)
+        if magic != SOC_MAGIC:
+            raise CodesError(f"wrong magic {magic!r} (not a .soc file)")
+        if version != SOC_VERSION:
+            raise CodesError(f"unsupported .soc version {version} (this reader supports {SOC_VERSION})")
+        if not 2 <= hlen <= SOC_MAX_HEADER:
+            raise CodesError(f"header length {hlen} outside 2..{SOC_MAX_HEADER}")
+        if PREFIX.size + hlen > size:
+            raise CodesError(f"truncated: header of {hlen} bytes does not fit in {size} bytes")
+        header = parse_header(f.read(hlen))
+        frames, streams, dim = header["frames"], header["streams"], header["speaker_dim"]
+        token_bytes, speaker_bytes = frames * streams * 2, dim * 4
+        payload = size - PREFIX.size - hlen
+        if payload != token_bytes + speaker_bytes:
+            raise CodesError(
+                f"payload is {payload} bytes but the header ({frames} frames x {streams} streams, "
+                f"speaker {dim}) implies {token_bytes + speaker_bytes}"
+            )
+        data = f.read(payload + 1)
+    if len(data) != payload:
+        raise CodesError(f"file changed while reading ({len(data)} payload bytes, expected {payload})")
+    tokens = np.frombuffer(data, dtype="<u2", count=frames * streams).astype(np.int64).reshape(frames, streams)
+    speaker = np.frombuffer(data, dtype="<f4", count=dim, offset=token_bytes).astype(np.float32)
+    return header, tokens, speaker

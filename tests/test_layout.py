@@ -20,8 +20,6 @@ FORBIDDEN = {
                         "socodec.demo", "socodec.train"),
     "socodec.inference": ("socodec.loading", "socodec.codec", "socodec.cli", "socodec.corpus", "socodec.evaluate",
                           "socodec.demo", "socodec.train"),
-    "socodec.formats": ("socodec.codes", "socodec.codec", "socodec.nn", "socodec.inference", "socodec.loading",
-                        "socodec.cli"),
 }
 
 

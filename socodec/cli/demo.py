@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     apply_threads(opts.model)
     codec = load_codec(opts.model)
     from socodec.demo.app import launch
-    from socodec.demo.handlers import DemoHandlers
+    from socodec.demo.app import DemoHandlers
 
     if not is_loopback(opts.host):
         log.warning("listening on %s: anyone who can reach this machine can use the demo", opts.host)

@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
     for noisy in ("uvicorn", "uvicorn.error", "uvicorn.access", "ray", "ray.serve"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from socodec.serve.app import ServeOptions
-    from socodec.serve.launch import listen, serve_ray, serve_uvicorn
+    from socodec.serve.app import listen, serve_ray, serve_uvicorn
 
     limits = ServeOptions(max_streams=opts.max_streams, max_queue=opts.max_queue, workers=opts.workers,
                           max_body_bytes=opts.max_body_bytes, api_key=opts.api_key)

@@ -64,7 +64,7 @@ from socodec.config import AUDIO_SUFFIXES
 from socodec.corpus.containers import (
     expand_braces, is_lhotse_manifest, lhotse_items, member_bytes, parquet_items, tar_items,
 )
-from socodec.corpus.items import WorkItem, check_unique, metadata_text, relative_id
+from socodec.corpus.containers import WorkItem, check_unique, metadata_text, relative_id
 from socodec.corpus.containers import is_url, local_path, store_error, url_filesystem
 from socodec.errors import AudioError, SoCodecError
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from socodec.corpus.items import WorkItem
+from socodec.corpus.containers import WorkItem
 
 __all__ = ["Batch", "ShardPlan", "plan_shards", "LONG_SECONDS"]
 

@@ -31,7 +31,7 @@ import torch
 from socodec.audio import AUDIO_SUFFIXES
 from socodec.config import DEFAULT_PADDING, SAMPLE_RATE
 from socodec.corpus.inputs import MANIFEST_SUFFIXES, collect_work, read_item as read_work_item
-from socodec.corpus.items import WorkItem
+from socodec.corpus.containers import WorkItem
 from socodec.errors import ErrorLimit, Fallbacks, SoCodecError, is_item_error, one_line
 from socodec.evaluate import independent
 from socodec.evaluate.metrics import cosine_similarity, is_silent, signal_metrics

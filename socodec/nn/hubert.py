@@ -1,9 +1,15 @@
 """HuBERT feature extraction as SoCodec calls it (SPEC §3): padded waveform -> features.
 
-The network itself is :class:`~socodec.nn.hubert_blocks.HubertNetwork` (no ``transformers``
+The network itself is :class:`~socodec.nn.hubert.HubertNetwork` (no ``transformers``
 needed); its parameter names are those of ``transformers``' ``HubertModel`` ("HF names").
 :class:`HubertFeatures` wraps it with the published standardisation, tail and masking.
 Reading checkpoints (fairseq names, the conversion cache) is :mod:`socodec.loading.hubert`.
+
+HuBERT-large's network (fairseq ``layer_norm_first`` variant, SPEC §3), written for inference.
+
+Submodule names follow ``transformers``' ``HubertModel`` (the converted weight cache uses
+them), but nothing here imports ``transformers``. Shapes: B batch, N samples, T frames
+(20 ms), C extractor channels (512), E model width (1024).
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from socodec.config import HUBERT_TAIL_SAMPLES, NORMALIZE_EPS, HubertConfig
-from socodec.nn.hubert_blocks import HubertNetwork
+from socodec.config import HUBERT_TAIL_SAMPLES, HubertConfig, NORMALIZE_EPS
+
+__all__ = ["BlockwiseFeatureEncoder", "HubertNetwork"]
+
 
 logger = logging.getLogger(__name__)
+
 
 def receptive_field(cfg: HubertConfig) -> int:
     """Samples seen by one extractor frame (400 for HuBERT)."""
@@ -92,3 +101,192 @@ class HubertFeatures(nn.Module):
 
 #: the positional convolution inside :class:`HubertNetwork` (its weight is stored folded)
 POS_CONV = "encoder.pos_conv_embed.conv"
+
+
+LAYER_NORM_EPS = 1e-5
+FFN_BLOCK_FRAMES = 512
+
+
+class ConvLayer(nn.Module):
+    """Conv1d → LayerNorm over channels (per frame) → GELU: ``[B, C_in, N] -> [B, C_out, N']``.
+
+    Runs time-major: the convolution is a channels-last 2-D one on ``[B, C, 1, N]`` (oneDNN's
+    fast layout), whose output is ``[B, N', C_out]`` in memory, so the LayerNorm over channels
+    and the GELU read it without a transposed copy. The returned ``[B, C_out, N']`` tensor is a
+    view of that time-major memory, which the next layer takes as it is.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
+        self.layer_norm = nn.LayerNorm(out_dim, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [B, C_in, 1, N], time-major
+        h = F.conv2d(h, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
+        # time-major [B, N', C_out] (oneDNN returns channels-last but for a single input channel)
+        h = h.contiguous(memory_format=torch.channels_last).squeeze(2).transpose(1, 2)
+        return F.gelu(self.layer_norm(h)).transpose(1, 2)
+
+
+class BlockwiseFeatureEncoder(nn.Module):
+    """HuBERT's conv feature extractor run over blocks of output frames: same numbers, bounded memory.
+
+    Every extractor frame i depends only on samples [320 i, 320 i + 400) (convs, then LayerNorm
+    over channels per frame), so blocks of ``block_frames`` frames, each computed from its own
+    samples, reproduce the whole-signal output while the 512-channel activations at 3.2 kHz
+    (~20 MB per second of audio for the real model) never exceed one block.
+    ``[B, N] -> [B, C, (N - 400) // 320 + 1]``.
+    """
+
+    def __init__(self, conv_layers: nn.ModuleList, hop: int, field: int, block_frames: int = 50) -> None:
+        super().__init__()
+        self.conv_layers = conv_layers
+        self.hop, self.field, self.block_frames = hop, field, block_frames
+
+    def _run(self, wav: Tensor) -> Tensor:
+        h = wav[:, None]
+        for layer in self.conv_layers:
+            h = layer(h)
+        return h
+
+    def forward(self, wav: Tensor) -> Tensor:
+        frames = (wav.shape[-1] - self.field) // self.hop + 1
+        if frames <= self.block_frames:
+            return self._run(wav)
+        blocks = []
+        for start in range(0, frames, self.block_frames):
+            stop = min(frames, start + self.block_frames)
+            blocks.append(self._run(wav[:, start * self.hop : (stop - 1) * self.hop + self.field]).transpose(1, 2))
+        return torch.cat(blocks, dim=1).transpose(1, 2)  # time-major memory, like each block
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm(C) → Linear(C, E): ``[B, T, C] -> [B, T, E]``."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_dim, eps=LAYER_NORM_EPS)
+        self.projection = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projection(self.layer_norm(x))
+
+
+class PositionalConv(nn.Module):
+    """Grouped conv over time → drop the last frame if the kernel is even → GELU: ``[B, T, E] -> [B, T, E]``.
+
+    The checkpoint stores its weight as a weight norm (g, v over dim 2); the loader folds it into
+    ``conv.weight`` once (:func:`socodec.nn.hubert.build_hubert`).
+    """
+
+    def __init__(self, dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x.transpose(1, 2))
+        if self.trim:
+            h = h[..., : -self.trim]
+        return F.gelu(h).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: ``[B, T, E]`` (+ key mask ``[B, 1, 1, T]`` bool, True = attend) -> ``[B, T, E]``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        batch, frames, dim = x.shape
+
+        def split(t: Tensor) -> Tensor:  # [B, T, E] -> [B, H, T, E/H]
+            return t.view(batch, frames, self.heads, dim // self.heads).transpose(1, 2)
+
+        h = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
+                                           attn_mask=mask)
+        return self.out_proj(h.transpose(1, 2).reshape(batch, frames, dim))
+
+
+class FeedForward(nn.Module):
+    """Linear(E, F) → GELU → Linear(F, E): ``[B, T, E] -> [B, T, E]``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(dim, hidden)
+        self.output_dense = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm transformer layer: ``x + attn(LN(x))``, then ``+ ffn(LN(.))``. ``[B, T, E] -> [B, T, E]``."""
+
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attention = SelfAttention(dim, heads)
+        self.final_layer_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.feed_forward = FeedForward(dim, hidden)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.layer_norm(x), mask)
+        h = self.final_layer_norm(x)
+        # frame-wise: blocks of frames bound the [B, T, 4096] intermediate (same numbers per frame)
+        for start in range(0, h.shape[1], FFN_BLOCK_FRAMES):
+            x[:, start : start + FFN_BLOCK_FRAMES] += self.feed_forward(h[:, start : start + FFN_BLOCK_FRAMES])
+        return x
+
+
+class Encoder(nn.Module):
+    """Positional conv added to the input, the layers, a final LayerNorm: ``[B, T, E] -> [B, T, E]``."""
+
+    def __init__(self, cfg: HubertConfig) -> None:
+        super().__init__()
+        self.pos_conv_embed = PositionalConv(cfg.embed_dim, cfg.conv_pos, cfg.conv_pos_groups)
+        self.layers = nn.ModuleList(
+            EncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ffn_dim) for _ in range(cfg.num_layers)
+        )
+        self.layer_norm = nn.LayerNorm(cfg.embed_dim, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``valid``: ``[B, T]`` bool, False for padding frames (zeroed, and never attended to)."""
+        mask = None
+        if valid is not None:
+            x = x.masked_fill(~valid[..., None], 0.0)
+            mask = valid[:, None, None, :]
+        x = x + self.pos_conv_embed(x)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.layer_norm(x)
+
+
+class HubertNetwork(nn.Module):
+    """Standardised waveform ``[B, N]`` -> last-layer features ``[B, (N - 400) // 320 + 1, E]``.
+
+    Args:
+        cfg: the checkpoint's HuBERT configuration.
+        field: samples seen by one extractor frame (400).
+    """
+
+    def __init__(self, cfg: HubertConfig, field: int) -> None:
+        super().__init__()
+        layers, in_dim = nn.ModuleList(), 1
+        for dim, kernel, stride in cfg.conv_layers:
+            layers.append(ConvLayer(in_dim, dim, kernel, stride, cfg.conv_bias))
+            in_dim = dim
+        self.feature_extractor = BlockwiseFeatureEncoder(layers, cfg.hop, field)
+        self.feature_projection = FeatureProjection(cfg.extractor_dim, cfg.embed_dim)
+        self.encoder = Encoder(cfg)
+
+    def forward(self, wav: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``valid``: optional ``[B, T]`` bool frame mask (False: padding) for batches of unequal lengths."""
+        features = self.feature_extractor(wav).transpose(1, 2)  # [B, T, C]
+        return self.encoder(self.feature_projection(features), valid)

@@ -13,6 +13,12 @@ wait for it (more are answered ``429`` with ``Retry-After``) and at most ``max_s
 WebSocket sessions are open (more are closed with 1013); a stream's synthesis steps queue for
 the same threads. Errors are one JSON line ``{"error": ...}`` (422 bad input, 413 too large,
 401 no or wrong key, 429 busy, 500 internal), never a traceback or a server path.
+
+Running the app: one uvicorn process (:func:`serve_uvicorn`) or a Ray Serve deployment (:func:`serve_ray`).
+
+Both load the model before the service answers: uvicorn gets a codec already loaded; each Ray
+replica calls the (picklable) ``load`` it is given in its constructor, and the command returns
+to the user only once every replica is up.
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import torch
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,17 +45,16 @@ from socodec.config import PADDINGS, SAMPLE_RATE
 from socodec.errors import SoCodecError, one_line
 from socodec.inference.synthesis import LOOKAHEAD_MEL_FRAMES, SynthesisStream
 from socodec.serve.payloads import (
-    AUDIO_FORMATS, CODE_FORMATS, MEDIA_TYPES, BadRequest, decode_body, encode_body, parse_codes, parse_frames,
+    AUDIO_FORMATS, BadRequest, CODE_FORMATS, MEDIA_TYPES, decode_body, encode_body, parse_codes, parse_frames,
     parse_stream_start, pcm_bytes,
 )
 
+__all__ = ["ServeOptions", "build_app", "WS_BUSY", "WS_BAD_DATA", "WS_POLICY", "serve_uvicorn", "serve_ray", "listen"]
+
+
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
-
-__all__ = ["ServeOptions", "build_app", "WS_BUSY", "WS_BAD_DATA", "WS_POLICY"]
-
 log = logging.getLogger(__name__)
-
 WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_BUSY = 1007, 1008, 1009, 1011, 1013
 _QUEUED_MESSAGES = 256  # client messages a stream holds before the client has to wait
 
@@ -382,3 +387,82 @@ def build_app(codec: SoCodec, opts: ServeOptions = ServeOptions()) -> Starlette:
     )
     app.state.codec, app.state.metrics, app.state.pool = codec, metrics, pool
     return app
+
+
+console = logging.getLogger("socodec")  # what the user sees on the terminal
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound socket on ``host:port`` (0: a free port); SoCodecError naming the address if it cannot be."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise SoCodecError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    return sock
+
+
+def serve_uvicorn(codec: SoCodec, opts: ServeOptions, host: str, port: int) -> None:
+    """Serve ``codec`` on ``host:port`` until Ctrl-C / SIGTERM (uvicorn, one process)."""
+    import uvicorn
+
+    sock = listen(host, port)
+    app = build_app(codec, opts)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            ws_max_size=opts.max_message_bytes, ws_ping_interval=None,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    bound = sock.getsockname()
+    console.info("socodec serve listening on http://%s:%d (Ctrl-C to stop)", host, bound[1])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the service stopped as asked
+        pass
+    finally:
+        console.info("socodec serve stopped")
+        app.state.pool.executor.shutdown(wait=False, cancel_futures=True)
+        sock.close()
+
+
+class Replica:
+    """One Ray Serve replica: loads the model with ``load`` and serves :func:`build_app` of it."""
+
+    def __init__(self, load: Callable[[], SoCodec], opts: ServeOptions) -> None:
+        self.codec = load()
+        self.opts = opts
+
+    def __serve_build_asgi_app__(self):  # noqa: N807 - the name Ray Serve calls
+        return build_app(self.codec, self.opts)
+
+
+def serve_ray(load: Callable[[], SoCodec], opts: ServeOptions, host: str, port: int, replicas: int,
+              address: str | None = None) -> None:
+    """Serve the app from ``replicas`` Ray Serve replicas behind Ray's proxy on ``host:port``, until Ctrl-C.
+
+    ``address``: a running Ray cluster (``ray://...`` or ``auto``); None starts a local one,
+    shut down again on exit.
+    """
+    import ray
+    from ray import serve
+
+    listen(host, port).close()  # a clear message now rather than a failing proxy later
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+        deployment = serve.deployment(
+            name="socodec", num_replicas=replicas, max_ongoing_requests=opts.max_queue + opts.max_streams + 4,
+        )(serve.ingress()(Replica))
+        serve.run(deployment.bind(load, opts), name="socodec", route_prefix="/")
+        console.info("socodec serve listening on http://%s:%d with %d Ray Serve replica(s) (Ctrl-C to stop)",
+                 host, port, replicas)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # Ctrl-C: the service stops as asked
+        console.info("socodec serve stopping")
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

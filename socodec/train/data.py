@@ -28,7 +28,7 @@ from torch import Tensor
 
 from socodec.config import SAMPLE_RATE, SAMPLES_PER_TOKEN
 from socodec.corpus.inputs import collect_work
-from socodec.corpus.items import WorkItem
+from socodec.corpus.containers import WorkItem
 from socodec.corpus.inputs import probe_seconds, read_item
 from socodec.errors import AudioError, SoCodecError, one_line
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from socodec.audio import save_audio
 from socodec.codec import SoCodec
 from socodec.config import SAMPLE_RATE, SAMPLES_PER_TOKEN
-from socodec.corpus.items import WorkItem
+from socodec.corpus.containers import WorkItem
 from socodec.errors import AudioError, one_line
 from socodec.train.data import read_clip
 

@@ -22,7 +22,7 @@ from conftest import GOLDEN, REPO, TINY_CONFIGS, tiny_ckpt_dir
 from socodec import Codes, SoCodec
 from socodec.audio import load_audio
 from socodec.demo.app import launch
-from socodec.demo.handlers import DemoHandlers
+from socodec.demo.app import DemoHandlers
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # its own pandas use
 

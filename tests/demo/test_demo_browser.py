@@ -15,7 +15,7 @@ from playwright.sync_api import Page, sync_playwright
 from conftest import GOLDEN, chromium_path, tiny_ckpt_dir
 from socodec import SoCodec
 from socodec.demo.app import launch
-from socodec.demo.handlers import DemoHandlers
+from socodec.demo.app import DemoHandlers
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # its own pandas use
 

@@ -11,7 +11,7 @@ from conftest import GOLDEN, tiny_ckpt_dir
 from socodec import Codes, SoCodec
 from socodec.audio import load_audio
 from socodec.errors import SoCodecError
-from socodec.demo.handlers import DemoHandlers, token_table
+from socodec.demo.app import DemoHandlers, token_table
 
 SPEECH = GOLDEN / "ground_truth.wav"
 

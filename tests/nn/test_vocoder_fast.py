@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from socodec.config import VocoderConfig
 from socodec.nn.vocoder import Activation1d, Vocoder
-from socodec.nn.vocoder_layers import channels_last_1d
+from socodec.nn.vocoder import channels_last_1d
 
 from conftest import GOLDEN
 
