@@ -15,7 +15,6 @@ from pathlib import Path
 from socodec.cli.common import UsageError
 from socodec.cli.options import CodingOptions
 from socodec.config import AUDIO_SUFFIXES, TOKEN_SUFFIXES, WRITE_SUFFIXES
-from socodec.corpus import inputs as corpus_inputs
 from socodec.errors import SoCodecError
 
 __all__ = ["Job", "check_options", "is_audio_file", "is_token_file", "plan_jobs"]
@@ -38,6 +37,8 @@ def is_audio_file(path: Path) -> bool:
 
 def is_glob(path: Path) -> bool:
     """``path`` does not exist and holds glob characters: a pattern for socodec to expand."""
+    from socodec.corpus import inputs as corpus_inputs  # here: --help and --version never load torch
+
     return corpus_inputs.is_glob(path)
 
 
@@ -60,6 +61,8 @@ def _expand(item: Path) -> list[tuple[Path, Path]]:
     Folders and globs are listed as every command lists them (:func:`socodec.corpus.inputs.walk_files`):
     a glob's files keep their subfolders below the glob's leading folder, as a folder's do.
     """
+    from socodec.corpus import inputs as corpus_inputs
+
     if is_glob(item):
         try:
             return corpus_inputs.walk_files(item, lambda p: True)

@@ -3,17 +3,18 @@
 Modules, top down::
 
     run.py          tokenize(options, load): work list -> plan -> engine -> shards, progress, summary
-    local.py        the local engine: worker processes, each holding the model once
-    ray_engine.py   the ray engine: Ray Data map_batches over an actor pool
-    writer.py       result tables -> complete shards (order and contents fixed by the plan)
-    encoder.py      a worker's job: planned batch -> result rows (errors as rows)
+    engines.py      the local engine (worker processes, each holding the model once), the ray engine
+                    (Ray Data map_batches over an actor pool) and a worker's job (batch -> result rows)
+    quiet.py        keeping a native library's log lines off the terminal (a helper process)
     plan.py         work list -> shards -> length-bucketed batches
-    shards.py       the output folder: atomic shards, resume scan, manifest.json, errors.jsonl
-    decode.py       shard rows -> wav files named by id
+    shards.py       the output folder: atomic shards (on disk or object storage), resume scan,
+                    manifest.json, errors.jsonl, and the collector that writes complete shards
+    export.py       lhotse cuts and WebDataset tars; shard rows (any format) -> wav files named by id
     schema.py       Arrow schema, Codes <-> rows, read_codes / write_codes
-    inputs.py       files, folders, globs -> work items (+ manifests.py: Kaldi and JSONL)
-    reading.py      a work item's audio (segments read by seeking)
-    items.py        WorkItem and the id rules
+    inputs.py       files, folders, globs, Kaldi and JSONL manifests -> work items; their audio
+                    (segments read by seeking)
+    containers.py   WebDataset tars, Hugging Face Parquet, lhotse manifests, object storage;
+                    WorkItem and the id rules
 
 Parquet needs ``pyarrow`` (``pip install socodec[corpus]``), the ray engine Ray Data
 (``pip install socodec[ray]``); ``import socodec.corpus`` itself needs neither.
@@ -32,9 +33,9 @@ __all__ = [
 ]
 
 _HOMES = {
-    "WorkItem": "items", "collect_work": "inputs", "read_item": "reading",
+    "WorkItem": "containers", "collect_work": "inputs", "read_item": "inputs",
     "read_codes": "schema", "write_codes": "schema", "codes_table": "schema", "shard_files": "schema",
-    "decode_shard": "decode", "DecodeReport": "decode",
+    "decode_shard": "export", "DecodeReport": "export",
     "TokenizeOptions": "run", "TokenizeSummary": "run", "tokenize": "run",
 }
 

@@ -1,4 +1,4 @@
-"""Inference paths over the codec core (:mod:`.core`): whole signals, long inputs window by window
-(:mod:`.longform`), chunked and streaming synthesis (:mod:`.synthesis`), batches (:mod:`.batching`).
+"""Inference paths over the codec core (:mod:`.core`, which also runs batches): whole signals,
+long inputs stage by stage (:mod:`.longform`), chunked and streaming synthesis (:mod:`.synthesis`).
 Each takes a :class:`~socodec.inference.core.CodecCore`; :class:`socodec.codec.SoCodec` chooses
 between them."""

@@ -1,2 +1,3 @@
-"""Reading the model files: strict checkpoints, the fairseq reader, HuBERT's conversion cache,
-weight download, and :func:`load_modules`, which builds and fills the model stages."""
+"""Reading the model files: strict checkpoints and finding the released files (:mod:`.checkpoints`),
+the fairseq reader and HuBERT's conversion cache (:mod:`.hubert`), and :func:`load_modules`
+(:mod:`.modules`), which builds and fills the model stages."""
