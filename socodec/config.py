@@ -49,7 +49,7 @@ class _FromJson:
 
     @classmethod
     def from_json(cls, path: str | Path):
-        return cls.from_dict(_read_json(path))  # type: ignore[attr-defined]
+        return cls.from_dict(read_json_object(path))  # type: ignore[attr-defined]
 
     @classmethod
     def resolve(cls, cfg: "str | Path | Any | None"):
@@ -406,14 +406,15 @@ def _integer(value: Any, key: str) -> int:
     return value
 
 
-def _read_json(path: str | Path) -> dict[str, Any]:
+def read_json_object(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """The JSON object in ``path``; one :class:`ConfigError` line naming the file otherwise."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
+        raise ConfigError(f"{p}: {what} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{p}: not a readable JSON config ({exc})") from None
+        raise ConfigError(f"{p}: not a readable JSON {what} ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: config must be a JSON object")
+        raise ConfigError(f"{p}: the {what} must be a JSON object")
     return data

@@ -10,11 +10,11 @@ optimiser, schedule, crop length, batch size) has a documented default here;
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from socodec.config import read_json_object
 from socodec.errors import ConfigError
 
 LOSS_KINDS = ("l1", "l2")
@@ -170,16 +170,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: training config not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{p}: not a readable JSON file ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the training config must be a JSON object")
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(read_json_object(path, "training config"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

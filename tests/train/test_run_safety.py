@@ -179,3 +179,24 @@ def test_a_start_that_fails_leaves_no_run_folder(tmp_path):
     with pytest.raises(SoCodecError):
         loop.train(tiny_spec(tmp_path, empty, tmp_path / "kept", tiny_config()))
     assert (tmp_path / "kept").is_dir()
+
+
+def test_training_config_files_are_read_like_model_configs(tmp_path):
+    """One JSON reader for every config file: the same one-line errors naming the file."""
+    import pytest
+
+    from socodec.config import AnalyzerConfig
+    from socodec.errors import ConfigError
+    from socodec.train.config import TrainConfig
+
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "bad.json").write_text("{nope")
+    for loader, what in ((TrainConfig.from_json, "training config"), (AnalyzerConfig.from_json, "config")):
+        with pytest.raises(ConfigError, match=f"missing.json: {what} not found"):
+            loader(tmp_path / "missing.json")
+        with pytest.raises(ConfigError, match=f"list.json: the {what} must be a JSON object"):
+            loader(tmp_path / "list.json")
+        with pytest.raises(ConfigError, match=f"bad.json: not a readable JSON {what}"):
+            loader(tmp_path / "bad.json")
+    (tmp_path / "ok.json").write_text('{"steps": 7}')
+    assert TrainConfig.from_json(tmp_path / "ok.json").steps == 7
