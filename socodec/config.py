@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from socodec.errors import ConfigError
 
@@ -362,6 +363,72 @@ class ChunkConfig:
     def hubert_span(self) -> int:
         """Largest input (token frames) analysed in one piece."""
         return self.hubert_window + 2 * self.hubert_context
+
+
+if TYPE_CHECKING:  # torch is imported when a dtype is looked up: --help and --version never load it
+    import torch
+
+
+class _TorchDtypes(Mapping):
+    """``--dtype`` names -> torch dtypes; torch is imported on the first look-up, not before."""
+
+    NAMES = ("float32", "float16", "bfloat16")
+
+    def __getitem__(self, name: str) -> torch.dtype:
+        if name not in self.NAMES:
+            raise KeyError(name)
+        import torch
+
+        return getattr(torch, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+
+#: ``--dtype`` names and the torch types they stand for.
+DTYPES: Mapping[str, torch.dtype] = _TorchDtypes()
+
+
+def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from its ``--dtype`` name (a dtype is returned as is)."""
+    if not isinstance(name, str):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{name}' (choose from {', '.join(DTYPES)})") from None
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model to load and how to run it: one type for every command that needs the model
+    (the command line fills it from the shared model flags, training from its own).
+
+    Attributes:
+        ckpt_dir: folder with the three released files (None: ``$SOCODEC_CKPT_DIR`` or ``./ckpts``).
+        analyzer_config, vocoder_config: JSON configs of other model sizes (None: released).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...; dtype: HuBERT's compute dtype (a name is turned
+            into the torch dtype); threads: torch's CPU threads (None: torch's choice).
+        allow_download: download missing weights; batch_size: files run through the model together.
+        hubert_window, exact_max_seconds: how long inputs are analysed (see :class:`ChunkConfig`).
+    """
+
+    ckpt_dir: Path | None = None
+    analyzer_config: Path | None = None
+    vocoder_config: Path | None = None
+    device: str = "cpu"
+    dtype: torch.dtype | str = "float32"  # a name becomes the torch dtype
+    threads: int | None = None
+    allow_download: bool = True
+    batch_size: int = 1
+    hubert_window: float | None = None
+    exact_max_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
 
 
 def padded_length(n: int, padding: str, hop: int = SAMPLES_PER_TOKEN) -> int:

@@ -19,69 +19,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from socodec.cli.common import UsageError
+from socodec.config import DTYPES, ModelOptions, dtype_from_name
 from socodec.errors import ErrorLimit, SoCodecError, one_line
-
-
-if TYPE_CHECKING:  # torch is imported when a dtype is looked up: --help and --version never load it
-    import torch
-
-
-class _TorchDtypes(Mapping):
-    """``--dtype`` names -> torch dtypes; torch is imported on the first look-up, not before."""
-
-    NAMES = ("float32", "float16", "bfloat16")
-
-    def __getitem__(self, name: str) -> torch.dtype:
-        if name not in self.NAMES:
-            raise KeyError(name)
-        import torch
-
-        return getattr(torch, name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.NAMES)
-
-    def __len__(self) -> int:
-        return len(self.NAMES)
-
-
-#: ``--dtype`` names and the torch types they stand for.
-DTYPES: Mapping[str, torch.dtype] = _TorchDtypes()
-
-
-def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
-    """A torch dtype from its ``--dtype`` name (a dtype is returned as is)."""
-    if not isinstance(name, str):
-        return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype '{name}' (choose from {', '.join(DTYPES)})") from None
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Which model to load and how to run it (shared by every command that needs the model)."""
-
-    ckpt_dir: Path | None = None
-    analyzer_config: Path | None = None
-    vocoder_config: Path | None = None
-    device: str = "cpu"
-    dtype: torch.dtype | str = "float32"  # a name becomes the torch dtype
-    threads: int | None = None
-    allow_download: bool = True
-    batch_size: int = 1
-    hubert_window: float | None = None
-    exact_max_seconds: float = 600.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
 
 
 @dataclass(frozen=True)

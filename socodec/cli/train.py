@@ -11,13 +11,10 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from socodec.cli.common import EXIT_INTERRUPTED, Parser, UsageError
 from socodec.cli.options import DTYPES
-
-if TYPE_CHECKING:  # torch loads with the training code, not for --help
-    import torch
+from socodec.config import ModelOptions
 
 __all__ = ["TrainOptions", "build_parser", "main", "train_options"]
 
@@ -32,13 +29,9 @@ class TrainOptions:
     out: Path
     valid: tuple[str, ...]
     init: Path | None
-    ckpt_dir: Path | None
-    analyzer_config: Path | None
-    vocoder_config: Path | None
-    device: str
-    dtype: torch.dtype
-    threads: int | None
-    allow_download: bool
+    """The folder whose analyzer training starts from (None: from scratch)."""
+    model: ModelOptions
+    """HuBERT and the vocoder (and, with ``init``, nothing else: ``init`` names all three files)."""
     config_file: Path | None
     overrides: tuple[tuple[str, object], ...]
     """Training-config fields set on the command line (they win over ``--config``)."""
@@ -95,9 +88,10 @@ def train_options(ns: argparse.Namespace) -> TrainOptions:
     overrides = (("steps", ns.steps), ("batch_size", ns.batch_size), ("lr", ns.lr), ("seed", ns.seed),
                  ("every", ns.every))
     return TrainOptions(
-        data=tuple(ns.data), out=ns.out, valid=tuple(ns.valid), init=ns.init, ckpt_dir=ns.ckpt_dir,
-        analyzer_config=ns.analyzer_config, vocoder_config=ns.vocoder_config, device=ns.device,
-        dtype=DTYPES[ns.dtype], threads=ns.threads, allow_download=not ns.no_download, config_file=ns.config,
+        data=tuple(ns.data), out=ns.out, valid=tuple(ns.valid), init=ns.init,
+        model=ModelOptions(ckpt_dir=ns.ckpt_dir, analyzer_config=ns.analyzer_config, vocoder_config=ns.vocoder_config,
+                           device=ns.device, dtype=ns.dtype, threads=ns.threads, allow_download=not ns.no_download),
+        config_file=ns.config,
         overrides=tuple((k, v) for k, v in overrides if v is not None),
     )
 
@@ -107,20 +101,16 @@ def main(argv: list[str]) -> int:
     opts = train_options(build_parser().parse_args(argv))
     from socodec.train.config import TrainConfig
     from socodec.train.loop import RunSpec, train
-    from socodec.train.setup import ModelSource
 
     import torch
 
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
+    if opts.model.threads is not None:
+        torch.set_num_threads(opts.model.threads)
     base = TrainConfig.from_json(opts.config_file) if opts.config_file is not None else TrainConfig()
     config = base.with_overrides(**dict(opts.overrides))
-    source = ModelSource(
-        init=opts.init, ckpt_dir=opts.ckpt_dir, analyzer_config=opts.analyzer_config,
-        vocoder_config=opts.vocoder_config, device=opts.device, dtype=opts.dtype, allow_download=opts.allow_download,
-    )
     try:
-        result = train(RunSpec(data=opts.data, out=opts.out, source=source, config=config, valid=opts.valid))
+        result = train(RunSpec(data=opts.data, out=opts.out, model=opts.model, init=opts.init, config=config,
+                               valid=opts.valid))
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to continue from the last checkpoint in %s",
                   opts.out / "checkpoints")

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from socodec import __version__
 from socodec.codec import SoCodec
 from socodec.config import SAMPLES_PER_TOKEN
+from socodec.config import ModelOptions
 from socodec.errors import SoCodecError
 from socodec.fileio import atomic_write
 from socodec.nn.analyzer import ProductQuantizer
@@ -45,7 +46,7 @@ from socodec.train.data import StepBatches, find_clips, index_clips
 from socodec.train.checkpoint import export_run
 from socodec.train.checkpoint import Board, CsvLog, train_columns, valid_columns
 from socodec.train.model import ClipSettings, TrainModel, TrainOutput
-from socodec.train.setup import ModelSource, Models, build_models
+from socodec.train.setup import Models, build_models
 from socodec.train.validate import ValidResult, load_valid_clips, validate, write_samples
 from socodec.train.vq import VQSettings, usage_and_perplexity
 
@@ -59,13 +60,15 @@ class TrainingError(SoCodecError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A whole run: data, output folder, model source and hyper-parameters."""
+    """A whole run: data, output folder, the model (and ``init``, the folder whose analyzer it
+    starts from; None: from scratch) and hyper-parameters."""
 
     data: tuple[str, ...]
     out: Path
-    source: ModelSource
+    model: ModelOptions
     config: TrainConfig
     valid: tuple[str, ...] = ()
+    init: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class RunResult:
 def train(spec: RunSpec) -> RunResult:
     """Train (or continue training) as ``spec`` says; see the module docstring."""
     dist = distributed.DistInfo.from_env()
-    device = distributed.setup(dist, torch.device(spec.source.device))
+    device = distributed.setup(dist, torch.device(spec.model.device))
     try:
         return _Run(spec, dist, device).run()
     finally:
@@ -123,7 +126,7 @@ class _Run:
                         "and never decays; lower warmup_steps (--config) or raise --steps", cfg.warmup_steps, cfg.steps,
                         cfg.steps / cfg.warmup_steps)
         index = self._index(self.spec.data, "training")
-        models = build_models(self.spec.source, self.out, cfg.seed, cfg.ema_epsilon, self.dist, self.device)
+        models = build_models(self.spec.model, self.spec.init, self.out, cfg.seed, cfg.ema_epsilon, self.dist, self.device)
         if models.missing_extras:
             log.info("not in the initial analyzer file (freshly initialised): %s", ", ".join(models.missing_extras))
         model = models.model
@@ -149,7 +152,7 @@ class _Run:
             if valid_clips and self._validation_missing(start, valid_log):
                 last_valid = self._validate(models, valid_clips, start, valid_log, board)
             ddp = self._wrap(model)
-            dead = cfg.dead_code_threshold(from_scratch=self.spec.source.init is None)
+            dead = cfg.dead_code_threshold(from_scratch=self.spec.init is None)
             if self.dist.is_main:
                 log.info("dead-code replacement: %s", f"below {dead:g} x the mean count" if dead else
                          "off (the default with --init: the initial codes keep their meaning)"
@@ -355,11 +358,11 @@ class _Run:
     def _write_run_info(self, start: int) -> None:
         if not self.dist.is_main:
             return
-        src = self.spec.source
+        src = self.spec.model
         info = {
             "socodec_version": __version__, "resumed_from": start, "world_size": self.dist.world_size,
             "data": list(self.spec.data), "valid": list(self.spec.valid),
-            "init": None if src.init is None else str(src.init),
+            "init": None if self.spec.init is None else str(self.spec.init),
             "ckpt_dir": None if src.ckpt_dir is None else str(src.ckpt_dir),
             "analyzer_config": None if src.analyzer_config is None else str(src.analyzer_config),
             "device": str(self.device), "config": self.cfg.to_dict(),

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from socodec.codec import SoCodec
-from socodec.config import AnalyzerConfig, VocoderConfig
+from socodec.config import AnalyzerConfig, ModelOptions, VocoderConfig
 from socodec.errors import CheckpointError
 from socodec.loading.checkpoints import ANALYZER_FILE, CheckpointPaths
 from socodec.loading.checkpoints import resolve_checkpoints
@@ -27,21 +27,6 @@ from socodec.train.checkpoint import write_analyzer
 from socodec.train.model import TrainModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the model comes from (typed form of the command's model options)."""
-
-    init: Path | None = None
-    """Folder with the three released-name files whose analyzer training starts from (None: from scratch)."""
-    ckpt_dir: Path | None = None
-    """HuBERT and vocoder for a from-scratch run (default: $SOCODEC_CKPT_DIR or ./ckpts, else downloaded)."""
-    analyzer_config: Path | None = None
-    vocoder_config: Path | None = None
-    device: str = "cpu"
-    dtype: torch.dtype = torch.float32
-    allow_download: bool = True
 
 
 @dataclass
@@ -55,15 +40,16 @@ class Models:
     missing_extras: list[str]
 
 
-def model_files(source: ModelSource) -> CheckpointPaths:
-    """The HuBERT, (initial) analyzer and vocoder files of ``source``."""
-    if source.init is not None:
-        paths = CheckpointPaths.in_dir(source.init)
+def model_files(model: ModelOptions, init: Path | None) -> CheckpointPaths:
+    """The HuBERT, (initial) analyzer and vocoder files: those in ``init`` when fine-tuning (the
+    analyzer starts from its weights), else ``model.ckpt_dir``'s (or downloaded)."""
+    if init is not None:
+        paths = CheckpointPaths.in_dir(init)
         missing = paths.missing()
         if missing:
-            raise CheckpointError(f"{source.init}: --init folder lacks {', '.join(p.name for p in missing)}")
+            raise CheckpointError(f"{init}: --init folder lacks {', '.join(p.name for p in missing)}")
         return paths
-    return resolve_checkpoints(source.ckpt_dir, allow_download=source.allow_download)
+    return resolve_checkpoints(model.ckpt_dir, allow_download=model.allow_download)
 
 
 def scratch_analyzer(cfg: AnalyzerConfig, run_dir: Path, seed: int, dist: distributed.DistInfo) -> Path:
@@ -78,20 +64,21 @@ def scratch_analyzer(cfg: AnalyzerConfig, run_dir: Path, seed: int, dist: distri
     return path
 
 
-def build_models(source: ModelSource, run_dir: Path, seed: int, epsilon: float,
+def build_models(model_opts: ModelOptions, init: Path | None, run_dir: Path, seed: int, epsilon: float,
                  dist: distributed.DistInfo, device: torch.device) -> Models:
-    """Load the codec strictly and make its analyzer a trainable copy wrapped in a :class:`TrainModel`."""
-    paths = model_files(source)
-    a_cfg = AnalyzerConfig.resolve(source.analyzer_config)
-    v_cfg = VocoderConfig.resolve(source.vocoder_config)
-    analyzer_file = paths.analyzer if source.init is not None else scratch_analyzer(a_cfg, run_dir, seed, dist)
+    """Load the codec strictly and make its analyzer a trainable copy wrapped in a :class:`TrainModel`
+    (from ``init``'s analyzer, or from scratch when ``init`` is None)."""
+    paths = model_files(model_opts, init)
+    a_cfg = AnalyzerConfig.resolve(model_opts.analyzer_config)
+    v_cfg = VocoderConfig.resolve(model_opts.vocoder_config)
+    analyzer_file = paths.analyzer if init is not None else scratch_analyzer(a_cfg, run_dir, seed, dist)
     codec = SoCodec.from_files(paths.hubert, analyzer_file, paths.vocoder, analyzer_config=a_cfg, vocoder_config=v_cfg)
     torch.manual_seed(seed)
     model = TrainModel(Analyzer(a_cfg))
     model.analyzer.load_state_dict(codec.analyzer.state_dict())  # copies: the file stays untouched
     missing = model.load_training_extras(load_file(str(analyzer_file)), epsilon)
     codec.analyzer = model.analyzer
-    codec.to_device(device, source.dtype)
+    codec.to_device(device, model_opts.dtype)
     model.to(device)
     codec.hubert.requires_grad_(False)
     codec.vocoder.requires_grad_(False)

@@ -141,7 +141,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 def test_from_scratch_initialises_codebooks_by_kmeans(tmp_path):
     data = make_clips(tmp_path / "data", count=3)
     spec = tiny_spec(tmp_path, data, tmp_path / "run", tiny_config(steps=2, every=2, valid_clips=0))
-    spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, init=None, ckpt_dir=tmp_path / "ckpt"))
+    spec = dataclasses.replace(spec, init=None, model=dataclasses.replace(spec.model, ckpt_dir=tmp_path / "ckpt"))
     loop.train(spec)
     with safe_open(str(tmp_path / "run" / "init" / "socodec_16384x4_120ms_16khz_chinese.safetensors"), "pt") as f:
         assert f.get_tensor("quantizer.quantizers.0._codebook.codebooks.0.embed").abs().sum() == 0

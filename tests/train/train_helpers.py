@@ -10,7 +10,7 @@ import soundfile as sf
 from conftest import GOLDEN, tiny_ckpt_dir
 from socodec.train.config import TrainConfig
 from socodec.train.loop import RunSpec
-from socodec.train.setup import ModelSource
+from socodec.config import ModelOptions
 
 TINY_ANALYZER = GOLDEN / "analyzer_tiny.json"
 TINY_VOCODER = GOLDEN / "vocoder_tiny.json"
@@ -50,8 +50,8 @@ def tiny_spec(tmp: Path, data: Path, out: Path, config: TrainConfig, valid: tupl
     ckpt = tmp / "ckpt"
     if not ckpt.exists():
         tiny_ckpt_dir(ckpt)
-    source = ModelSource(init=ckpt, analyzer_config=TINY_ANALYZER, vocoder_config=TINY_VOCODER)
-    return RunSpec(data=(str(data),), out=out, source=source, config=config, valid=valid)
+    model = ModelOptions(analyzer_config=TINY_ANALYZER, vocoder_config=TINY_VOCODER)
+    return RunSpec(data=(str(data),), out=out, model=model, init=ckpt, config=config, valid=valid)
 
 
 def ddp_worker(rank: int, world: int, port: int, tmp: str, from_scratch: bool) -> None:
@@ -70,7 +70,7 @@ def ddp_worker(rank: int, world: int, port: int, tmp: str, from_scratch: bool) -
     root = Path(tmp)
     if from_scratch:
         spec = tiny_spec(root, root / "data", root / "run", tiny_config(steps=4, every=2, valid_clips=0))
-        spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, init=None, ckpt_dir=root / "ckpt"))
+        spec = dataclasses.replace(spec, init=None, model=dataclasses.replace(spec.model, ckpt_dir=root / "ckpt"))
     else:  # with validation: every process validates its share of the clips (and records what it did)
         config = tiny_config(steps=4, every=2, valid_clips=3, valid_samples=1)
         spec = tiny_spec(root, root / "data", root / "run", config, valid=(str(root / "data"),))
