@@ -105,6 +105,8 @@ POS_CONV = "encoder.pos_conv_embed.conv"
 
 LAYER_NORM_EPS = 1e-5
 FFN_BLOCK_FRAMES = 512
+#: longer inputs run attention's queries in blocks of this many frames (41 s), bounding its memory
+ATTENTION_BLOCK_FRAMES = 2048
 
 
 class ConvLayer(nn.Module):
@@ -213,6 +215,22 @@ class SelfAttention(nn.Module):
                                            attn_mask=mask)
         return self.out_proj(h.transpose(1, 2).reshape(batch, frames, dim))
 
+    def add_to(self, residual: Tensor, x: Tensor, mask: Tensor | None = None, block: int = 2048) -> None:
+        """``residual += forward(x, mask)`` in place, queries ``block`` frames at a time.
+
+        Every query still attends to all ``T`` keys (the same numbers per frame); only the keys and
+        values are held whole, so a long input needs ~4 ``[B, T, E]`` tensors per layer instead of ~7.
+        """
+        batch, frames, dim = x.shape
+        heads, width = self.heads, dim // self.heads
+        k = self.k_proj(x).view(batch, frames, heads, width).transpose(1, 2)  # [B, H, T, E/H]
+        v = self.v_proj(x).view(batch, frames, heads, width).transpose(1, 2)
+        for start in range(0, frames, block):
+            stop = min(frames, start + block)
+            q = self.q_proj(x[:, start:stop]).view(batch, stop - start, heads, width).transpose(1, 2)
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, t, E/H]
+            residual[:, start:stop] += self.out_proj(h.transpose(1, 2).reshape(batch, stop - start, dim))
+
 
 class FeedForward(nn.Module):
     """Linear(E, F) → GELU → Linear(F, E): ``[B, T, E] -> [B, T, E]``."""
@@ -237,7 +255,11 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(dim, hidden)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attention(self.layer_norm(x), mask)
+        if x.shape[1] > ATTENTION_BLOCK_FRAMES and not torch.is_grad_enabled():
+            # long inputs (inference): queries in blocks, added in place (x is this encoder's own tensor)
+            self.attention.add_to(x, self.layer_norm(x), mask, ATTENTION_BLOCK_FRAMES)
+        else:
+            x = x + self.attention(self.layer_norm(x), mask)
         h = self.final_layer_norm(x)
         # frame-wise: blocks of frames bound the [B, T, 4096] intermediate (same numbers per frame)
         for start in range(0, h.shape[1], FFN_BLOCK_FRAMES):

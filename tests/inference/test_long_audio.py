@@ -322,3 +322,21 @@ def test_save_audio_stream_leaves_nothing_when_the_producer_fails(tmp_path):
     with pytest.raises(SoCodecError, match="half way"):
         save_audio_stream(tmp_path / "out.wav", pieces())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_long_attention_runs_queries_in_blocks_with_the_same_numbers(codec, monkeypatch):
+    """Above ATTENTION_BLOCK_FRAMES, queries go in blocks against all keys: same features, same tokens."""
+    import socodec.nn.hubert as hubert_mod
+
+    x = speechlike(9.0, seed=7)
+    with torch.inference_mode():
+        padded = codec.pad(x, LEAD, "published")[None]
+        whole = codec.features(padded)
+        calls = []
+        real = hubert_mod.SelfAttention.add_to
+        monkeypatch.setattr(hubert_mod, "ATTENTION_BLOCK_FRAMES", 100)
+        monkeypatch.setattr(hubert_mod.SelfAttention, "add_to", lambda *a, **k: calls.append(1) or real(*a, **k))
+        blocked = codec.features(padded)
+    assert calls and whole.shape[1] > 100
+    assert (blocked - whole).abs().max().item() < 1e-5
+    assert torch.equal(codec.analyzer.tokens(blocked), codec.analyzer.tokens(whole))
