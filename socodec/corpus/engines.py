@@ -263,7 +263,8 @@ def _start(ray, workers: int, address: str | None, log_level: int) -> bool:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=max(os.cpu_count() or 1, workers + 2), **kwargs)
+            # 'local': a Ray of our own, never one that happens to run on this machine
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers + 2), **kwargs)
     except Exception as exc:  # noqa: BLE001 - e.g. no cluster at the address
         raise SoCodecError(_start_failure(address, _original_message(exc))) from None
     return True

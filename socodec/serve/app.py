@@ -448,7 +448,8 @@ def serve_ray(load: Callable[[], SoCodec], opts: ServeOptions, host: str, port: 
     from ray import serve
 
     listen(host, port).close()  # a clear message now rather than a failing proxy later
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # without --ray-address: a Ray of our own ('local'), never one that happens to run on this machine
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         deployment = serve.deployment(
