@@ -112,22 +112,47 @@ ATTENTION_BLOCK_FRAMES = 2048
 class ConvLayer(nn.Module):
     """Conv1d → LayerNorm over channels (per frame) → GELU: ``[B, C_in, N] -> [B, C_out, N']``.
 
-    Runs time-major: the convolution is a channels-last 2-D one on ``[B, C, 1, N]`` (oneDNN's
-    fast layout), whose output is ``[B, N', C_out]`` in memory, so the LayerNorm over channels
-    and the GELU read it without a transposed copy. The returned ``[B, C_out, N']`` tensor is a
-    view of that time-major memory, which the next layer takes as it is.
+    Runs time-major. The first layer (one input channel) is a matrix product of the signal's
+    overlapping windows ``[B, N', k]`` with the ``[k, C_out]`` kernel, which gives ``[B, N', C_out]``
+    directly; the others are channels-last 2-D convolutions on ``[B, C, 1, N]`` (oneDNN's fast
+    layout) whose output is ``[B, N', C_out]`` in memory. So the LayerNorm over channels and the
+    GELU read it without a transposed copy, and the returned ``[B, C_out, N']`` tensor is a view
+    of that time-major memory, which the next layer takes as it is. Without gradients the
+    kernel in the convolution's layout is built once and kept (:meth:`kernel`).
     """
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
         self.layer_norm = nn.LayerNorm(out_dim, eps=LAYER_NORM_EPS)
+        self._kernel: tuple[tuple[object, ...], Tensor] | None = None
+
+    def kernel(self) -> Tensor:
+        """The weight as the forward uses it: ``[C_out, k]`` for one input channel, else channels-last
+        ``[C_out, C_in, 1, k]``; cached while no gradient is needed (keyed on the weight's version)."""
+        weight = self.conv.weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return self._layout(weight)
+        key = (id(weight), weight._version, weight.data_ptr(), weight.dtype, weight.device)
+        if self._kernel is None or self._kernel[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._kernel = (key, self._layout(weight).clone())
+        return self._kernel[1]
+
+    def _layout(self, weight: Tensor) -> Tensor:
+        if weight.shape[1] == 1:
+            return weight.reshape(weight.shape[0], -1)
+        return weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [B, C_in, 1, N], time-major
-        h = F.conv2d(h, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
-        # time-major [B, N', C_out] (oneDNN returns channels-last but for a single input channel)
-        h = h.contiguous(memory_format=torch.channels_last).squeeze(2).transpose(1, 2)
+        stride = self.conv.stride[0]
+        if x.shape[1] == 1:  # [B, 1, N] -> windows [B, N', k] @ [k, C_out] = time-major [B, N', C_out]
+            weight = self.kernel()
+            h = F.linear(x[:, 0].unfold(-1, weight.shape[1], stride), weight, self.conv.bias)
+        else:
+            h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [B, C_in, 1, N], time-major
+            h = F.conv2d(h, self.kernel(), self.conv.bias, stride=(1, stride))
+            h = h.contiguous(memory_format=torch.channels_last).squeeze(2).transpose(1, 2)  # [B, N', C_out]
         return F.gelu(self.layer_norm(h)).transpose(1, 2)
 
 
@@ -261,9 +286,12 @@ class EncoderLayer(nn.Module):
         else:
             x = x + self.attention(self.layer_norm(x), mask)
         h = self.final_layer_norm(x)
-        # frame-wise: blocks of frames bound the [B, T, 4096] intermediate (same numbers per frame)
-        for start in range(0, h.shape[1], FFN_BLOCK_FRAMES):
-            x[:, start : start + FFN_BLOCK_FRAMES] += self.feed_forward(h[:, start : start + FFN_BLOCK_FRAMES])
+        # frame-wise: blocks of frames bound the [B, T, 4096] intermediate (same numbers per frame);
+        # equal blocks of FFN_BLOCK_FRAMES..2*FFN_BLOCK_FRAMES-1 frames (no short, slow tail block)
+        frames = h.shape[1]
+        block = -(-frames // max(1, frames // FFN_BLOCK_FRAMES))
+        for start in range(0, frames, block):
+            x[:, start : start + block] += self.feed_forward(h[:, start : start + block])
         return x
 
 
