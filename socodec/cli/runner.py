@@ -40,7 +40,6 @@ from typing import BinaryIO, Iterator, TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -55,7 +54,9 @@ from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line
 __all__ = ["Runner", "run_jobs", "STREAM_FRAMES", "check_pcm_options", "pcm16_bytes", "stream_pcm", "SHARD_SUFFIX", "is_shard_input", "decode_shards"]
 
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the model: converting .soc files never imports it
+    import torch
+
     from socodec.codec import SoCodec
 log = logging.getLogger("socodec")
 
@@ -119,7 +120,7 @@ class Runner:
         if job in self._encoded:
             codes = self._encoded.pop(job)
         elif is_token_file(job.input):
-            codes = load_codes(job.input)
+            codes = load_codes(job.input, as_numpy=is_token_file(job.output))  # .soc -> .soc: no torch
         else:
             codes = self.encode(job.input)
         if not is_token_file(job.output):
@@ -331,7 +332,7 @@ STDOUT = Path("stdout.wav")
 
 def pcm16_bytes(wav: torch.Tensor) -> bytes:
     """``[n]`` float audio -> ``2 n`` bytes of signed 16-bit little-endian PCM, as a pcm16 ``.wav`` holds them."""
-    samples = np.clip(wav.detach().to("cpu", torch.float32).numpy().reshape(-1), -1.0, 1.0)
+    samples = np.clip(wav.detach().cpu().float().numpy().reshape(-1), -1.0, 1.0)
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", samplerate=SAMPLE_RATE, channels=1, format="RAW", subtype="PCM_16",
                       endian="LITTLE") as out:
