@@ -72,7 +72,7 @@ class Runner:
         self._decoded: dict[Job, torch.Tensor] = {}
         self._warned_model = False
         self.fallbacks = Fallbacks(log)
-        self.chunk_bar = False  # run_jobs: one file, not quiet -> progress of its synthesis on a terminal
+        self.chunk_bar = False  # run_jobs: one file, not quiet -> progress of its analysis and synthesis on a terminal
 
     @property
     def codec(self) -> SoCodec:
@@ -95,8 +95,14 @@ class Runner:
             self.speaker()
 
     def encode(self, path: Path) -> Codes:
-        """Analyse the audio file ``path`` (long files stream from disk)."""
-        return self.codec.encode(path, lead=self.opts.coding.lead, padding=self.opts.coding.padding)
+        """Analyse the audio file ``path`` (long files stream from disk), with a bar as for decoding
+        (:attr:`chunk_bar`)."""
+        coding = self.opts.coding
+        if not self.chunk_bar:
+            return self.codec.encode(path, lead=coding.lead, padding=coding.padding)
+        with _audio_bar("encode", file_duration(path)) as bar:
+            return self.codec.encode(path, lead=coding.lead, padding=coding.padding,
+                                     progress=lambda done: bar.update(done * bar.total - bar.n))
 
     def speaker(self) -> torch.Tensor | None:
         """The ``--speaker`` override vector ``[D]``, computed once."""
@@ -257,12 +263,17 @@ def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
     return 1 if failed else 0
 
 
+def _audio_bar(desc: str, seconds: float) -> tqdm:
+    """A bar in seconds of audio: on a terminal only, and only once the work has taken more than a
+    couple of seconds (short files stay silent); it is cleared when done."""
+    return tqdm(total=round(seconds, 1), unit="s", desc=desc, delay=2, leave=False, dynamic_ncols=True,
+                disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                                         "[{elapsed}<{remaining}]")
+
+
 def _with_bar(pieces: Iterator[torch.Tensor], seconds: float) -> Iterator[torch.Tensor]:
-    """``pieces`` (audio ``[n]``) as they come, with a bar in seconds of audio: on a terminal only, and
-    only once the work has taken more than a couple of seconds (short files stay silent)."""
-    with tqdm(total=round(seconds, 1), unit="s", desc="decode", delay=2, leave=False, dynamic_ncols=True,
-              disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
-                                       "[{elapsed}<{remaining}]") as bar:
+    """``pieces`` (audio ``[n]``) as they come, with a decode bar (:func:`_audio_bar`)."""
+    with _audio_bar("decode", seconds) as bar:
         for piece in pieces:
             bar.update(min(piece.numel() / SAMPLE_RATE, bar.total - bar.n))
             yield piece

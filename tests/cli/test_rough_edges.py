@@ -365,6 +365,21 @@ def test_long_decode_shows_its_progress_on_a_terminal(ws, tmp_path):
     assert status == 0 and "s of audio" not in shown, shown  # done within the delay: nothing shown
 
 
+def test_long_encode_shows_its_progress_on_a_terminal_only(ws, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    noise = np.random.default_rng(0).standard_normal(360 * 16000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "long.wav", noise, 16000, subtype="PCM_16")  # 6 minutes: more than 2 s of work
+    status, shown = _on_terminal(ws, tmp_path / "long.wav", tmp_path / "tty.soc", *model_args(ws))
+    assert status == 0, shown
+    assert "encode:" in shown and "s of audio" in shown, shown
+    piped = socodec(ws, tmp_path / "long.wav", tmp_path / "pipe.soc", *model_args(ws))
+    assert piped.returncode == 0, piped.stderr
+    assert "encode" not in piped.stderr and "\r" not in piped.stderr, piped.stderr
+    assert (tmp_path / "tty.soc").read_bytes() == (tmp_path / "pipe.soc").read_bytes()
+
+
 def test_shard_decoding_shows_a_bar_on_a_terminal(ws, tmp_path):
     from socodec.corpus import write_codes
 
