@@ -65,7 +65,7 @@ from socodec.audio import FileSource, TensorSource
 
 __all__ = [
     "PaddedSignal", "hubert_windows", "full_features", "windowed_features", "encode_long", "stream_tokens", "long_mel",
-    "mel_frames", "LazyMel", "Progress", "AnalysisProgress",
+    "mel_frames", "LazyMel", "Progress", "AnalysisProgress", "hubert_work",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ Progress = Callable[[float], None]
 class AnalysisProgress:
     """The fraction of one analysis done, for a :data:`Progress` callback (None: nothing is reported).
 
-    The stages (:attr:`SHARES` of the time, as measured on CPU with the released model) advance
+    The stages (:attr:`SHARES`: about their parts of the time on CPU with the released model) advance
     separately, each from 0 to 1; the callback sees the sum of their shares done (or what
     :meth:`reach` says), only when it grows, and 1.0 from :meth:`finish`.
     """
