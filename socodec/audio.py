@@ -17,17 +17,19 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Iterable
 
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
-from torch import Tensor
 
 from socodec.config import AUDIO_SUFFIXES, SAMPLE_FORMATS, SAMPLE_RATE, WRITE_SUFFIXES
 from socodec.errors import AudioError, one_line
 from socodec.fileio import atomic_path, write_reason
+
+if TYPE_CHECKING:  # imported where a tensor is made: listing and copying files never loads torch
+    import torch
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ def to_model_input(data: np.ndarray | torch.Tensor, sample_rate: int, name: str 
     Returns:
         ``[N']`` float32 tensor at 16 kHz.
     """
+    import torch
+
     arr = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
     if arr.ndim == 2:
         arr = arr.mean(axis=1) if arr.shape[1] > 1 else arr[:, 0]
@@ -197,7 +201,7 @@ def save_audio_stream(
             try:
                 with sf.SoundFile(sink, "w", samplerate=sample_rate, channels=1, format=fmt, subtype=subtype) as out:
                     for piece in pieces:
-                        arr = piece.detach().to("cpu", torch.float32).numpy().reshape(-1)
+                        arr = piece.detach().cpu().float().numpy().reshape(-1)
                         out.write(arr if subtype == "FLOAT" else np.clip(arr, -1.0, 1.0))
                         sink.check()
             except (sf.LibsndfileError, RuntimeError, AssertionError):  # soundfile asserts on short writes
@@ -361,6 +365,8 @@ class FileSource:
             data = read_block(self._file, self.path, stop - start)[:, 0]
         if data.shape[0] != stop - start:
             raise AudioError(f"{self.path}: file changed while being read")
+        import torch
+
         return torch.from_numpy(np.ascontiguousarray(data))
 
     def close(self) -> None:

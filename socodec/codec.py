@@ -28,7 +28,7 @@ from socodec.errors import CheckpointError
 from socodec.inference.core import decode_batch, encode_batch
 from socodec.inference.core import CodecCore, DecodeInputs
 from socodec.inference.core import release_heap
-from socodec.inference.longform import PaddedSignal, encode_long
+from socodec.inference.longform import AnalysisProgress, PaddedSignal, Progress, encode_long
 from socodec.inference.synthesis import SynthesisStream, gather, iter_synthesis, trimmed_length
 from socodec.loading.checkpoints import HUBERT_FILE, CheckpointPaths
 from socodec.loading.modules import load_modules
@@ -117,6 +117,7 @@ class SoCodec(CodecCore):
         lead: bool = True,
         padding: str = DEFAULT_PADDING,
         hubert_window: float | None = None,
+        progress: Progress | None = None,
     ) -> Codes | list[Codes]:
         """Audio -> :class:`Codes`; a list of clips -> a list of Codes (one batch).
 
@@ -140,6 +141,9 @@ class SoCodec(CodecCore):
                 ``chunks.hubert_window`` frames (20 s) with a warning. A number of seconds asks for
                 windowed attention (linear time, approximate tokens) on inputs longer than one
                 window. Either way the codes record it (``Codes.attention``, ``Codes.hubert_window``).
+            progress: called with the fraction of the work done (0 to 1, increasing, the last call
+                with 1.0): as HuBERT advances through a long input, at the end only for a short one;
+                for a list, the fraction of the whole list.
         Returns:
             Codes with tokens ``[T, S]`` int64, speaker ``[D]`` float32, and the input
             length and lead, so :meth:`decode` returns exactly the input's duration.
@@ -155,10 +159,14 @@ class SoCodec(CodecCore):
         try:
             if isinstance(wav, (list, tuple)):
                 clips = [self.mono(w, sample_rate) for w in wav]
-                return self._encode_list(clips, lead_n, padding, hubert_window)
+                return self._encode_list(clips, lead_n, padding, hubert_window, progress)
+            meter = AnalysisProgress(progress)
             if isinstance(wav, (str, Path)):
-                return self._encode_file(Path(wav), lead_n, padding, hubert_window)
-            return self._encode_mono(self.mono(wav, sample_rate), lead_n, padding, hubert_window)
+                codes = self._encode_file(Path(wav), lead_n, padding, hubert_window, meter)
+            else:
+                codes = self._encode_mono(self.mono(wav, sample_rate), lead_n, padding, hubert_window, meter)
+            meter.finish()
+            return codes
         finally:
             release_heap()
 
@@ -169,36 +177,45 @@ class SoCodec(CodecCore):
         return window is None and self.analysed_whole(lead + num_samples, padding), window
 
     def _encode_list(self, clips: list[torch.Tensor], lead: int, padding: str,
-                     hubert_window: float | None) -> list[Codes]:
-        """Short clips in one batch, long ones stage by stage, results in input order."""
+                     hubert_window: float | None, progress: Progress | None = None) -> list[Codes]:
+        """Short clips in one batch, long ones stage by stage, results in input order; ``progress`` hears of
+        each clip's share (of the samples) as it is done."""
         short = [i for i, x in enumerate(clips) if self._plan(x.numel(), lead, padding, hubert_window, warn=False)[0]]
         batch = encode_batch(self, [clips[i] for i in short], lead, padding)
         results: dict[int, Codes] = dict(zip(short, batch))
+        whole = AnalysisProgress(progress)
+        total, done = max(1, sum(x.numel() for x in clips)), sum(clips[i].numel() for i in short)
+        whole.reach(done / total)
         for i, x in enumerate(clips):
             if i not in results:
-                results[i] = self._encode_mono(x, lead, padding, hubert_window)
+                part = whole.part(done / total, x.numel() / total)
+                results[i] = self._encode_mono(x, lead, padding, hubert_window, part)
+                done += x.numel()
+        whole.finish()
         return [results[i] for i in range(len(clips))]
 
-    def _encode_file(self, path: Path, lead: int, padding: str, hubert_window: float | None) -> Codes:
+    def _encode_file(self, path: Path, lead: int, padding: str, hubert_window: float | None,
+                     progress: AnalysisProgress) -> Codes:
         """An audio file -> Codes; long files stream from disk."""
         approx = math.ceil(file_duration(path) * SAMPLE_RATE)
         if self._plan(approx, lead, padding, hubert_window, warn=False)[0]:
-            return self._encode_mono(load_audio(path), lead, padding, hubert_window)
+            return self._encode_mono(load_audio(path), lead, padding, hubert_window, progress)
         with FileSource(path) as source:
             whole, window = self._plan(source.num_samples, lead, padding, hubert_window)
             if whole:  # the header's duration was approximate
                 return self.encode_whole(source.read(0, source.num_samples), lead, padding)
             total = self.padded_length(lead + source.num_samples, padding)
-            tokens, speaker = encode_long(self, PaddedSignal(source, lead, total), window)
+            tokens, speaker = encode_long(self, PaddedSignal(source, lead, total), window, progress=progress)
             return self.make_codes(tokens, speaker, source.num_samples, lead, padding, window)
 
-    def _encode_mono(self, x: torch.Tensor, lead: int, padding: str, hubert_window: float | None) -> Codes:
+    def _encode_mono(self, x: torch.Tensor, lead: int, padding: str, hubert_window: float | None,
+                     progress: AnalysisProgress | None = None) -> Codes:
         """``[N]`` 16 kHz mono -> Codes, whole or stage by stage depending on the length."""
         whole, window = self._plan(x.numel(), lead, padding, hubert_window)
         if whole:
             return self.encode_whole(x, lead, padding)
         signal = PaddedSignal(x, lead, self.padded_length(lead + x.numel(), padding))
-        tokens, speaker = encode_long(self, signal, window)
+        tokens, speaker = encode_long(self, signal, window, progress=progress)
         return self.make_codes(tokens, speaker, x.numel(), lead, padding, window)
 
     # ------------------------------------------------------------------ synthesis

@@ -10,6 +10,10 @@ Files are chosen by suffix (:data:`TOKEN_SUFFIXES`). Writers are atomic
 (:func:`socodec.fileio.atomic_write`); readers raise :class:`~socodec.errors.CodesError`
 naming the file for any problem, and check sizes before allocating anything.
 
+:class:`Codes` holds torch tensors, or numpy arrays (``load_codes(path, as_numpy=True)``):
+torch is imported only for tensors and ``.pt`` files, so describing or copying ``.soc``
+files (``socodec info``, ``.soc`` to ``.soc``) starts without it.
+
 **``.pt``**: the published layout ``{"token": int64 [T, S], "speaker": float32 [D]}``
 (:func:`encode_pt`, :func:`read_pt`). We add the keys ``sample_rate``, ``num_samples``, ``lead``,
 ``model`` and ``format`` (``"socodec-pt/1"``), and when known ``padding``, ``attention`` and
@@ -36,19 +40,24 @@ import json
 import logging
 import math
 import struct
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from socodec.config import (
     ATTENTIONS, ATTENTION_FULL, ATTENTION_WINDOWED, PADDINGS, SAMPLES_PER_TOKEN, SAMPLE_RATE, TOKEN_SUFFIXES,
 )
 from socodec.errors import CodesError, unpickle_reason
 from socodec.fileio import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Codes", "load_codes", "save_codes", "TOKEN_SUFFIXES", "SOC_MAGIC", "SOC_MAX_HEADER", "PT_FORMAT", "encode_pt", "read_pt", "SOC_VERSION", "SOC_FORMAT", "encode_soc", "read_soc"]
 
@@ -57,12 +66,60 @@ logger = logging.getLogger(__name__)
 CARDINALITY = 16384
 MAX_STREAMS = 4
 FORMAT_VERSION = 1
-_INT_DTYPES = frozenset(
-    {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
-    | {getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)}
-)
-_FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_INT_NAMES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64")
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 _MAX_SAMPLE_RATE = 1_000_000
+
+
+def _torch_of(x: object) -> ModuleType | None:
+    """torch when ``x`` is a tensor, else None (without importing torch: a tensor means torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and isinstance(x, torch.Tensor) else None
+
+
+@cache
+def _kinds(torch: ModuleType) -> dict[object, str]:
+    """torch's integer and floating dtypes -> ``"i"`` / ``"f"``."""
+    kinds = {getattr(torch, n): "i" for n in _INT_NAMES if hasattr(torch, n)}
+    return kinds | {getattr(torch, n): "f" for n in _FLOAT_NAMES}
+
+
+def _array_kind(name: str, x: object) -> tuple[tuple[int, ...], str, str]:
+    """``(shape, kind, dtype)`` of a dense tensor or numpy array; kind ``"i"`` (integers), ``"f"``
+    (floating point) or ``""`` (anything else)."""
+    torch = _torch_of(x)
+    if torch is not None and x.layout == torch.strided:
+        return tuple(x.shape), _kinds(torch).get(x.dtype, ""), str(x.dtype)
+    if isinstance(x, np.ndarray):
+        kind = "i" if x.dtype.kind in "iu" else "f" if x.dtype.name in _FLOAT_NAMES else ""
+        return x.shape, kind, str(x.dtype)
+    raise CodesError(f"{name} must be a dense tensor or numpy array, got {type(x).__name__}")
+
+
+def _all_finite(x: Any) -> bool:
+    torch = _torch_of(x)
+    return bool(torch.isfinite(x).all()) if torch is not None else bool(np.isfinite(x).all())
+
+
+def _copy(x: Any) -> Any:
+    """A copy of a tensor or array that shares no memory with it."""
+    return x.clone() if _torch_of(x) is not None else x.copy()
+
+
+def _to_numpy(x: Any, dtype: str) -> np.ndarray:
+    """A tensor or array as a numpy array of ``dtype`` (values beyond float32 become inf, as in torch)."""
+    torch = _torch_of(x)
+    if torch is not None:
+        return x.detach().cpu().to(getattr(torch, dtype)).numpy()
+    with np.errstate(over="ignore"):
+        return np.asarray(x).astype(dtype, copy=False)
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    """A numpy array as a tensor sharing its memory (a tensor is returned as is)."""
+    import torch
+
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
 
 
 def _is_int(value: object) -> bool:
@@ -99,8 +156,10 @@ class Codes:
     """Tokens and speaker vector of one utterance.
 
     Attributes:
-        tokens: ``[T, S]`` integer (int64 once loaded), S streams in 1..4, values in [0, 16384).
-        speaker: ``[D]`` float32 speaker vector (D = 1024 released, 64 in the tiny test models).
+        tokens: ``[T, S]`` integer tensor (int64 once loaded), S streams in 1..4, values in [0, 16384);
+            a numpy array when loaded with ``as_numpy=True``.
+        speaker: ``[D]`` float32 speaker vector (D = 1024 released, 64 in the tiny test models), a tensor
+            or numpy array like ``tokens``.
         sample_rate: model rate in Hz; a frame is 1920 samples at this rate.
         num_samples: length of the original input (without the lead); None if unknown.
         lead: zeros prepended before analysis (8000 by default, 0 with ``--no-lead``); None if unknown.
@@ -113,8 +172,8 @@ class Codes:
         hubert_window: seconds kept per HuBERT window when ``attention`` is ``"windowed"``, else None.
     """
 
-    tokens: torch.Tensor
-    speaker: torch.Tensor
+    tokens: torch.Tensor | np.ndarray
+    speaker: torch.Tensor | np.ndarray
     sample_rate: int = SAMPLE_RATE
     num_samples: int | None = None
     lead: int | None = None
@@ -170,38 +229,36 @@ class Codes:
         Returns ``self`` so that calls can be chained.
         """
         tok, spk = self.tokens, self.speaker
-        if not isinstance(tok, torch.Tensor) or tok.layout != torch.strided:
-            raise CodesError(f"tokens must be a dense tensor, got {type(tok).__name__}")
-        if tok.dim() != 2:
-            raise CodesError(f"tokens must have shape [frames, streams], got {list(tok.shape)}")
-        if tok.dtype not in _INT_DTYPES:
-            raise CodesError(f"tokens must be integers, got {tok.dtype}")
-        if not 1 <= tok.shape[1] <= max_streams:
-            raise CodesError(f"tokens must have 1 to {max_streams} streams, got {tok.shape[1]}")
-        if tok.numel():
+        shape, kind, dtype = _array_kind("tokens", tok)
+        if len(shape) != 2:
+            raise CodesError(f"tokens must have shape [frames, streams], got {list(shape)}")
+        if kind != "i":
+            raise CodesError(f"tokens must be integers, got {dtype}")
+        if not 1 <= shape[1] <= max_streams:
+            raise CodesError(f"tokens must have 1 to {max_streams} streams, got {shape[1]}")
+        if shape[0]:
             lo, hi = int(tok.min()), int(tok.max())
             if lo < 0 or hi >= cardinality:
                 raise CodesError(f"token values must lie in [0, {cardinality}), got [{lo}, {hi}]")
-        if not isinstance(spk, torch.Tensor) or spk.layout != torch.strided:
-            raise CodesError(f"speaker must be a dense tensor, got {type(spk).__name__}")
-        if spk.dim() != 1 or spk.shape[0] < 1:
-            raise CodesError(f"speaker must have shape [dim], got {list(spk.shape)}")
-        if spk.dtype not in _FLOAT_DTYPES:
-            raise CodesError(f"speaker must be floating point, got {spk.dtype}")
-        if speaker_dim is not None and spk.shape[0] != speaker_dim:
-            raise CodesError(f"speaker vector has {spk.shape[0]} values, the model expects {speaker_dim}")
-        if not bool(torch.isfinite(spk).all()):
+        shape, kind, dtype = _array_kind("speaker", spk)
+        if len(shape) != 1 or shape[0] < 1:
+            raise CodesError(f"speaker must have shape [dim], got {list(shape)}")
+        if kind != "f":
+            raise CodesError(f"speaker must be floating point, got {dtype}")
+        if speaker_dim is not None and shape[0] != speaker_dim:
+            raise CodesError(f"speaker vector has {shape[0]} values, the model expects {speaker_dim}")
+        if not _all_finite(spk):
             raise CodesError("speaker vector holds NaN or infinite values")
         if not (_is_int(self.sample_rate) and 0 < self.sample_rate <= _MAX_SAMPLE_RATE):
             raise CodesError(f"sample_rate must be in 1..{_MAX_SAMPLE_RATE}, got {self.sample_rate!r}"[:200])
         _check_optional_count("num_samples", self.num_samples)
         _check_optional_count("lead", self.lead)
         covered = (self.lead or 0) + (self.num_samples or 0)
-        capacity = tok.shape[0] * SAMPLES_PER_TOKEN
+        capacity = self.num_frames * SAMPLES_PER_TOKEN
         if covered > capacity:
             raise CodesError(
                 f"lead ({self.lead}) + num_samples ({self.num_samples}) = {covered} samples "
-                f"exceed the {tok.shape[0]} frames ({capacity} samples)"
+                f"exceed the {self.num_frames} frames ({capacity} samples)"
             )
         _check_model(self.model)
         if self.padding is not None and self.padding not in PADDINGS:
@@ -219,7 +276,7 @@ class Codes:
         """A copy keeping only the first ``k`` streams (tokens ``[T, k]``)."""
         if not _is_int(k) or not 1 <= k <= self.num_streams:
             raise CodesError(f"cannot keep {k!r} streams: the codes have {self.num_streams}")
-        return replace(self, tokens=self.tokens[:, :k].clone(), model=dict(self.model))
+        return replace(self, tokens=_copy(self.tokens[:, :k]), model=dict(self.model))
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly description (for ``socodec info``); an infinite bitrate becomes None."""
@@ -267,16 +324,13 @@ def save_codes(codes: Codes, path: str | Path) -> Path:
     suffix = _suffix(p)
     try:
         codes.validate()  # before converting: a float token must not be silently truncated
-        tokens = codes.tokens.detach().cpu().to(torch.int64)
-        speaker = codes.speaker.detach().cpu().to(torch.float32)
+        tokens, speaker = _to_numpy(codes.tokens, "int64"), _to_numpy(codes.speaker, "float32")
         replace(codes, tokens=tokens, speaker=speaker).validate()  # e.g. float64 values beyond float32
     except CodesError as exc:
         raise CodesError(f"{p}: refusing to write invalid codes ({exc})") from None
     try:
-        if suffix == ".pt":
-            data = encode_pt(_meta(codes), tokens, speaker)
-        else:
-            data = encode_soc(_meta(codes), tokens.numpy(), speaker.numpy())
+        encode = encode_pt if suffix == ".pt" else encode_soc
+        data = encode(_meta(codes), tokens, speaker)
         atomic_write(p, lambda tmp: tmp.write_bytes(data))
     except (OSError, CodesError) as exc:
         raise CodesError(f"{p}: cannot write token file ({exc})") from None
@@ -284,8 +338,12 @@ def save_codes(codes: Codes, path: str | Path) -> Path:
     return p
 
 
-def load_codes(path: str | Path) -> Codes:
+def load_codes(path: str | Path, *, as_numpy: bool = False) -> Codes:
     """Read a ``.pt`` or ``.soc`` token file (by suffix) and validate it.
+
+    Args:
+        as_numpy: hold numpy arrays instead of tensors; a ``.soc`` file is then read without
+            importing torch (a ``.pt`` file always needs it).
 
     Raises:
         CodesError: the file is missing, unreadable, unsafe, corrupt, or holds invalid codes.
@@ -297,6 +355,10 @@ def load_codes(path: str | Path) -> Codes:
     try:
         codes = _load_pt(p) if suffix == ".pt" else _load_soc(p)
         codes.validate()
+        if as_numpy:
+            codes = replace(codes, tokens=_to_numpy(codes.tokens, "int64"), speaker=_to_numpy(codes.speaker, "float32"))
+        else:
+            codes = replace(codes, tokens=_as_tensor(codes.tokens), speaker=_as_tensor(codes.speaker))
     except CodesError as exc:
         raise CodesError(f"{p}: not a valid token file ({exc})") from None
     except OSError as exc:
@@ -307,6 +369,8 @@ def load_codes(path: str | Path) -> Codes:
 
 def _load_pt(path: Path) -> Codes:
     """Read the published ``{"token", "speaker"}`` layout (plus our optional metadata keys)."""
+    import torch
+
     obj = read_pt(path)
     raw = Codes(
         tokens=obj["token"],
@@ -331,8 +395,8 @@ def _load_soc(path: Path) -> Codes:
     """Read a ``.soc`` file (structure checked by :func:`socodec.codes.read_soc`)."""
     header, tokens, speaker = read_soc(path)
     return Codes(
-        tokens=torch.from_numpy(tokens),
-        speaker=torch.from_numpy(speaker),
+        tokens=tokens,
+        speaker=speaker,
         sample_rate=header["sample_rate"],
         num_samples=header["num_samples"],
         lead=header["lead"],
@@ -349,16 +413,18 @@ META_KEYS = ("sample_rate", "num_samples", "lead", "padding", "attention", "hube
 PT_OPTIONAL_KEYS = ("padding", "attention", "hubert_window")
 
 
-def encode_pt(meta: dict[str, Any], tokens: torch.Tensor, speaker: torch.Tensor) -> bytes:
+def encode_pt(meta: dict[str, Any], tokens: np.ndarray, speaker: np.ndarray) -> bytes:
     """The bytes of a ``.pt`` file (serialised in memory: a failing disk then raises the real OSError).
 
     Args:
         meta: the :data:`META_KEYS` (validated); :data:`PT_OPTIONAL_KEYS` that are None are left out.
-        tokens: ``[T, S]`` int64; speaker: ``[D]`` float32.
+        tokens: ``[T, S]`` int64; speaker: ``[D]`` float32 (numpy arrays or tensors).
     """
+    import torch
+
     payload: dict[str, Any] = {
-        "token": tokens.clone(),  # clone: never save a larger underlying storage
-        "speaker": speaker.clone(),
+        "token": torch.as_tensor(tokens).clone(),  # clone: never save a larger underlying storage
+        "speaker": torch.as_tensor(speaker).clone(),
         "sample_rate": int(meta["sample_rate"]),
         "num_samples": meta["num_samples"],
         "lead": meta["lead"],
@@ -377,6 +443,8 @@ def read_pt(path: Path) -> dict[str, Any]:
         head = f.read(4)
     if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
         raise CodesError("not a torch file: it is neither a zip archive nor a pickle (a text file named .pt?)")
+    import torch
+
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols in corrupt files
             warnings.simplefilter("ignore")

@@ -381,6 +381,9 @@ class _TorchDtypes(Mapping):
 
         return getattr(torch, name)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.NAMES  # without importing torch
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.NAMES)
 
@@ -392,16 +395,6 @@ class _TorchDtypes(Mapping):
 DTYPES: Mapping[str, torch.dtype] = _TorchDtypes()
 
 
-def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
-    """A torch dtype from its ``--dtype`` name (a dtype is returned as is)."""
-    if not isinstance(name, str):
-        return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype '{name}' (choose from {', '.join(DTYPES)})") from None
-
-
 @dataclass(frozen=True)
 class ModelOptions:
     """Which model to load and how to run it: one type for every command that needs the model
@@ -410,8 +403,9 @@ class ModelOptions:
     Attributes:
         ckpt_dir: folder with the three released files (None: ``$SOCODEC_CKPT_DIR`` or ``./ckpts``).
         analyzer_config, vocoder_config: JSON configs of other model sizes (None: released).
-        device: ``cpu``, ``cuda``, ``cuda:1``, ...; dtype: HuBERT's compute dtype (a name is turned
-            into the torch dtype); threads: torch's CPU threads (None: torch's choice).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...; dtype: the name of HuBERT's compute dtype (a torch
+            dtype is turned into its name; :attr:`torch_dtype` gives the type); threads: torch's CPU
+            threads (None: torch's choice).
         allow_download: download missing weights; batch_size: files run through the model together.
         hubert_window, exact_max_seconds: how long inputs are analysed (see :class:`ChunkConfig`).
     """
@@ -420,7 +414,7 @@ class ModelOptions:
     analyzer_config: Path | None = None
     vocoder_config: Path | None = None
     device: str = "cpu"
-    dtype: torch.dtype | str = "float32"  # a name becomes the torch dtype
+    dtype: str = "float32"  # a torch dtype becomes its name: options are made without importing torch
     threads: int | None = None
     allow_download: bool = True
     batch_size: int = 1
@@ -428,7 +422,15 @@ class ModelOptions:
     exact_max_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", dtype_from_name(self.dtype))
+        name = self.dtype if isinstance(self.dtype, str) else str(self.dtype).removeprefix("torch.")
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype '{self.dtype}' (choose from {', '.join(DTYPES)})")
+        object.__setattr__(self, "dtype", name)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch type of :attr:`dtype` (imports torch)."""
+        return DTYPES[self.dtype]
 
 
 def padded_length(n: int, padding: str, hop: int = SAMPLES_PER_TOKEN) -> int:

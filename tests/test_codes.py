@@ -144,6 +144,32 @@ def test_round_trip_edge_cases(tmp_path: Path, suffix: str) -> None:
 
 
 @pytest.mark.parametrize("suffix", TOKEN_SUFFIXES)
+def test_numpy_codes_read_write_and_validate_like_tensors(tmp_path: Path, suffix: str) -> None:
+    import numpy as np
+
+    codes = make_codes()
+    path = save_codes(codes, tmp_path / f"t{suffix}")
+    arrays = load_codes(path, as_numpy=True)
+    assert isinstance(arrays.tokens, np.ndarray) and arrays.tokens.dtype == np.int64
+    assert isinstance(arrays.speaker, np.ndarray) and arrays.speaker.dtype == np.float32
+    assert arrays.summary() == load_codes(path).summary()
+    assert np.array_equal(arrays.tokens, codes.tokens.numpy()) and np.array_equal(arrays.speaker, codes.speaker.numpy())
+    assert save_codes(arrays, tmp_path / f"n{suffix}").read_bytes() == path.read_bytes()  # the same file
+    assert_same(codes, load_codes(tmp_path / f"n{suffix}"))
+    assert arrays.with_streams(2).tokens.shape == (7, 2) and arrays.tokens.shape == (7, 4)
+    bad = {"tokens": arrays.tokens + 16384, "speaker": np.full(64, np.nan, np.float32)}
+    for name, value in bad.items():
+        with pytest.raises(CodesError, match="16384|NaN"):
+            dataclasses.replace(arrays, **{name: value}).validate()
+    with pytest.raises(CodesError, match="invalid"):  # float64 beyond float32: refused as for tensors
+        save_codes(dataclasses.replace(arrays, speaker=np.full(64, 1e300)), tmp_path / f"o{suffix}")
+    with pytest.raises(CodesError, match="must be integers, got float32"):
+        dataclasses.replace(arrays, tokens=arrays.tokens.astype(np.float32)).validate()
+    with pytest.raises(CodesError, match="dense tensor or numpy array, got list"):
+        dataclasses.replace(arrays, tokens=arrays.tokens.tolist()).validate()
+
+
+@pytest.mark.parametrize("suffix", TOKEN_SUFFIXES)
 def test_round_trip_records_the_attention(tmp_path: Path, suffix: str) -> None:
     """Every token format tells exact tokens (full attention) from approximate ones (windows)."""
     codes = make_codes()

@@ -26,14 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Print a summary of each file; exit status 1 if any cannot be read."""
     args = build_parser().parse_args(argv)
-    from socodec.codes import load_codes  # after parsing: 'socodec info --help' never imports torch
+    from socodec.codes import load_codes  # numpy arrays: describing .soc files never imports torch
 
     files: list[Path] = args.files
     status = 0
     results = []
     for path in files:
         try:
-            summary = load_codes(path).summary()
+            summary = load_codes(path, as_numpy=True).summary()
         except SoCodecError as exc:
             log.error("%s", one_line(exc))
             status = 1

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from socodec.cli.common import UsageError
-from socodec.config import DTYPES, ModelOptions, dtype_from_name
+from socodec.config import DTYPES, ModelOptions
 from socodec.errors import ErrorLimit, SoCodecError, one_line
 
 
@@ -113,22 +113,23 @@ def model_options(ns: argparse.Namespace) -> ModelOptions:
     batch = getattr(ns, "batch_size", 1)
     if batch < 1:
         raise UsageError("--batch-size must be at least 1")
-    import torch  # here, not at import: --help and --version never load torch
-
     if ns.hubert_window is not None and not 0.12 <= ns.hubert_window < float("inf"):
         raise UsageError("--hubert-window must be at least 0.12 seconds (one token frame)")
     if not 0 < ns.exact_max_seconds < float("inf"):
         raise UsageError("--exact-max-seconds must be a positive number of seconds")
-    try:
-        torch.device(ns.device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {ns.device}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if ns.device != "cpu":  # torch knows the other names: converting token files never imports it
+        import torch
+
+        try:
+            torch.device(ns.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {ns.device}: not a device name (cpu, cuda, cuda:1, ...)") from None
     return ModelOptions(
         ckpt_dir=ns.ckpt_dir,
         analyzer_config=ns.analyzer_config,
         vocoder_config=ns.vocoder_config,
         device=ns.device,
-        dtype=DTYPES[ns.dtype],
+        dtype=ns.dtype,
         threads=ns.threads,
         allow_download=not ns.no_download,
         batch_size=batch,
@@ -164,7 +165,7 @@ def load_codec(opts: ModelOptions, analysis: bool = True) -> SoCodec:
         codec = SoCodec.from_files(
             paths.hubert if paths.hubert.is_file() else None, paths.analyzer, paths.vocoder,
             analyzer_config=opts.analyzer_config, vocoder_config=opts.vocoder_config,
-            device=opts.device, dtype=opts.dtype, lazy_hubert=not analysis,
+            device=opts.device, dtype=opts.torch_dtype, lazy_hubert=not analysis,
         )
         codec.chunks = dataclasses.replace(codec.chunks, exact_max_seconds=opts.exact_max_seconds,
                                            hubert_window_seconds=opts.hubert_window)

@@ -40,7 +40,6 @@ from typing import BinaryIO, Iterator, TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -55,7 +54,9 @@ from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line
 __all__ = ["Runner", "run_jobs", "STREAM_FRAMES", "check_pcm_options", "pcm16_bytes", "stream_pcm", "SHARD_SUFFIX", "is_shard_input", "decode_shards"]
 
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the model: converting .soc files never imports it
+    import torch
+
     from socodec.codec import SoCodec
 log = logging.getLogger("socodec")
 
@@ -71,7 +72,7 @@ class Runner:
         self._decoded: dict[Job, torch.Tensor] = {}
         self._warned_model = False
         self.fallbacks = Fallbacks(log)
-        self.chunk_bar = False  # run_jobs: one file, not quiet -> progress of its synthesis on a terminal
+        self.chunk_bar = False  # run_jobs: one file, not quiet -> progress of its analysis and synthesis on a terminal
 
     @property
     def codec(self) -> SoCodec:
@@ -94,8 +95,14 @@ class Runner:
             self.speaker()
 
     def encode(self, path: Path) -> Codes:
-        """Analyse the audio file ``path`` (long files stream from disk)."""
-        return self.codec.encode(path, lead=self.opts.coding.lead, padding=self.opts.coding.padding)
+        """Analyse the audio file ``path`` (long files stream from disk), with a bar as for decoding
+        (:attr:`chunk_bar`)."""
+        coding = self.opts.coding
+        if not self.chunk_bar:
+            return self.codec.encode(path, lead=coding.lead, padding=coding.padding)
+        with _audio_bar("encode", file_duration(path)) as bar:
+            return self.codec.encode(path, lead=coding.lead, padding=coding.padding,
+                                     progress=lambda done: bar.update(done * bar.total - bar.n))
 
     def speaker(self) -> torch.Tensor | None:
         """The ``--speaker`` override vector ``[D]``, computed once."""
@@ -119,7 +126,7 @@ class Runner:
         if job in self._encoded:
             codes = self._encoded.pop(job)
         elif is_token_file(job.input):
-            codes = load_codes(job.input)
+            codes = load_codes(job.input, as_numpy=is_token_file(job.output))  # .soc -> .soc: no torch
         else:
             codes = self.encode(job.input)
         if not is_token_file(job.output):
@@ -256,12 +263,17 @@ def run_jobs(jobs: list[Job], opts: ConvertOptions) -> int:
     return 1 if failed else 0
 
 
+def _audio_bar(desc: str, seconds: float) -> tqdm:
+    """A bar in seconds of audio: on a terminal only, and only once the work has taken more than a
+    couple of seconds (short files stay silent); it is cleared when done."""
+    return tqdm(total=round(seconds, 1), unit="s", desc=desc, delay=2, leave=False, dynamic_ncols=True,
+                disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                                         "[{elapsed}<{remaining}]")
+
+
 def _with_bar(pieces: Iterator[torch.Tensor], seconds: float) -> Iterator[torch.Tensor]:
-    """``pieces`` (audio ``[n]``) as they come, with a bar in seconds of audio: on a terminal only, and
-    only once the work has taken more than a couple of seconds (short files stay silent)."""
-    with tqdm(total=round(seconds, 1), unit="s", desc="decode", delay=2, leave=False, dynamic_ncols=True,
-              disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
-                                       "[{elapsed}<{remaining}]") as bar:
+    """``pieces`` (audio ``[n]``) as they come, with a decode bar (:func:`_audio_bar`)."""
+    with _audio_bar("decode", seconds) as bar:
         for piece in pieces:
             bar.update(min(piece.numel() / SAMPLE_RATE, bar.total - bar.n))
             yield piece
@@ -331,7 +343,7 @@ STDOUT = Path("stdout.wav")
 
 def pcm16_bytes(wav: torch.Tensor) -> bytes:
     """``[n]`` float audio -> ``2 n`` bytes of signed 16-bit little-endian PCM, as a pcm16 ``.wav`` holds them."""
-    samples = np.clip(wav.detach().to("cpu", torch.float32).numpy().reshape(-1), -1.0, 1.0)
+    samples = np.clip(wav.detach().cpu().float().numpy().reshape(-1), -1.0, 1.0)
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", samplerate=SAMPLE_RATE, channels=1, format="RAW", subtype="PCM_16",
                       endian="LITTLE") as out:

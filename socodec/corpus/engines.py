@@ -21,6 +21,15 @@ nodes must have socodec (same version) and the model files installed. When the c
 process already runs Ray, that Ray is used and left running; only a Ray this module
 started is shut down.
 
+A Ray of our own outlives a socodec killed with ``kill -9`` by minutes (Ray's agents, ~200 MB).
+:func:`start_local_ray` (also used by ``socodec serve``) runs each one in a temporary folder of
+its own (``socodec-ray-*``) and records it under the cache folder (``$SOCODEC_CACHE_DIR/ray``:
+that folder and the socodec process that owns it) from before it starts until it is shut down;
+before starting another, it stops the processes of every recorded Ray whose owner is gone, and
+removes its folder. A process is stopped only when it is Ray's and belongs to that Ray (its
+command line or its open files are in the folder): a Ray that socodec did not start, or that a
+live socodec runs, is never touched.
+
 Fault tolerance is set explicitly: an actor whose node is lost is restarted elsewhere
 (``max_restarts=-1``) and the batches it held are run again (``max_task_retries=-1``);
 the driver keeps a result only once per shard position, and a shard is written only
@@ -43,10 +52,15 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import shutil
 import sys
+import tempfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from multiprocessing import resource_tracker
+from pathlib import Path
+from types import ModuleType
 from typing import Callable, Iterable, Iterator, TYPE_CHECKING
 
 import torch
@@ -60,8 +74,11 @@ from socodec.corpus.plan import Batch, LONG_SECONDS
 from socodec.corpus.quiet import RAY_NATIVE_LOG, drop_stderr_lines
 from socodec.corpus.schema import codes_table, pa, shard_schema
 from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line
+from socodec.fileio import atomic_write
+from socodec.loading.hubert import default_cache_dir
 
-__all__ = ["run_local", "run_ray", "BatchEncoder", "FALLBACK_KEY", "RESULT_COLUMNS", "load_encoder"]
+__all__ = ["run_local", "run_ray", "BatchEncoder", "FALLBACK_KEY", "RESULT_COLUMNS", "load_encoder",
+           "start_local_ray", "stop_orphaned_rays"]
 
 
 log = logging.getLogger(__name__)
@@ -214,7 +231,7 @@ def run_ray(
     rows = [{"batch": json.dumps(b.to_json())} for b in batches]
     if not rows:
         return
-    started = _start(ray, workers, address, log_level)
+    stop = _start(ray, workers, address, log_level)
     quiet = drop_stderr_lines(RAY_NATIVE_LOG) if log_level > logging.DEBUG else nullcontext()
     try:
         ctx = ray.data.DataContext.get_current()
@@ -241,18 +258,19 @@ def run_ray(
         except Exception as exc:  # noqa: BLE001 - Ray wraps the actors' errors; keep their message
             raise SoCodecError(f"the ray engine failed: {_original_message(exc)}") from None
     finally:
-        if started:
-            ray.shutdown()
+        if stop is not None:
+            stop()
 
 
-def _start(ray, workers: int, address: str | None, log_level: int) -> bool:
+def _start(ray, workers: int, address: str | None, log_level: int) -> Callable[[], None] | None:
     """Join ``address``, or start a quiet local Ray with enough logical CPUs for the actors.
 
-    Ray's Python loggers are set to errors only unless ``log_level`` is DEBUG. Returns False
-    when this process already runs Ray (it is used as it is, and not shut down afterwards).
+    Ray's Python loggers are set to errors only unless ``log_level`` is DEBUG. Returns what
+    shuts it down, or None when this process already runs Ray (it is used as it is, and not
+    shut down afterwards).
     """
     if ray.is_initialized():
-        return False
+        return None
     if log_level > logging.DEBUG:
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -260,14 +278,125 @@ def _start(ray, workers: int, address: str | None, log_level: int) -> bool:
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
                   configure_logging=True, ignore_reinit_error=True, runtime_env={"env_vars": env} if env else None)
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            # 'local': a Ray of our own, never one that happens to run on this machine
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers + 2), **kwargs)
+        if not address:
+            return start_local_ray(ray, num_cpus=max(os.cpu_count() or 1, workers + 2), **kwargs)
+        ray.init(address=address, **kwargs)
+        return ray.shutdown
     except Exception as exc:  # noqa: BLE001 - e.g. no cluster at the address
         raise SoCodecError(_start_failure(address, _original_message(exc))) from None
-    return True
+
+
+def start_local_ray(ray: ModuleType, **init_kwargs: object) -> Callable[[], None]:
+    """``ray.init(address="local", **init_kwargs)``: a Ray of our own, never one that happens to run on
+    this machine, in a temporary folder of its own and recorded until it is shut down (after
+    :func:`stop_orphaned_rays`). Returns the function that shuts it down and forgets it.
+    """
+    stop_orphaned_rays()
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()  # where Ray would put it (short: sockets)
+    temp = Path(tempfile.mkdtemp(prefix=_RAY_PREFIX, dir=base))
+    record = _ray_records() / f"{temp.name}.json"
+    entry = {"owner": os.getpid(), "owner_started": _psutil().Process().create_time(), "temp_dir": str(temp)}
+    try:  # before Ray starts: a kill at any moment leaves its processes findable
+        atomic_write(record, lambda tmp: tmp.write_text(json.dumps(entry)), fsync=False)
+    except OSError as exc:  # an unwritable cache: Ray still runs, only a kill -9 would leave it behind
+        log.debug("cannot record the Ray of this run in %s (%s)", record, one_line(exc))
+
+    def stop() -> None:
+        try:
+            ray.shutdown()
+        finally:
+            record.unlink(missing_ok=True)
+            shutil.rmtree(temp, ignore_errors=True)
+
+    try:
+        ray.init(address="local", _temp_dir=str(temp), **init_kwargs)
+    except BaseException:
+        stop()
+        raise
+    return stop
+
+
+def stop_orphaned_rays() -> int:
+    """Stop the processes of the Rays that :func:`start_local_ray` recorded and whose socodec is gone
+    (killed), and forget them. Returns the number of processes stopped."""
+    psutil = _psutil()
+    stopped = 0
+    for record in sorted(_ray_records().glob("*.json")):
+        try:
+            entry = json.loads(record.read_text())
+            owner, started, temp = int(entry["owner"]), float(entry["owner_started"]), Path(entry["temp_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.debug("%s: not a Ray record, removed", record)
+            record.unlink(missing_ok=True)
+            continue
+        if _alive(owner, started):
+            continue
+        procs = _ray_processes(temp)
+        for proc in procs:
+            with suppress(psutil.Error):
+                proc.terminate()
+        _, left = psutil.wait_procs(procs, timeout=5)
+        for proc in left:
+            with suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(left, timeout=5)
+        if procs:
+            log.info("stopped %d Ray processes left behind by a socodec that was killed", len(procs))
+        stopped += len(procs)
+        if temp.is_absolute() and temp.name.startswith(_RAY_PREFIX):  # never what a damaged record names
+            shutil.rmtree(temp, ignore_errors=True)
+        record.unlink(missing_ok=True)
+    return stopped
+
+
+_RAY_PREFIX = "socodec-ray-"
+
+
+def _psutil() -> ModuleType:
+    """psutil as Ray ships it (importing Ray puts its own copy on the path)."""
+    import ray  # noqa: F401
+    import psutil
+
+    return psutil
+
+
+def _ray_records() -> Path:
+    folder = default_cache_dir() / "ray"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _alive(pid: int, started: float) -> bool:
+    """Whether process ``pid`` still runs and is the one started at ``started`` (not a reused pid)."""
+    psutil = _psutil()
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # cannot tell: leave it alone
+        return True
+
+
+def _ray_processes(temp: Path) -> list:
+    """Ray's processes of the Ray in folder ``temp``: a Ray program (its executable or script in Ray's
+    package, or a worker named ``ray::...``) whose command line or open files are in that folder."""
+    psutil = _psutil()
+    package = os.path.dirname(sys.modules["ray"].__file__) + os.sep
+    inside = re.compile(re.escape(str(temp)) + r"(?:/|$|[\s\"',;])")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.pid == os.getpid() or not cmd:
+            continue
+        if not (cmd[0].startswith("ray::") or any(arg.startswith(package) for arg in cmd[:3])):
+            continue
+        try:
+            if any(inside.search(arg) for arg in cmd) or any(inside.search(f.path) for f in proc.open_files()):
+                found.append(proc)
+        except psutil.Error:  # gone meanwhile, or not ours to inspect
+            continue
+    return found
 
 
 def _start_failure(address: str | None, reason: str) -> str:

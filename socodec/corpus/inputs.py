@@ -54,10 +54,9 @@ import logging
 import math
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import soundfile as sf
-import torch
 
 from socodec.audio import open_audio, read_block, to_model_input
 from socodec.config import AUDIO_SUFFIXES
@@ -67,6 +66,9 @@ from socodec.corpus.containers import (
 from socodec.corpus.containers import WorkItem, check_unique, metadata_text, relative_id
 from socodec.corpus.containers import is_url, local_path, store_error, url_filesystem
 from socodec.errors import AudioError, SoCodecError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["collect_work", "walk_files", "is_glob", "MANIFEST_SUFFIXES", "kaldi_items", "jsonl_items", "read_item", "probe_seconds", "item_name", "fingerprint"]
 

@@ -33,6 +33,11 @@ path (:meth:`CodecCore.encode_whole`), with the same numbers.
   :class:`LazyMel` recomputes it for each of the encoder's chunked passes
   (:meth:`SpeakerEncoder.forward_frames`), which bound the activations.
 
+**Progress**: :class:`AnalysisProgress` reports the fraction of a long analysis done to a
+``progress`` callback (:meth:`SoCodec.encode <socodec.codec.SoCodec.encode>`): the speaker
+vector once made, HuBERT (~96 % of the time) block by block of its convolutional front end and
+layer by layer with full attention, window by window otherwise; the causal encoder chunk by chunk.
+
 The padded signal is materialised only for full attention (4 bytes a sample: 38 MB per
 10 minutes); otherwise :class:`PaddedSignal` serves slices of ``lead zeros + audio + zero
 padding``, the audio coming from memory or, for ``SoCodec.encode(path)``, from the file on
@@ -43,26 +48,108 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable, Iterator
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from socodec.config import HUBERT_TAIL_SAMPLES, NORMALIZE_EPS
+from socodec.config import HUBERT_TAIL_SAMPLES, NORMALIZE_EPS, HubertConfig
 from socodec.errors import SoCodecError
 from socodec.nn.causal import CausalStreamer
 from socodec.inference.core import CodecCore
+from socodec.nn.hubert import HubertFeatures
 from socodec.nn.mel import MelSpectrogram
 from socodec.audio import FileSource, TensorSource
 
 __all__ = [
     "PaddedSignal", "hubert_windows", "full_features", "windowed_features", "encode_long", "stream_tokens", "long_mel",
-    "mel_frames", "LazyMel",
+    "mel_frames", "LazyMel", "Progress", "AnalysisProgress", "hubert_work",
 ]
 
 log = logging.getLogger(__name__)
 
 _STATS_BLOCK = 1 << 20
+
+Progress = Callable[[float], None]
+"""A progress callback: called with the fraction of the work done, increasing, the last call with 1.0."""
+
+
+class AnalysisProgress:
+    """The fraction of one analysis done, for a :data:`Progress` callback (None: nothing is reported).
+
+    The stages (:attr:`SHARES`: about their parts of the time on CPU with the released model) advance
+    separately, each from 0 to 1; the callback sees the sum of their shares done (or what
+    :meth:`reach` says), only when it grows, and 1.0 from :meth:`finish`.
+    """
+
+    SHARES = {"speaker": 0.02, "hubert": 0.96, "encoder": 0.02}
+
+    def __init__(self, callback: Progress | None = None) -> None:
+        self.callback = callback
+        self.reported = 0.0
+        self.done = dict.fromkeys(self.SHARES, 0.0)
+
+    def advance(self, stage: str, fraction: float) -> None:
+        """``stage`` (a key of :attr:`SHARES`) has done ``fraction`` more of its work."""
+        self.done[stage] = min(1.0, self.done[stage] + fraction)
+        self.reach(min(0.999, sum(share * self.done[name] for name, share in self.SHARES.items())))
+
+    def finish(self) -> None:
+        """All done: reports 1.0 (unless reported already)."""
+        self.reach(1.0)
+
+    def reach(self, fraction: float) -> None:
+        """``fraction`` of the work is done (reported if more than so far)."""
+        if self.callback is not None and fraction > self.reported:
+            self.reported = fraction
+            self.callback(fraction)
+
+    def part(self, start: float, share: float) -> AnalysisProgress:
+        """A meter for a part of this work: its fractions 0..1 are reported as ``start .. start + share``."""
+        return AnalysisProgress(None if self.callback is None else lambda fraction: self.reach(start + share * fraction))
+
+    @contextmanager
+    def watch(self, hubert: HubertFeatures, frames: int) -> Iterator[None]:
+        """Within the block, report HuBERT's work over ``frames`` frames as it runs (full attention): each
+        block of the convolutional front end and each layer, weighted by its multiply-adds. Only this
+        thread's calls count (a model shared by threads runs other inputs meanwhile)."""
+        if self.callback is None:
+            yield
+            return
+        net = hubert.model
+        front, layer = hubert_work(hubert.cfg, frames)
+        total = front + layer * len(net.encoder.layers)
+        owner = threading.get_ident()
+
+        def block_done(module: torch.nn.Module, args: object, output: Tensor) -> None:  # output [B, C, frames]
+            if threading.get_ident() == owner:
+                self.advance("hubert", front * output.shape[-1] / frames / total)
+
+        def layer_done(module: torch.nn.Module, args: object, output: Tensor) -> None:
+            if threading.get_ident() == owner:
+                self.advance("hubert", layer / total)
+
+        handles = [net.feature_extractor.conv_layers[-1].register_forward_hook(block_done)]
+        handles += [m.register_forward_hook(layer_done) for m in net.encoder.layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def hubert_work(cfg: HubertConfig, frames: int) -> tuple[float, float]:
+    """Multiply-adds of HuBERT over ``frames`` frames with full attention: ``(front end, one layer)``."""
+    front, stride, channels = 0.0, 1, 1
+    for dim, kernel, step in cfg.conv_layers:
+        stride *= step
+        front += cfg.hop / stride * kernel * channels * dim
+        channels = dim
+    width = cfg.embed_dim
+    layer = 4 * width * width + 2 * width * cfg.ffn_dim + 2 * frames * width  # projections, feed-forward, attention
+    return front * frames, layer * frames
 
 
 class PaddedSignal:
@@ -138,7 +225,7 @@ def hubert_windows(frames: int, window: int, context: int) -> list[tuple[int, in
 
 
 @torch.inference_mode()
-def full_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]:
+def full_features(core: CodecCore, signal: PaddedSignal, progress: AnalysisProgress | None = None) -> Iterator[Tensor]:
     """HuBERT features of the whole ``signal`` with full attention (the published arithmetic).
 
     Yields the features ``[1, ceil(L/320), C]`` float32 in pieces of ``chunks.hubert_window``
@@ -146,7 +233,8 @@ def full_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]:
     """
     per_token = core.hop // core.hubert.hop
     wav = signal.segment(0, signal.length)[None]  # [1, L]
-    feats = core.features(wav)  # [1, ceil(L/320), C]; standardised over all L + 3200 samples
+    with (progress or AnalysisProgress()).watch(core.hubert, -(-signal.length // core.hubert.hop)):
+        feats = core.features(wav)  # [1, ceil(L/320), C]; standardised over all L + 3200 samples
     del wav
     step = core.chunks.hubert_window * per_token
     log.debug("HuBERT with full attention over %d frames", feats.shape[1])
@@ -155,10 +243,12 @@ def full_features(core: CodecCore, signal: PaddedSignal) -> Iterator[Tensor]:
 
 
 @torch.inference_mode()
-def windowed_features(core: CodecCore, signal: PaddedSignal, window: int | None = None) -> Iterator[Tensor]:
+def windowed_features(core: CodecCore, signal: PaddedSignal, window: int | None = None,
+                      progress: AnalysisProgress | None = None) -> Iterator[Tensor]:
     """HuBERT features of ``signal`` window by window: yields ``[1, 6 * (keep_hi - keep_lo), C]`` float32.
 
-    ``window``: token frames kept per window (default ``chunks.hubert_window``). Concatenated in
+    ``window``: token frames kept per window (default ``chunks.hubert_window``); ``progress`` hears of
+    each window done. Concatenated in
     order the pieces give the stitched feature sequence ``[1, ceil(L/320), C]`` (the last window is
     shorter when L is not on the 1920-sample grid: published padding). Approximate: attention stays
     inside each window and its context (see the module docstring).
@@ -174,14 +264,18 @@ def windowed_features(core: CodecCore, signal: PaddedSignal, window: int | None 
         wav = signal.segment(in_lo * hop, stop)[None].to(core.device)  # float32: standardised before the cast
         feats = core.hubert(wav, norm_stats=stats).float()  # [1, ceil((stop - 1920 in_lo) / 320), C]
         log.debug("HuBERT window: frames %d-%d (input %d-%d) of %d", keep_lo, keep_hi, in_lo, in_hi, frames)
+        if progress is not None:
+            progress.advance("hubert", (keep_hi - keep_lo) / frames)
         yield feats[:, (keep_lo - in_lo) * per_token : (keep_hi - in_lo) * per_token]
 
 
 @torch.inference_mode()
-def encode_long(core: CodecCore, signal: PaddedSignal, window: int | None = None) -> tuple[Tensor, Tensor]:
+def encode_long(core: CodecCore, signal: PaddedSignal, window: int | None = None,
+                progress: AnalysisProgress | None = None) -> tuple[Tensor, Tensor]:
     """Tokens ``[T, S]`` and speaker ``[D]`` of a long padded signal (see the module docstring).
 
-    ``window``: None for full attention (exact), else token frames per HuBERT window.
+    ``window``: None for full attention (exact), else token frames per HuBERT window. ``progress``
+    hears of the work as it is done (not finished here: the caller may have more to do).
     """
     # The speaker first: HuBERT's 1.3 GB of weights are not paged in yet, so the two peaks do not add up.
     encoder = core.analyzer.speaker_encoder
@@ -190,21 +284,30 @@ def encode_long(core: CodecCore, signal: PaddedSignal, window: int | None = None
         speaker = encoder.forward_frames(mel, encoder.chunk_frames)[0]
     else:
         speaker = core.analyzer.speaker(long_mel(core.mel, signal, core.chunks.mel_chunk).to(core.device)[None])[0]
-    features = full_features(core, signal) if window is None else windowed_features(core, signal, window)
-    return stream_tokens(core, features), speaker
+    if progress is not None:
+        progress.advance("speaker", 1.0)
+    if window is None:
+        features = full_features(core, signal, progress)
+    else:
+        features = windowed_features(core, signal, window, progress)
+    return stream_tokens(core, features, progress, core.token_frames(signal.length)), speaker
 
 
 @torch.inference_mode()
-def stream_tokens(core: CodecCore, features: Iterable[Tensor]) -> Tensor:
+def stream_tokens(core: CodecCore, features: Iterable[Tensor], progress: AnalysisProgress | None = None,
+                  frames: int | None = None) -> Tensor:
     """Consecutive feature chunks ``[1, 6 t_i, C]`` -> tokens ``[sum t_i, S]``, through the causal encoder.
 
     Exact: equals ``analyzer.tokens`` of the concatenated features; only one chunk is held at a time.
+    ``progress`` hears of each chunk's share of the ``frames`` token frames.
     """
     streamer = CausalStreamer()
     pieces = []
     for feats in features:
-        frames = streamer.encoder(core.analyzer.encoder, feats)  # [1, t_i, D]
-        pieces.append(core.analyzer.vq.encode(frames)[0])
+        encoded = streamer.encoder(core.analyzer.encoder, feats)  # [1, t_i, D]
+        pieces.append(core.analyzer.vq.encode(encoded)[0])
+        if progress is not None and frames:
+            progress.advance("encoder", pieces[-1].shape[0] / frames)
     return torch.cat(pieces)
 
 

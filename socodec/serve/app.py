@@ -447,9 +447,15 @@ def serve_ray(load: Callable[[], SoCodec], opts: ServeOptions, host: str, port: 
     import ray
     from ray import serve
 
+    from socodec.corpus.engines import start_local_ray
+
     listen(host, port).close()  # a clear message now rather than a failing proxy later
-    # without --ray-address: a Ray of our own ('local'), never one that happens to run on this machine
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    settings = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address:
+        ray.init(address=address, **settings)
+        stop = ray.shutdown
+    else:  # a Ray of our own, never one that happens to run on this machine; stopped even after a kill -9
+        stop = start_local_ray(ray, **settings)
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         deployment = serve.deployment(
@@ -466,4 +472,4 @@ def serve_ray(load: Callable[[], SoCodec], opts: ServeOptions, host: str, port: 
         try:
             serve.shutdown()
         finally:
-            ray.shutdown()
+            stop()

@@ -78,7 +78,7 @@ def build_models(model_opts: ModelOptions, init: Path | None, run_dir: Path, see
     model.analyzer.load_state_dict(codec.analyzer.state_dict())  # copies: the file stays untouched
     missing = model.load_training_extras(load_file(str(analyzer_file)), epsilon)
     codec.analyzer = model.analyzer
-    codec.to_device(device, model_opts.dtype)
+    codec.to_device(device, model_opts.torch_dtype)
     model.to(device)
     codec.hubert.requires_grad_(False)
     codec.vocoder.requires_grad_(False)

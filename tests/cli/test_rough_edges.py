@@ -4,6 +4,7 @@ float WAV headers, start-up without torch. Commands run in a subprocess, on real
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -288,20 +289,45 @@ def _running(pid: int) -> bool:
 # ---------------------------------------------------------------- start-up without torch (25.15)
 
 _NO_TORCH = """
-import contextlib, io, sys
+import contextlib, io, json, sys
 from socodec.cli import main
-with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+out = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
     status = main(sys.argv[1:])
-print(status, "torch" in sys.modules)
+print(json.dumps([status, "torch" in sys.modules, out.getvalue()]))
 """
+
+
+def _torch_free(ws: dict[str, Path], *args: object) -> tuple[int, bool, str]:
+    """Run ``socodec ARGS`` in a fresh interpreter: ``(exit status, whether torch was imported, stdout)``."""
+    r = subprocess.run([sys.executable, "-c", _NO_TORCH, *map(str, args)], env=env_for(ws), capture_output=True,
+                       text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 0, r.stderr
+    status, imported, out = json.loads(r.stdout)
+    return status, imported, out
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], [], *([name, "--help"] for name in COMMANDS)],
                          ids=lambda a: " ".join(a) or "no-arguments")
 def test_version_and_help_never_import_torch(ws, args):
-    r = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], env=env_for(ws), capture_output=True, text=True,
-                       timeout=TIMEOUT_S)
-    assert r.stdout.split() == [str(2 if not args else 0), "False"], r.stdout + r.stderr
+    assert _torch_free(ws, *args)[:2] == (2 if not args else 0, False)
+
+
+def test_soc_files_are_described_and_copied_without_torch(ws, tmp_path):
+    pt = tmp_path / "codes.pt"
+    assert socodec(ws, ws["soc"], pt).returncode == 0
+    status, imported, shown = _torch_free(ws, "info", "--json", ws["soc"])
+    assert (status, imported) == (0, False)
+    from_pt = json.loads(socodec(ws, "info", "--json", pt).stdout)  # read by torch: the same description
+    assert {**json.loads(shown), "file": "-"} == {**from_pt, "file": "-"} and from_pt["frames"] == 60
+    status, imported, shown = _torch_free(ws, "info", ws["soc"])
+    assert (status, imported) == (0, False) and "60 x 4 streams" in shown
+    copy = tmp_path / "copy.soc"
+    assert _torch_free(ws, ws["soc"], copy)[:2] == (0, False)
+    assert copy.read_bytes() == ws["soc"].read_bytes()
+    assert _torch_free(ws, ws["soc"], copy, tmp_path / "folder", "-t", ".soc")[:2] == (0, False)
+    assert (tmp_path / "folder" / "copy.soc").read_bytes() == ws["soc"].read_bytes()
+    assert _torch_free(ws, "info", pt)[:2] == (0, True)  # a .pt file is a torch pickle: torch reads it
 
 
 # ---------------------------------------------------------------- progress on a terminal (25.6)
@@ -337,6 +363,21 @@ def test_long_decode_shows_its_progress_on_a_terminal(ws, tmp_path):
     assert "s of audio" in shown and "decode" in shown, shown
     status, shown = _on_terminal(ws, ws["soc"], tmp_path / "short.wav", *model_args(ws))
     assert status == 0 and "s of audio" not in shown, shown  # done within the delay: nothing shown
+
+
+def test_long_encode_shows_its_progress_on_a_terminal_only(ws, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    noise = np.random.default_rng(0).standard_normal(360 * 16000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "long.wav", noise, 16000, subtype="PCM_16")  # 6 minutes: more than 2 s of work
+    status, shown = _on_terminal(ws, tmp_path / "long.wav", tmp_path / "tty.soc", *model_args(ws))
+    assert status == 0, shown
+    assert "encode:" in shown and "s of audio" in shown, shown
+    piped = socodec(ws, tmp_path / "long.wav", tmp_path / "pipe.soc", *model_args(ws))
+    assert piped.returncode == 0, piped.stderr
+    assert "encode" not in piped.stderr and "\r" not in piped.stderr, piped.stderr
+    assert (tmp_path / "tty.soc").read_bytes() == (tmp_path / "pipe.soc").read_bytes()
 
 
 def test_shard_decoding_shows_a_bar_on_a_terminal(ws, tmp_path):

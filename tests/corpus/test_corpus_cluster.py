@@ -1,11 +1,14 @@
 """A real multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head without CPUs and
 two worker nodes of one CPU, so each runs one encoder actor): ``tokenize --engine ray --ray-address``
 joins it, one worker node is removed while the job runs (and a fresh one joins, as nodes come and go),
-and every id is still written exactly once."""
+and every id is still written exactly once. A caller's Ray is left running; the Ray of a socodec killed
+with ``kill -9`` is stopped by the next socodec that starts one."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO
-from corpus_cases import _noise, finish, make_corpus, show, socodec, start
+from corpus_cases import _noise, finish, make_corpus, run, show, socodec, start
 
 N_CLIPS = 10
 
@@ -87,3 +90,75 @@ def test_the_callers_ray_is_left_running(tmp_path: Path) -> None:
         assert ray.get(ray.put(7)) == 7
     finally:
         ray.shutdown()
+
+
+def _session_of(pid: int) -> str | None:
+    """The session folder of the Ray that process ``pid`` started (from its children's command lines)."""
+    import ray  # noqa: F401 - Ray brings its own psutil
+    import psutil
+
+    for child in psutil.Process(pid).children():
+        try:
+            for arg in child.cmdline():
+                if arg.startswith(("--session-dir=", "--session_dir=")):
+                    return arg.split("=", 1)[1]
+        except psutil.Error:
+            continue
+    return None
+
+
+def _session_processes(session: str) -> list:
+    """Running processes of the Ray session folder ``session``: their command line or open files are in it."""
+    import ray  # noqa: F401 - Ray brings its own psutil
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            paths = [*(proc.info["cmdline"] or []), *(f.path for f in proc.open_files())]
+        except psutil.Error:
+            continue
+        if proc.pid != os.getpid() and any(p == session or p.startswith(session + "/") or f"={session}" in p
+                                           for p in paths):
+            found.append(proc)
+    return found
+
+
+def test_the_ray_of_a_killed_run_is_stopped_by_the_next(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for n in range(12):
+        sf.write(clips / f"k{n:02d}.wav", _noise(1.0, 16000, seed=50 + n), 16000, subtype="PCM_16")
+    args = ["--engine", "ray", "--workers", "1", "--shard-size", "1", "--batch-size", "1", "--threads", "1", "-q",
+            *corpus.model_args]
+    records = Path(corpus.env["SOCODEC_CACHE_DIR"]) / "ray"
+    first = subprocess.Popen(socodec("tokenize", clips, "-o", tmp_path / "first", *args), env=corpus.env, cwd=REPO,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    left: list = []
+    try:
+        deadline = time.monotonic() + 120
+        session = None
+        while first.poll() is None:  # until Ray's agents run (they are what outlives a kill)
+            assert time.monotonic() < deadline, "Ray did not start"
+            session = session or _session_of(first.pid)
+            if session and any(p.info["cmdline"][0].startswith("ray::") for p in _session_processes(session)):
+                break
+            time.sleep(0.2)
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.wait(timeout=60) == -signal.SIGKILL
+        time.sleep(3)
+        left = _session_processes(session)
+        assert any(p.info["cmdline"][0].startswith("ray::") for p in left), "nothing of Ray outlived the kill"
+        second = run(socodec("tokenize", clips, "-o", tmp_path / "second", *args), corpus.env)
+        assert second.returncode == 0, show(second)
+        assert not [p for p in left if p.is_running()], [p.info["cmdline"][0] for p in left if p.is_running()]
+        assert _session_processes(session) == [] and not Path(session).parent.exists()  # its folder too
+        assert list(records.glob("*.json")) == []  # the killed run's Ray is forgotten, the second one's too
+        assert len(pq.read_table(tmp_path / "second" / "shards", columns=["id"])) == 12
+    finally:
+        if first.poll() is None:
+            first.kill()
+        for proc in left:
+            if proc.is_running():
+                proc.kill()

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from conftest import GOLDEN, assert_close_golden
 from socodec import SoCodec
@@ -142,8 +143,8 @@ def test_long_encode_is_exact_by_default(codec, small_chunks, monkeypatch, caplo
 
     calls = []
     real = codec_mod.encode_long
-    monkeypatch.setattr(codec_mod, "encode_long", lambda c, sig, window: calls.append((sig.length, window))
-                        or real(c, sig, window))
+    monkeypatch.setattr(codec_mod, "encode_long", lambda c, sig, window, **kw: calls.append((sig.length, window))
+                        or real(c, sig, window, **kw))
     x = speechlike(7.0, seed=4)
     with caplog.at_level(logging.WARNING, logger="socodec"):
         codes = codec.encode(x, padding="grid")
@@ -177,6 +178,30 @@ def test_windowed_attention_on_request_is_recorded(codec, small_chunks):
     for bad in (0, -1.0, 0.01, float("nan"), float("inf"), "2"):
         with pytest.raises(SoCodecError, match="hubert_window"):
             codec.encode(x, hubert_window=bad)
+
+
+def test_encode_reports_its_progress(codec):
+    """A long input (``golden_cli_long40``, 40 s): the fraction done grows step by step to 1.0, as HuBERT's
+    front end and layers advance (full attention) or window by window; the tokens are unchanged."""
+    g = load_file(str(GOLDEN / "cli" / "golden_cli_long40.safetensors"))
+    net = codec.hubert.model
+    for window, least_steps in ((None, len(net.encoder.layers) + 10), (20, 3)):
+        seen: list[float] = []
+        codes = codec.encode(g["input_wav"], hubert_window=window, progress=seen.append)
+        assert len(seen) >= least_steps, seen
+        assert all(0 < a < b for a, b in zip(seen, seen[1:])) and seen[-1] == 1.0, seen
+        assert max(seen[:-1]) < 1.0
+        if window is None:
+            assert torch.equal(codes.tokens, g["tokens"])
+    assert not any(m._forward_hooks for m in net.modules())  # nothing left on the shared model
+    short: list[float] = []
+    codec.encode(g["input_wav"][:16000], progress=short.append)
+    assert short == [1.0]
+    batch: list[float] = []
+    clips = [g["input_wav"][:16000], g["input_wav"], g["input_wav"][:32000]]
+    both = codec.encode(clips, progress=batch.append)
+    assert all(a < b for a, b in zip(batch, batch[1:])) and batch[-1] == 1.0 and len(batch) > 10
+    assert torch.equal(both[1].tokens, g["tokens"])
 
 
 def test_exact_limit_falls_back_to_windows_with_one_warning(codec, small_chunks, caplog):
