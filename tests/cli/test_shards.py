@@ -11,14 +11,15 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from conftest import GOLDEN, TINY_CONFIGS
+from conftest import GOLDEN, REPO, TINY_CONFIGS
 from socodec import Codes
 from socodec.corpus import write_codes
 from socodec.loading.checkpoints import ANALYZER_FILE, VOCODER_FILE
 
 
 def run(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SOCODEC_CACHE_DIR": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # this checkout, installed or not
+    env = {**os.environ, "SOCODEC_CACHE_DIR": str(cwd / "cache"), "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     return subprocess.run([sys.executable, "-m", "socodec", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
