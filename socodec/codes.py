@@ -492,11 +492,10 @@ _PT_DTYPES = {"int64": "i8", "int32": "i4", "int16": "i2", "int8": "i1", "uint8"
 _PT_STORAGES = {"LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
                 "ByteStorage": "uint8", "DoubleStorage": "float64", "FloatStorage": "float32",
                 "HalfStorage": "float16", "UntypedStorage": "uint8"}
-#: pickle opcodes of plain data (no BUILD, NEWOBJ, INST, OBJ, EXT*, out-of-band buffers)
-_PT_OPCODES = frozenset("""PROTO FRAME STOP MARK POP POP_MARK DUP NONE NEWTRUE NEWFALSE INT BININT BININT1
-    BININT2 LONG LONG1 LONG4 FLOAT BINFLOAT BINUNICODE SHORT_BINUNICODE BINUNICODE8 BINBYTES SHORT_BINBYTES
-    BINBYTES8 EMPTY_DICT DICT SETITEM SETITEMS EMPTY_LIST LIST APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1 TUPLE2
-    TUPLE3 PUT BINPUT LONG_BINPUT MEMOIZE GET BINGET LONG_BINGET GLOBAL STACK_GLOBAL REDUCE BINPERSID""".split())
+#: pickle opcodes of plain data that torch's weights_only unpickler knows too (no BUILD, NEWOBJ, sets)
+_PT_OPCODES = frozenset("""PROTO STOP MARK GLOBAL REDUCE BINPERSID NONE NEWTRUE NEWFALSE BININT BININT1 BININT2
+    LONG1 BINFLOAT BINUNICODE EMPTY_DICT SETITEM SETITEMS EMPTY_LIST APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1
+    TUPLE2 TUPLE3 BINPUT LONG_BINPUT BINGET LONG_BINGET""".split())
 
 
 class _NotPlain(Exception):
@@ -544,6 +543,13 @@ class _PtUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data), encoding="utf-8")
         self._record, self._order = record, order
         self._storages: dict[str, _PtStorage] = {}
+        self.arrays: list[np.ndarray] = []  #: the tensors read, read-only until :meth:`load` returns
+
+    def load(self) -> Any:
+        obj = super().load()
+        for array in self.arrays:
+            array.flags.writeable = True
+        return obj
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"):
@@ -583,12 +589,17 @@ class _PtUnpickler(pickle.Unpickler):
         flat = np.frombuffer(storage.data, dtype=np.dtype(dtype.code).newbyteorder(self._order))  # whole elements
         if len(shape) != len(steps) or math.prod(shape) > flat.size:
             raise _NotPlain(f"a tensor of shape {list(shape)} on a storage of {flat.size} elements"[:200])
+        native = flat.dtype.newbyteorder("=")
         if math.prod(shape) == 0:
-            return np.zeros(shape, dtype=flat.dtype.newbyteorder("="))
-        if offset + sum((n - 1) * s for n, s in zip(shape, steps)) >= flat.size:
+            array = np.zeros(shape, dtype=native)
+        elif offset + sum((n - 1) * s for n, s in zip(shape, steps)) >= flat.size:
             raise _NotPlain(f"a tensor reaching past its storage of {flat.size} elements")
-        view = as_strided(flat[offset:], shape, [s * flat.itemsize for s in steps], writeable=False)
-        return np.array(view, dtype=flat.dtype.newbyteorder("="), order="C")
+        else:
+            view = as_strided(flat[offset:], shape, [s * flat.itemsize for s in steps], writeable=False)
+            array = np.array(view, dtype=native, order="C")
+        array.flags.writeable = False  # while unpickling: SETITEM must not change it (torch refuses it too)
+        self.arrays.append(array)
+        return array
 
 
 def read_pt_arrays(path: Path) -> dict[str, Any] | None:
@@ -618,31 +629,27 @@ def _read_plain_pt(path: Path) -> object:
     size = path.stat().st_size
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
-        folder = infos[0].filename.split("/", 1)[0]  # as torch: the archive's folder is its first record's
-        by_name = {info.filename: info for info in infos}
+        if infos[0].header_offset:  # torch reads no archive with bytes before it
+            raise _NotPlain(f"the archive starts at byte {infos[0].header_offset}")
+        stored = all(i.compress_type == zipfile.ZIP_STORED and i.compress_size == i.file_size for i in infos)
+        if not stored or sum(i.file_size for i in infos) > size:
+            raise _NotPlain("compressed records, or records larger than the file")
+        records = {i.filename: zf.read(i) for i in infos}  # every record, as torch: sizes and CRC checked
+    folder = infos[0].filename.split("/", 1)[0]  # as torch: the archive's folder is its first record's
 
-        def record(name: str, nbytes: int | None = None) -> bytes | None:
-            """The bytes of ``name``; None when missing, unless its size ``nbytes`` is required."""
-            info = by_name.get(f"{folder}/{name}")
-            if info is None and nbytes is None:
-                return None
-            if info is None:
-                raise _NotPlain(f"no record {name!r}"[:100])
-            stored = info.compress_type == zipfile.ZIP_STORED and info.file_size <= size
-            if not stored or nbytes not in (None, info.file_size):
-                raise _NotPlain(f"record {name!r} of {info.file_size} bytes (expected {nbytes}, stored)"[:200])
-            with zf.open(info) as f:  # checks the CRC
-                data = f.read(info.file_size + 1)
-            if len(data) != info.file_size:
-                raise _NotPlain(f"record {name!r} is not {info.file_size} bytes")
-            return data
+    def record(name: str, nbytes: int | None = None) -> bytes | None:
+        """The bytes of ``name``; None when missing, unless its size ``nbytes`` is required."""
+        data = records.get(f"{folder}/{name}")
+        if nbytes is not None and (data is None or len(data) != nbytes):
+            raise _NotPlain(f"record {name!r} is not {nbytes} bytes"[:100])
+        return data
 
-        version, order, pkl = record("version") or record(".data/version"), record("byteorder"), record("data.pkl")
-        if pkl is None or (version or b"").strip() not in (b"1", b"2", b"3") or order not in (None, b"little", b"big"):
-            raise _NotPlain(f"version {version!r}, byteorder {order!r}, data.pkl {pkl is not None}"[:200])
-        if bad := {op.name for op, _, _ in pickletools.genops(pkl)} - _PT_OPCODES:
-            raise _NotPlain(f"pickle opcodes {sorted(bad)}")
-        return _PtUnpickler(pkl, lambda key, n: record(f"data/{key}", n), ">" if order == b"big" else "<").load()
+    version, order, pkl = record("version") or record(".data/version"), record("byteorder"), record("data.pkl")
+    if pkl is None or (version or b"").strip() not in (b"1", b"2", b"3") or order not in (None, b"little", b"big"):
+        raise _NotPlain(f"version {version!r}, byteorder {order!r}, data.pkl {pkl is not None}"[:200])
+    if bad := {op.name for op, _, _ in pickletools.genops(pkl)} - _PT_OPCODES:
+        raise _NotPlain(f"pickle opcodes {sorted(bad)}")
+    return _PtUnpickler(pkl, lambda key, n: record(f"data/{key}", n), ">" if order == b"big" else "<").load()
 
 
 SOC_MAGIC = b"SOCODEC\x00"
