@@ -19,7 +19,10 @@ files (``socodec info``, ``.soc`` to ``.soc``) starts without it.
 ``model`` and ``format`` (``"socodec-pt/1"``), and when known ``padding``, ``attention`` and
 ``hubert_window``; files without them (the published tool's) read too. Always read with
 ``torch.load(weights_only=True)``: a file that needs any other pickle global is refused, nothing
-in it is executed.
+in it is executed. With ``as_numpy=True`` a plain token file (the zip archive ``torch.save`` writes:
+dense int/float tensors, strings, numbers, dicts) is read without torch (:func:`read_pt_arrays`,
+which knows only those pickle globals and refuses every other); anything else, and any file that does
+not hold valid codes, goes through torch, so that messages and results are those of torch's reader.
 
 **``.soc``**: ours, pickle-free, versioned (:func:`encode_soc`, :func:`read_soc`). All integers
 little-endian::
@@ -39,16 +42,19 @@ import io
 import json
 import logging
 import math
+import pickle
 import struct
 import sys
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from socodec.config import (
     ATTENTIONS, ATTENTION_FULL, ATTENTION_WINDOWED, PADDINGS, SAMPLES_PER_TOKEN, SAMPLE_RATE, TOKEN_SUFFIXES,
@@ -59,7 +65,7 @@ from socodec.fileio import atomic_write
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Codes", "load_codes", "save_codes", "TOKEN_SUFFIXES", "SOC_MAGIC", "SOC_MAX_HEADER", "PT_FORMAT", "encode_pt", "read_pt", "SOC_VERSION", "SOC_FORMAT", "encode_soc", "read_soc"]
+__all__ = ["Codes", "load_codes", "save_codes", "TOKEN_SUFFIXES", "SOC_MAGIC", "SOC_MAX_HEADER", "PT_FORMAT", "encode_pt", "read_pt", "read_pt_arrays", "SOC_VERSION", "SOC_FORMAT", "encode_soc", "read_soc"]
 
 
 logger = logging.getLogger(__name__)
@@ -342,8 +348,8 @@ def load_codes(path: str | Path, *, as_numpy: bool = False) -> Codes:
     """Read a ``.pt`` or ``.soc`` token file (by suffix) and validate it.
 
     Args:
-        as_numpy: hold numpy arrays instead of tensors; a ``.soc`` file is then read without
-            importing torch (a ``.pt`` file always needs it).
+        as_numpy: hold numpy arrays instead of tensors; a ``.soc`` file, and a ``.pt`` file that
+            :func:`read_pt_arrays` takes, are then read without importing torch.
 
     Raises:
         CodesError: the file is missing, unreadable, unsafe, corrupt, or holds invalid codes.
@@ -353,7 +359,7 @@ def load_codes(path: str | Path, *, as_numpy: bool = False) -> Codes:
     if not p.is_file():
         raise CodesError(f"{p}: token file not found" if not p.exists() else f"{p}: not a file")
     try:
-        codes = _load_pt(p) if suffix == ".pt" else _load_soc(p)
+        codes = _load_pt(p, as_numpy) if suffix == ".pt" else _load_soc(p)
         codes.validate()
         if as_numpy:
             codes = replace(codes, tokens=_to_numpy(codes.tokens, "int64"), speaker=_to_numpy(codes.speaker, "float32"))
@@ -367,11 +373,24 @@ def load_codes(path: str | Path, *, as_numpy: bool = False) -> Codes:
     return codes
 
 
-def _load_pt(path: Path) -> Codes:
-    """Read the published ``{"token", "speaker"}`` layout (plus our optional metadata keys)."""
+def _load_pt(path: Path, as_numpy: bool) -> Codes:
+    """Read the published ``{"token", "speaker"}`` layout (plus our optional metadata keys).
+
+    With ``as_numpy`` a file :func:`read_pt_arrays` takes and whose codes are valid is read without
+    torch; any other file is read by torch (its problems are then told in the same words as ever).
+    """
+    if as_numpy and (arrays := read_pt_arrays(path)) is not None:
+        try:
+            return _pt_codes(arrays, _to_numpy).validate()
+        except CodesError as exc:
+            logger.debug("%s: %s; read again by torch", path, exc)
     import torch
 
-    obj = read_pt(path)
+    return _pt_codes(read_pt(path), lambda x, dtype: x.to(getattr(torch, dtype)).clone())
+
+
+def _pt_codes(obj: dict[str, Any], convert: Callable[[Any, str], Any]) -> Codes:
+    """Codes of :func:`read_pt`'s dict, validated, then converted to int64 tokens and a float32 speaker."""
     raw = Codes(
         tokens=obj["token"],
         speaker=obj["speaker"],
@@ -383,12 +402,8 @@ def _load_pt(path: Path) -> Codes:
         attention=obj.get("attention"),
         hubert_window=obj.get("hubert_window"),
     ).validate()  # checks types before anything is converted
-    return replace(
-        raw,
-        tokens=raw.tokens.to(torch.int64).clone(),
-        speaker=raw.speaker.to(torch.float32).clone(),
-        model=dict(raw.model),
-    )
+    return replace(raw, tokens=convert(raw.tokens, "int64"), speaker=convert(raw.speaker, "float32"),
+                   model=dict(raw.model))
 
 
 def _load_soc(path: Path) -> Codes:
@@ -451,18 +466,190 @@ def read_pt(path: Path) -> dict[str, Any]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - untrusted input: every failure mode of the unpickler
         raise CodesError(f"cannot unpickle safely: {unpickle_reason(exc)}") from None
+    fields = _pt_fields(obj, torch.Tensor)
+    return {**fields, "token": fields["token"].detach(), "speaker": fields["speaker"].detach()}
+
+
+def _pt_fields(obj: object, array: type) -> dict[str, Any]:
+    """The token file's keys of an unpickled ``obj``, whose ``token`` and ``speaker`` must be ``array``s."""
     if not isinstance(obj, dict):
         raise CodesError(f"expected a dict with 'token' and 'speaker', got {type(obj).__name__}")
     for key in ("token", "speaker"):
         if key not in obj:
             raise CodesError(f"missing key {key!r}")
-        if not isinstance(obj[key], torch.Tensor):
+        if not isinstance(obj[key], array):
             raise CodesError(f"{key!r} must be a tensor, got {type(obj[key]).__name__}")
     fmt = obj.get("format", PT_FORMAT)
     if not isinstance(fmt, str) or fmt != PT_FORMAT:
         raise CodesError(f"unsupported format {fmt!r}"[:100] + f" (this version reads {PT_FORMAT!r})")
-    return {"token": obj["token"].detach(), "speaker": obj["speaker"].detach(),
-            **{k: obj[k] for k in META_KEYS if k in obj}}
+    return {k: obj[k] for k in ("token", "speaker", *META_KEYS) if k in obj}
+
+
+#: torch dtypes a plain token file may hold -> numpy type codes
+_PT_DTYPES = {"int64": "i8", "int32": "i4", "int16": "i2", "int8": "i1", "uint8": "u1", "uint16": "u2",
+              "uint32": "u4", "uint64": "u8", "float64": "f8", "float32": "f4", "float16": "f2"}
+#: torch's storage classes (the pickle names one per tensor) -> their dtype
+_PT_STORAGES = {"LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+                "ByteStorage": "uint8", "DoubleStorage": "float64", "FloatStorage": "float32",
+                "HalfStorage": "float16", "UntypedStorage": "uint8"}
+#: pickle opcodes of plain data that torch's weights_only unpickler knows too (no BUILD, NEWOBJ, sets)
+_PT_OPCODES = frozenset("""PROTO STOP MARK GLOBAL REDUCE BINPERSID NONE NEWTRUE NEWFALSE BININT BININT1 BININT2
+    LONG1 BINFLOAT BINUNICODE EMPTY_DICT SETITEM SETITEMS EMPTY_LIST APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1
+    TUPLE2 TUPLE3 BINPUT LONG_BINPUT BINGET LONG_BINGET""".split())
+
+
+class _NotPlain(Exception):
+    """The file holds something :func:`read_pt_arrays` does not read: torch is asked instead."""
+
+
+@dataclass(frozen=True)
+class _PtType:
+    """A torch dtype or storage class named in the pickle, by the numpy type code of its elements."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class _PtStorage:
+    """One ``data/<key>`` record: its bytes, and the element type the pickle named for it."""
+
+    kind: _PtType
+    data: bytes
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    """``value`` as a tuple of non-negative ints (sizes, strides)."""
+    if not isinstance(value, tuple) or not all(_is_int(v) and v >= 0 for v in value):
+        raise _NotPlain(f"sizes or strides {value!r}"[:100])
+    return value
+
+
+def _empty(value: object) -> bool:
+    """None or an empty dict (a tensor's backward hooks, its metadata)."""
+    return value is None or (isinstance(value, dict) and not value)
+
+
+class _PtUnpickler(pickle.Unpickler):
+    """Unpickles a ``data.pkl`` of plain data and dense tensors, each tensor as a new numpy array.
+
+    Only the globals of such a file are known (:meth:`find_class`): anything else raises
+    :class:`_NotPlain` before it could be called.
+
+    Args:
+        data: the pickle; record: ``record(key, nbytes)`` the bytes of ``data/<key>``; order: ``"<"`` or ``">"``.
+    """
+
+    def __init__(self, data: bytes, record: Callable[[str, int], bytes], order: str) -> None:
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._record, self._order = record, order
+        self._storages: dict[str, _PtStorage] = {}
+        self.arrays: list[np.ndarray] = []  #: the tensors read, read-only until :meth:`load` returns
+
+    def load(self) -> Any:
+        obj = super().load()
+        for array in self.arrays:
+            array.flags.writeable = True
+        return obj
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"):
+            return self._rebuild_v3 if name.endswith("v3") else self._rebuild_v2
+        if module in ("torch", "torch.storage") and name in _PT_STORAGES:
+            return _PtType(_PT_DTYPES[_PT_STORAGES[name]])
+        if module == "torch" and name in _PT_DTYPES:
+            return _PtType(_PT_DTYPES[name])
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        raise _NotPlain(f"pickle global {module}.{name}"[:200])
+
+    def persistent_load(self, pid: Any) -> _PtStorage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _NotPlain("a persistent id other than a storage")
+        _, kind, key, location, numel = pid
+        if not (isinstance(kind, _PtType) and isinstance(key, str) and isinstance(location, str)
+                and _is_int(numel) and numel >= 0):
+            raise _NotPlain(f"storage {pid!r}"[:200])
+        if key not in self._storages:  # as torch: a storage named again is the one read first
+            self._storages[key] = _PtStorage(kind, self._record(key, numel * np.dtype(kind.code).itemsize))
+        return self._storages[key]
+
+    def _rebuild_v2(self, storage: object, offset: object, size: object, stride: object,
+                    requires_grad: bool = False, hooks: object = None, metadata: object = None) -> np.ndarray:
+        if not isinstance(storage, _PtStorage):
+            raise _NotPlain("a tensor without a storage")
+        return self._rebuild_v3(storage, offset, size, stride, requires_grad, hooks, storage.kind, metadata)
+
+    def _rebuild_v3(self, storage: object, offset: object, size: object, stride: object, requires_grad: object,
+                    hooks: object, dtype: object, metadata: object = None) -> np.ndarray:
+        """The tensor as a C-contiguous native-order array; its extent must lie within its storage."""
+        if not (isinstance(storage, _PtStorage) and isinstance(dtype, _PtType) and _is_int(offset) and offset >= 0
+                and isinstance(requires_grad, bool) and _empty(hooks) and _empty(metadata)):
+            raise _NotPlain("a tensor with hooks, metadata or odd arguments")
+        shape, steps = _ints(size), _ints(stride)
+        flat = np.frombuffer(storage.data, dtype=np.dtype(dtype.code).newbyteorder(self._order))  # whole elements
+        if len(shape) != len(steps) or math.prod(shape) > flat.size:
+            raise _NotPlain(f"a tensor of shape {list(shape)} on a storage of {flat.size} elements"[:200])
+        native = flat.dtype.newbyteorder("=")
+        if math.prod(shape) == 0:
+            array = np.zeros(shape, dtype=native)
+        elif offset + sum((n - 1) * s for n, s in zip(shape, steps)) >= flat.size:
+            raise _NotPlain(f"a tensor reaching past its storage of {flat.size} elements")
+        else:
+            view = as_strided(flat[offset:], shape, [s * flat.itemsize for s in steps], writeable=False)
+            array = np.array(view, dtype=native, order="C")
+        array.flags.writeable = False  # while unpickling: SETITEM must not change it (torch refuses it too)
+        self.arrays.append(array)
+        return array
+
+
+def read_pt_arrays(path: Path) -> dict[str, Any] | None:
+    """:func:`read_pt` without torch, with numpy arrays; None when the file is not plainly a token file.
+
+    Reads torch.save's zip archive (``data.pkl`` and the ``data/<key>`` storages, little- or big-endian)
+    when its pickle holds only plain data and dense integer or floating point tensors. A legacy (non-zip)
+    file, any other pickle global, dtype or opcode, a tensor subclass, a compressed or inconsistent record:
+    None, and torch judges the file. Nothing in the file is called; no record is read beyond its size in
+    the file, and no tensor holds more elements than its storage.
+    """
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return None
+        return _pt_fields(_read_plain_pt(path), np.ndarray)
+    except Exception as exc:  # noqa: BLE001 - untrusted input: torch judges what this reader does not take
+        logger.debug("%s: read by torch (%s: %s)", path, type(exc).__name__, str(exc)[:200])
+        return None
+
+
+def _read_plain_pt(path: Path) -> object:
+    """The unpickled object of a zip-format ``.pt`` file (tensors as numpy arrays); raises on anything else."""
+    import pickletools
+    import zipfile
+
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if infos[0].header_offset:  # torch reads no archive with bytes before it
+            raise _NotPlain(f"the archive starts at byte {infos[0].header_offset}")
+        stored = all(i.compress_type == zipfile.ZIP_STORED and i.compress_size == i.file_size for i in infos)
+        if not stored or sum(i.file_size for i in infos) > size:
+            raise _NotPlain("compressed records, or records larger than the file")
+        records = {i.filename: zf.read(i) for i in infos}  # every record, as torch: sizes and CRC checked
+    folder = infos[0].filename.split("/", 1)[0]  # as torch: the archive's folder is its first record's
+
+    def record(name: str, nbytes: int | None = None) -> bytes | None:
+        """The bytes of ``name``; None when missing, unless its size ``nbytes`` is required."""
+        data = records.get(f"{folder}/{name}")
+        if nbytes is not None and (data is None or len(data) != nbytes):
+            raise _NotPlain(f"record {name!r} is not {nbytes} bytes"[:100])
+        return data
+
+    version, order, pkl = record("version") or record(".data/version"), record("byteorder"), record("data.pkl")
+    if pkl is None or (version or b"").strip() not in (b"1", b"2", b"3") or order not in (None, b"little", b"big"):
+        raise _NotPlain(f"version {version!r}, byteorder {order!r}, data.pkl {pkl is not None}"[:200])
+    if bad := {op.name for op, _, _ in pickletools.genops(pkl)} - _PT_OPCODES:
+        raise _NotPlain(f"pickle opcodes {sorted(bad)}")
+    return _PtUnpickler(pkl, lambda key, n: record(f"data/{key}", n), ">" if order == b"big" else "<").load()
 
 
 SOC_MAGIC = b"SOCODEC\x00"

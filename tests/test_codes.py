@@ -7,18 +7,29 @@ import dataclasses
 import json
 import math
 import os
+import pickle
+import shutil
 import struct
+import sys
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import GOLDEN
+from socodec import codes as codes_module
 from socodec.codes import SOC_MAGIC, SOC_MAX_HEADER, TOKEN_SUFFIXES, Codes, load_codes, save_codes
 from socodec.errors import CodesError
 from socodec.fileio import atomic_write
+
+sys.path.insert(0, str(Path(__file__).parent / "cli"))
+import hostile_cases as hc  # noqa: E402 - the hand-made token files of the command-line tests
 
 PREFIX = struct.Struct("<8sBI")
 TOK = torch.zeros(5, 4, dtype=torch.int64)
@@ -223,6 +234,166 @@ def test_golden_reference_features(golden_case: dict) -> None:
     codes.validate(speaker_dim=64)
 
 
+# ---------------------------------------------------------------- .pt read without torch
+
+
+def _outcome(path: Path, as_numpy: bool) -> tuple:
+    """What ``load_codes`` gives: its error line, or the codes (dtypes, shapes, values, description)."""
+    try:
+        c = load_codes(path, as_numpy=as_numpy)
+    except CodesError as exc:
+        return ("error", str(exc))
+    tok, spk = np.asarray(c.tokens), np.asarray(c.speaker)
+    return ("codes", tok.dtype.str, tok.shape, tok.tolist(), spk.dtype.str, spk.shape, spk.tobytes(), c.summary())
+
+
+def _saved(obj: object, **options: object) -> hc.Builder:
+    return lambda path: torch.save(obj, path, **options)
+
+
+def _rezipped(obj: object, edit: Callable[[dict[str, bytes]], None], compression: int = zipfile.ZIP_STORED) -> hc.Builder:
+    """``torch.save(obj)`` written again by hand after ``edit(records)``."""
+    records = hc.torch_records(obj)
+    edit(records)
+    return hc.pt_zip(records, compression)
+
+
+def _big_endian(records: dict[str, bytes]) -> None:
+    """Storages 0 (int64) and 1 (float32) byte-swapped, and the byte order record saying so."""
+    records["byteorder"] = b"big"
+    for key, dtype in (("data/0", "<i8"), ("data/1", "<f4")):
+        records[key] = np.frombuffer(records[key], dtype).astype(dtype.replace("<", ">")).tobytes()
+
+
+def _copy(src: Path) -> hc.Builder:
+    return lambda path: shutil.copyfile(src, path)
+
+
+_G = torch.Generator().manual_seed(5)
+_WIDE = torch.randint(0, 16384, (30, 10), generator=_G)  # slices of it keep the whole storage
+_SPK = torch.randn(200, generator=_G)
+_LAYOUT = {"token": _WIDE[:, :4].contiguous(), "speaker": _SPK[:64].clone()}
+_FULL = dataclasses.replace(make_codes(), padding="grid", attention="windowed", hubert_window=20.04)
+
+def _crafted(tensors: dict[str, hc.FakeTensor], records: dict[str, bytes]) -> hc.Builder:
+    return hc.pt_zip({"data.pkl": hc.pt_pickle(tensors), **records})
+
+
+def _reduce(fn: Callable, *args: object, state: object = None) -> hc.Payload:
+    payload = hc.Payload(fn, *args)
+    payload.__reduce__ = lambda: (fn, args, state)  # a BUILD opcode follows the call
+    return payload
+
+
+_TOK = torch.arange(24).reshape(6, 4)
+_TOK_BYTES, _SPK_BYTES = _TOK.numpy().tobytes(), _SPK[:64].numpy().tobytes()
+_SPEAKER = hc.FakeTensor(hc.Storage("1", 64, torch.FloatStorage), 0, (64,), (1,))
+
+
+def _token(numel: int = 24, offset: int = 0, size: tuple = (6, 4), stride: tuple = (4, 1),
+           data: bytes = _TOK_BYTES) -> hc.Builder:
+    """A hand-made token tensor on storage 0 (``numel`` int64 values claimed, ``data`` stored)."""
+    tensor = hc.FakeTensor(hc.Storage("0", numel), offset, size, stride)
+    return _crafted({"token": tensor, "speaker": _SPEAKER}, {"data/0": data, "data/1": _SPK_BYTES})
+
+
+def _damage(path: Path, data: bytes) -> None:
+    """A valid file (the layout) with one bit of ``data``, stored in it, changed."""
+    _rezipped(_LAYOUT, lambda r: None)(path)
+    raw = path.read_bytes()
+    at = raw.index(data)
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:])
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name("PWNED")
+
+
+#: .pt files the torch-free reader takes: name -> builder
+PLAIN_PT: dict[str, hc.Builder] = {
+    "ours": lambda path: save_codes(make_codes(), path),  # no optional keys
+    "ours_all_keys": lambda path: save_codes(_FULL, path),
+    "published_layout": _saved(_LAYOUT),
+    **{f"published_cli_{n}": _copy(GOLDEN / "cli" / f"reference_cli_features_{n}.pt")
+       for n in ("edge", "ground_truth", "long40", "tone")},
+    **{f"published_{n}": _copy(GOLDEN / f"reference_features_{n}.pt") for n in ("chirp", "edge", "ground_truth")},
+    "offset_slices": _saved({"token": _WIDE[7:19, 3:7], "speaker": _SPK[100:164]}),
+    "transposed": _saved({"token": _WIDE[:4].t(), "speaker": _SPK[::3][:64]}),
+    "ordered_dict": _saved(OrderedDict(token=_WIDE[::2, 1:4], speaker=_SPK[:8], model={"hubert": "ab"})),
+    "int32_float64": _saved({"token": _WIDE[:, :2].int(), "speaker": _SPK[:64].double()}),
+    "int16_float16": _saved({"token": _WIDE[:, :1].short(), "speaker": _SPK[:64].half()}),
+    "uint8_tokens": _saved({"token": (_WIDE[:, :4] % 256).to(torch.uint8), "speaker": _SPK[:64]}),
+    "zero_frames": _saved({"token": torch.zeros(0, 4, dtype=torch.int64), "speaker": _SPK[:64]}),
+    "hand_made": _token(),
+    "big_endian": _rezipped(_LAYOUT, _big_endian),
+    "no_byteorder_record": _rezipped(_LAYOUT, lambda r: r.pop("byteorder")),  # little-endian, as torch reads it
+}
+
+
+#: .pt files torch reads (or refuses) and the torch-free reader leaves to it: name -> (builder, outcome)
+TORCH_PT: dict[str, tuple[Callable[[Path], None], str]] = {
+    "legacy_format": (_saved(_LAYOUT, _use_new_zipfile_serialization=False), "codes"),
+    "deflated_records": (_rezipped(_LAYOUT, lambda r: None, zipfile.ZIP_DEFLATED), "codes"),
+    "bfloat16_speaker": (_saved({**_LAYOUT, "speaker": _SPK[:64].bfloat16()}), "codes"),
+    "parameter": (_saved({**_LAYOUT, "speaker": torch.nn.Parameter(_SPK[:64])}), "codes"),
+    "expanded": (_saved({**_LAYOUT, "token": torch.arange(4).expand(6, 4)}), "codes"),
+    "zip_system": (lambda p: hc.evil_zip_pt(_marker(p))(p), "needs the Python global"),
+    "zip_exec_in_token": (lambda p: _crafted({"token": hc.Payload(exec, f"open({str(_marker(p))!r}, 'w').close()"),
+                                              "speaker": _SPEAKER}, {"data/1": _SPK_BYTES})(p), "exec"),
+    "zip_build": (lambda p: hc.pt_zip({"data.pkl": pickle.dumps(_reduce(OrderedDict, state={"x": 1}), protocol=2)})(p),
+                  "missing key 'token'"),  # torch's unpickler runs BUILD on an OrderedDict; ours none
+    "short_storage": (hc.short_storage_pt(), "record size (40 bytes) does not match"),
+    "huge_storage": (_token(numel=10**15), "cannot unpickle safely"),
+    "tensor_past_storage": (_token(size=(60, 4)), "cannot unpickle safely"),
+    "offset_past_storage": (_token(offset=20), "cannot unpickle safely"),
+    "missing_storage": (_crafted({"token": _SPEAKER, "speaker": _SPEAKER}, {}), "cannot unpickle safely"),
+    "unknown_version": (_rezipped(_LAYOUT, lambda r: r.update(version=b"99\n")), "cannot unpickle safely"),
+    "damaged_storage": (lambda p: _damage(p, _SPK_BYTES[:8]), "codes"),  # a CRC error for us
+}
+
+
+def _refuse_torch_load(*args: object, **kwargs: object) -> None:
+    raise AssertionError("torch.load was called")
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN_PT))
+def test_pt_is_read_without_torch_as_torch_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    path = tmp_path / f"{name}.pt"
+    PLAIN_PT[name](path)
+    through_torch = _outcome(path, as_numpy=False)
+    assert through_torch[0] == "codes", through_torch
+    assert codes_module.read_pt_arrays(path) is not None
+    monkeypatch.setattr(torch, "load", _refuse_torch_load)
+    assert _outcome(path, as_numpy=True) == through_torch
+    arrays = load_codes(path, as_numpy=True)
+    assert arrays.tokens.flags.c_contiguous and arrays.tokens.flags.owndata
+
+
+def test_pt_uint16_tokens_are_read_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save writes dtypes without a storage class (uint16) with ``_rebuild_tensor_v3``."""
+    path = tmp_path / "uint16.pt"
+    torch.save({"token": _WIDE[:, :4].to(torch.uint16)[::2], "speaker": _SPK[:64]}, path)
+    raw = torch.load(path, weights_only=True)
+    monkeypatch.setattr(torch, "load", _refuse_torch_load)
+    codes = load_codes(path, as_numpy=True)
+    assert codes.tokens.dtype == np.int64 and np.array_equal(codes.tokens, raw["token"].to(torch.int64).numpy())
+    assert np.array_equal(codes.speaker, raw["speaker"].numpy())
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_PT))
+def test_pt_the_torch_free_reader_does_not_take_is_read_by_torch(tmp_path: Path, name: str) -> None:
+    """Legacy files, other globals and dtypes, inconsistent storages, hostile pickles: the same codes,
+    or the same one-line error, as through torch; nothing in them runs."""
+    builder, expected = TORCH_PT[name]
+    path = tmp_path / f"{name}.pt"
+    builder(path)
+    assert codes_module.read_pt_arrays(path) is None and not _marker(path).exists()
+    outcome = _outcome(path, as_numpy=True)
+    assert outcome == _outcome(path, as_numpy=False)
+    assert outcome[0] == "codes" if expected == "codes" else expected in outcome[1], outcome[:2]
+    assert "\n" not in str(outcome[1]) and not _marker(path).exists()
+
+
 # ---------------------------------------------------------------- hostile and corrupt files
 
 
@@ -365,8 +536,16 @@ def test_save_failure_leaves_old_file(tmp_path: Path, monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------- fuzzing
 
 
-def _check_outcome(path: Path) -> None:
-    """The reader either returns codes that validate, or raises CodesError: nothing else."""
+def _check_outcome(path: Path, intact: Path | None = None) -> None:
+    """The reader either returns codes that validate, or raises CodesError: nothing else; the same
+    with numpy arrays (read without torch where it can). Where ``path`` is the file ``intact`` with
+    random damage, torch's stricter zip reader may refuse what ours reads: the intact file's codes
+    (every record's CRC is checked); and its message for a broken archive may hold bytes it did not
+    initialise (then it differs from run to run)."""
+    with_numpy, with_torch = _outcome(path, as_numpy=True), _outcome(path, as_numpy=False)
+    if with_numpy != with_torch:
+        assert intact is not None and with_torch[0] == "error", (with_numpy[:2], with_torch[:2])
+        assert with_numpy[0] == "error" or with_numpy == _outcome(intact, as_numpy=False)
     try:
         codes = load_codes(path)
     except CodesError:
@@ -402,7 +581,8 @@ def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("suffix", TOKEN_SUFFIXES)
 def test_fuzz_bytes(fuzz_dir: Path, suffix: str, kind: str) -> None:
     """Arbitrary bytes (alone or after a valid prefix), or a valid file with random damage."""
-    valid = save_codes(make_codes(frames=3, dim=8), fuzz_dir / f"valid{suffix}").read_bytes()
+    intact = save_codes(make_codes(frames=3, dim=8), fuzz_dir / f"valid{suffix}")
+    valid = intact.read_bytes()
     path = fuzz_dir / f"{kind}{suffix}"
     arbitrary = st.one_of(st.binary(max_size=512), st.binary(max_size=64).map(lambda b: valid[:20] + b))
 
@@ -410,6 +590,22 @@ def test_fuzz_bytes(fuzz_dir: Path, suffix: str, kind: str) -> None:
     @given(arbitrary if kind == "arbitrary" else mutated(valid))
     def run(data: bytes) -> None:
         path.write_bytes(data)
+        _check_outcome(path, intact)
+
+    run()
+
+
+def test_fuzz_pt_pickle(fuzz_dir: Path) -> None:
+    """A valid ``.pt`` whose ``data.pkl`` is damaged, in a sound zip archive: the torch-free reader
+    gives what torch gives (the same codes or the same error)."""
+    save_codes(make_codes(frames=3, dim=8), fuzz_dir / "pickle-valid.pt")
+    records = hc.torch_records(torch.load(fuzz_dir / "pickle-valid.pt", weights_only=True))
+    path = fuzz_dir / "pickle.pt"
+
+    @FUZZ
+    @given(mutated(records["data.pkl"]))
+    def run(data: bytes) -> None:
+        hc.pt_zip({**records, "data.pkl": data})(path)
         _check_outcome(path)
 
     run()

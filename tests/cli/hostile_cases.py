@@ -15,6 +15,8 @@ import json
 import os
 import pickle
 import struct
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -152,6 +154,70 @@ def _torch_save(obj: object) -> Builder:
     return lambda path: torch.save(obj, path)
 
 
+class Storage:
+    """Pickled as torch.save pickles a storage: ``("storage", <torch storage class>, key, "cpu", numel)``."""
+
+    def __init__(self, key: str, numel: int, kind: type = torch.LongStorage) -> None:
+        self.pid = ("storage", kind, key, "cpu", numel)
+
+
+class FakeTensor:
+    """Pickled as torch.save pickles a tensor, with any storage, offset, sizes and strides."""
+
+    def __init__(self, storage: Storage, offset: int, size: tuple, stride: tuple) -> None:
+        self.args = (storage, offset, size, stride, False, OrderedDict())
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class _PtPickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> object:
+        return obj.pid if isinstance(obj, Storage) else None
+
+
+def pt_pickle(obj: object) -> bytes:
+    """``data.pkl`` of a zip-format .pt holding ``obj`` (protocol 2, as torch.save)."""
+    buf = io.BytesIO()
+    _PtPickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def pt_zip(records: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> Builder:
+    """A zip-format .pt written by hand: ``records`` (``data.pkl``, ``data/0``, ...; ``version`` and
+    ``byteorder`` added unless given) in the archive's folder."""
+    records = {"version": b"3\n", "byteorder": b"little", **records}
+
+    def build(path: Path) -> None:
+        with zipfile.ZipFile(path, "w", compression) as zf:
+            for name in ("data.pkl", *sorted(set(records) - {"data.pkl"})):  # data.pkl first, as torch.save
+                zf.writestr(f"archive/{name}", records[name])
+
+    return build
+
+
+def torch_records(obj: object) -> dict[str, bytes]:
+    """The records of ``torch.save(obj)``, named within the archive's folder (``data.pkl``, ``data/0``, ...)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with zipfile.ZipFile(buf) as zf:
+        return {name.split("/", 1)[1]: zf.read(name) for name in zf.namelist()}
+
+
+def evil_zip_pt(marker: Path) -> Builder:
+    """A zip-format .pt whose ``data.pkl`` would run ``os.system`` (made by hand, not by torch.save)."""
+    return pt_zip({"data.pkl": pickle.dumps(Payload(os.system, f"touch '{marker}'"), protocol=2)})
+
+
+def short_storage_pt() -> Builder:
+    """A zip-format .pt whose token storage record holds 5 of the 24 values its pickle claims."""
+    good = good_codes(frames=6)
+    pkl = pt_pickle({"token": FakeTensor(Storage("0", 24), 0, (6, 4), (4, 1)),
+                     "speaker": FakeTensor(Storage("1", SPEAKER_DIM, torch.FloatStorage), 0, (SPEAKER_DIM,), (1,))})
+    return pt_zip({"data.pkl": pkl, "data/0": good.tokens.numpy().tobytes()[:40],
+                   "data/1": good.speaker.numpy().tobytes()})
+
+
 def _soc(mangle: Callable[[dict, bytes], bytes]) -> Builder:
     """A ``.soc`` made from a valid one: ``mangle(header, payload)`` returns the file's bytes."""
 
@@ -185,6 +251,8 @@ def token_bad_cases(marker: Path, hubert_pt: Path) -> dict[str, tuple[Builder, s
         "evil_exec.pt": (_torch_save({"token": evil_exec, "speaker": spk}), "cannot unpickle safely"),
         "evil_system.pt": (_torch_save(evil_system), "cannot unpickle safely"),
         "evil_raw_pickle.pt": (_bytes(pickle.dumps(evil_exec, protocol=2)), "cannot unpickle safely"),
+        "evil_zip_system.pt": (evil_zip_pt(marker), "needs the Python global"),
+        "short_storage.pt": (short_storage_pt(), "record size (40 bytes) does not match"),
         "fairseq_checkpoint.pt": (lambda p: p.write_bytes(hubert_pt.read_bytes()), "cannot unpickle safely"),
         "text.pt": (_bytes(b"not a torch file\n"), "neither a zip archive nor a pickle"),
         "empty.pt": (_bytes(b""), "cannot unpickle safely"),

@@ -175,7 +175,8 @@ def test_token_batch_bad_files_reported_good_files_done(tmp_path: Path, env: dic
 
 
 @pytest.mark.parametrize("name", ["evil_exec.pt", "evil_system.pt", "evil_raw_pickle.pt", "fairseq_checkpoint.pt",
-                                  "speaker_1024.pt", "lying_frames.soc", "float_tokens.pt"])
+                                  "speaker_1024.pt", "lying_frames.soc", "float_tokens.pt", "evil_zip_system.pt",
+                                  "short_storage.pt"])
 @pytest.mark.parametrize("to", [".wav", ".soc"])
 def test_token_single_bad_file(tmp_path: Path, run_main, model_args: list, name: str, to: str) -> None:
     marker = tmp_path / "PWNED"

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import hostile_cases as hc
 from conftest import REPO, TINY_CONFIGS, tiny_ckpt_dir
 from socodec.cli import COMMANDS
-from socodec.codes import save_codes
+from socodec.codes import load_codes, save_codes
 from socodec.fileio import atomic_path
 
 TIMEOUT_S = 300
@@ -327,7 +328,28 @@ def test_soc_files_are_described_and_copied_without_torch(ws, tmp_path):
     assert copy.read_bytes() == ws["soc"].read_bytes()
     assert _torch_free(ws, ws["soc"], copy, tmp_path / "folder", "-t", ".soc")[:2] == (0, False)
     assert (tmp_path / "folder" / "copy.soc").read_bytes() == ws["soc"].read_bytes()
-    assert _torch_free(ws, "info", pt)[:2] == (0, True)  # a .pt file is a torch pickle: torch reads it
+
+
+
+def test_pt_files_are_described_and_converted_without_torch(ws, tmp_path):
+    """torch.save's zip archive of plain tensors is read without torch: the same description and the
+    same .soc file as through torch; writing .pt, and reading a legacy .pt, still take torch."""
+    pt = save_codes(load_codes(ws["soc"]), tmp_path / "codes.pt")
+    through_torch = load_codes(pt)  # tensors: read by torch.load
+    status, imported, shown = _torch_free(ws, "info", "--json", pt)
+    assert (status, imported) == (0, False)
+    assert {**json.loads(shown), "file": "-"} == {**through_torch.summary(), "file": "-"}
+    status, imported, shown = _torch_free(ws, "info", pt)
+    assert (status, imported) == (0, False)
+    assert shown.replace(str(pt), "F") == _torch_free(ws, "info", ws["soc"])[2].replace(str(ws["soc"]), "F")
+    assert _torch_free(ws, pt, tmp_path / "out.soc")[:2] == (0, False)
+    assert (tmp_path / "out.soc").read_bytes() == save_codes(through_torch, tmp_path / "ref.soc").read_bytes()
+    assert _torch_free(ws, ws["soc"], tmp_path / "back.pt")[:2] == (0, True)  # torch writes .pt
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(pt, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    status, imported, shown = _torch_free(ws, "info", "--json", legacy)
+    assert (status, imported) == (0, True) and {**json.loads(shown), "file": "-"} == {**through_torch.summary(),
+                                                                                     "file": "-"}
 
 
 # ---------------------------------------------------------------- progress on a terminal (25.6)
