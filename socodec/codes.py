@@ -42,11 +42,9 @@ import io
 import json
 import logging
 import math
-import pickle
 import struct
 import sys
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -54,13 +52,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from socodec.config import (
     ATTENTIONS, ATTENTION_FULL, ATTENTION_WINDOWED, PADDINGS, SAMPLES_PER_TOKEN, SAMPLE_RATE, TOKEN_SUFFIXES,
 )
 from socodec.errors import CodesError, unpickle_reason
-from socodec.fileio import atomic_write
+from socodec.fileio import atomic_write, read_torch_archive
 
 if TYPE_CHECKING:
     import torch
@@ -485,123 +482,6 @@ def _pt_fields(obj: object, array: type) -> dict[str, Any]:
     return {k: obj[k] for k in ("token", "speaker", *META_KEYS) if k in obj}
 
 
-#: torch dtypes a plain token file may hold -> numpy type codes
-_PT_DTYPES = {"int64": "i8", "int32": "i4", "int16": "i2", "int8": "i1", "uint8": "u1", "uint16": "u2",
-              "uint32": "u4", "uint64": "u8", "float64": "f8", "float32": "f4", "float16": "f2"}
-#: torch's storage classes (the pickle names one per tensor) -> their dtype
-_PT_STORAGES = {"LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
-                "ByteStorage": "uint8", "DoubleStorage": "float64", "FloatStorage": "float32",
-                "HalfStorage": "float16", "UntypedStorage": "uint8"}
-#: pickle opcodes of plain data that torch's weights_only unpickler knows too (no BUILD, NEWOBJ, sets)
-_PT_OPCODES = frozenset("""PROTO STOP MARK GLOBAL REDUCE BINPERSID NONE NEWTRUE NEWFALSE BININT BININT1 BININT2
-    LONG1 BINFLOAT BINUNICODE EMPTY_DICT SETITEM SETITEMS EMPTY_LIST APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1
-    TUPLE2 TUPLE3 BINPUT LONG_BINPUT BINGET LONG_BINGET""".split())
-
-
-class _NotPlain(Exception):
-    """The file holds something :func:`read_pt_arrays` does not read: torch is asked instead."""
-
-
-@dataclass(frozen=True)
-class _PtType:
-    """A torch dtype or storage class named in the pickle, by the numpy type code of its elements."""
-
-    code: str
-
-
-@dataclass(frozen=True)
-class _PtStorage:
-    """One ``data/<key>`` record: its bytes, and the element type the pickle named for it."""
-
-    kind: _PtType
-    data: bytes
-
-
-def _ints(value: object) -> tuple[int, ...]:
-    """``value`` as a tuple of non-negative ints (sizes, strides)."""
-    if not isinstance(value, tuple) or not all(_is_int(v) and v >= 0 for v in value):
-        raise _NotPlain(f"sizes or strides {value!r}"[:100])
-    return value
-
-
-def _empty(value: object) -> bool:
-    """None or an empty dict (a tensor's backward hooks, its metadata)."""
-    return value is None or (isinstance(value, dict) and not value)
-
-
-class _PtUnpickler(pickle.Unpickler):
-    """Unpickles a ``data.pkl`` of plain data and dense tensors, each tensor as a new numpy array.
-
-    Only the globals of such a file are known (:meth:`find_class`): anything else raises
-    :class:`_NotPlain` before it could be called.
-
-    Args:
-        data: the pickle; record: ``record(key, nbytes)`` the bytes of ``data/<key>``; order: ``"<"`` or ``">"``.
-    """
-
-    def __init__(self, data: bytes, record: Callable[[str, int], bytes], order: str) -> None:
-        super().__init__(io.BytesIO(data), encoding="utf-8")
-        self._record, self._order = record, order
-        self._storages: dict[str, _PtStorage] = {}
-        self.arrays: list[np.ndarray] = []  #: the tensors read, read-only until :meth:`load` returns
-
-    def load(self) -> Any:
-        obj = super().load()
-        for array in self.arrays:
-            array.flags.writeable = True
-        return obj
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"):
-            return self._rebuild_v3 if name.endswith("v3") else self._rebuild_v2
-        if module in ("torch", "torch.storage") and name in _PT_STORAGES:
-            return _PtType(_PT_DTYPES[_PT_STORAGES[name]])
-        if module == "torch" and name in _PT_DTYPES:
-            return _PtType(_PT_DTYPES[name])
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        raise _NotPlain(f"pickle global {module}.{name}"[:200])
-
-    def persistent_load(self, pid: Any) -> _PtStorage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _NotPlain("a persistent id other than a storage")
-        _, kind, key, location, numel = pid
-        if not (isinstance(kind, _PtType) and isinstance(key, str) and isinstance(location, str)
-                and _is_int(numel) and numel >= 0):
-            raise _NotPlain(f"storage {pid!r}"[:200])
-        if key not in self._storages:  # as torch: a storage named again is the one read first
-            self._storages[key] = _PtStorage(kind, self._record(key, numel * np.dtype(kind.code).itemsize))
-        return self._storages[key]
-
-    def _rebuild_v2(self, storage: object, offset: object, size: object, stride: object,
-                    requires_grad: bool = False, hooks: object = None, metadata: object = None) -> np.ndarray:
-        if not isinstance(storage, _PtStorage):
-            raise _NotPlain("a tensor without a storage")
-        return self._rebuild_v3(storage, offset, size, stride, requires_grad, hooks, storage.kind, metadata)
-
-    def _rebuild_v3(self, storage: object, offset: object, size: object, stride: object, requires_grad: object,
-                    hooks: object, dtype: object, metadata: object = None) -> np.ndarray:
-        """The tensor as a C-contiguous native-order array; its extent must lie within its storage."""
-        if not (isinstance(storage, _PtStorage) and isinstance(dtype, _PtType) and _is_int(offset) and offset >= 0
-                and isinstance(requires_grad, bool) and _empty(hooks) and _empty(metadata)):
-            raise _NotPlain("a tensor with hooks, metadata or odd arguments")
-        shape, steps = _ints(size), _ints(stride)
-        flat = np.frombuffer(storage.data, dtype=np.dtype(dtype.code).newbyteorder(self._order))  # whole elements
-        if len(shape) != len(steps) or math.prod(shape) > flat.size:
-            raise _NotPlain(f"a tensor of shape {list(shape)} on a storage of {flat.size} elements"[:200])
-        native = flat.dtype.newbyteorder("=")
-        if math.prod(shape) == 0:
-            array = np.zeros(shape, dtype=native)
-        elif offset + sum((n - 1) * s for n, s in zip(shape, steps)) >= flat.size:
-            raise _NotPlain(f"a tensor reaching past its storage of {flat.size} elements")
-        else:
-            view = as_strided(flat[offset:], shape, [s * flat.itemsize for s in steps], writeable=False)
-            array = np.array(view, dtype=native, order="C")
-        array.flags.writeable = False  # while unpickling: SETITEM must not change it (torch refuses it too)
-        self.arrays.append(array)
-        return array
-
-
 def read_pt_arrays(path: Path) -> dict[str, Any] | None:
     """:func:`read_pt` without torch, with numpy arrays; None when the file is not plainly a token file.
 
@@ -612,44 +492,10 @@ def read_pt_arrays(path: Path) -> dict[str, Any] | None:
     the file, and no tensor holds more elements than its storage.
     """
     try:
-        with path.open("rb") as f:
-            if f.read(4) != b"PK\x03\x04":
-                return None
-        return _pt_fields(_read_plain_pt(path), np.ndarray)
+        return _pt_fields(read_torch_archive(path), np.ndarray)
     except Exception as exc:  # noqa: BLE001 - untrusted input: torch judges what this reader does not take
         logger.debug("%s: read by torch (%s: %s)", path, type(exc).__name__, str(exc)[:200])
         return None
-
-
-def _read_plain_pt(path: Path) -> object:
-    """The unpickled object of a zip-format ``.pt`` file (tensors as numpy arrays); raises on anything else."""
-    import pickletools
-    import zipfile
-
-    size = path.stat().st_size
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-        if infos[0].header_offset:  # torch reads no archive with bytes before it
-            raise _NotPlain(f"the archive starts at byte {infos[0].header_offset}")
-        stored = all(i.compress_type == zipfile.ZIP_STORED and i.compress_size == i.file_size for i in infos)
-        if not stored or sum(i.file_size for i in infos) > size:
-            raise _NotPlain("compressed records, or records larger than the file")
-        records = {i.filename: zf.read(i) for i in infos}  # every record, as torch: sizes and CRC checked
-    folder = infos[0].filename.split("/", 1)[0]  # as torch: the archive's folder is its first record's
-
-    def record(name: str, nbytes: int | None = None) -> bytes | None:
-        """The bytes of ``name``; None when missing, unless its size ``nbytes`` is required."""
-        data = records.get(f"{folder}/{name}")
-        if nbytes is not None and (data is None or len(data) != nbytes):
-            raise _NotPlain(f"record {name!r} is not {nbytes} bytes"[:100])
-        return data
-
-    version, order, pkl = record("version") or record(".data/version"), record("byteorder"), record("data.pkl")
-    if pkl is None or (version or b"").strip() not in (b"1", b"2", b"3") or order not in (None, b"little", b"big"):
-        raise _NotPlain(f"version {version!r}, byteorder {order!r}, data.pkl {pkl is not None}"[:200])
-    if bad := {op.name for op, _, _ in pickletools.genops(pkl)} - _PT_OPCODES:
-        raise _NotPlain(f"pickle opcodes {sorted(bad)}")
-    return _PtUnpickler(pkl, lambda key, n: record(f"data/{key}", n), ">" if order == b"big" else "<").load()
 
 
 SOC_MAGIC = b"SOCODEC\x00"

@@ -1,4 +1,6 @@
-"""Atomic file writing shared by the token writers, the audio writer and the CLI.
+"""Files written atomically, and ``torch.save`` archives read without torch.
+
+**Atomic writing** (the token writers, the audio writer and the CLI):
 
 A file is first written to a hidden temporary file in the target's own
 directory (``.<stem>.tmp-<pid>-<random><suffix>``, keeping the suffix so that
@@ -6,17 +8,31 @@ writers which infer the format from it still work) and then moved over the
 target with :func:`os.replace`, which is atomic on POSIX and Windows within one
 file system. If writing fails, the temporary file is removed and the target is
 left untouched: readers never see a partial file.
+
+**torch.save archives** (:func:`read_torch_archive`): the zip archive ``torch.save`` writes
+(``data.pkl`` and its ``data/<key>`` storage records) read into numpy arrays by a restricted
+unpickler, so that token files load without importing torch.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import logging
+import math
 import os
+import pickle
+import pickletools
 import secrets
+import zipfile
+from collections import OrderedDict
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +128,163 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], object], *, fsync:
     with atomic_path(target, fsync=fsync) as tmp:
         write_fn(tmp)
     return target
+
+
+def _plain_int(value: object) -> bool:
+    """True for a plain integer (``bool`` excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: torch dtypes a plain archive may hold -> numpy type codes
+_TORCH_DTYPES = {"int64": "i8", "int32": "i4", "int16": "i2", "int8": "i1", "uint8": "u1", "uint16": "u2",
+              "uint32": "u4", "uint64": "u8", "float64": "f8", "float32": "f4", "float16": "f2"}
+#: torch's storage classes (the pickle names one per tensor) -> their dtype
+_TORCH_STORAGES = {"LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+                "ByteStorage": "uint8", "DoubleStorage": "float64", "FloatStorage": "float32",
+                "HalfStorage": "float16", "UntypedStorage": "uint8"}
+#: pickle opcodes of plain data that torch's weights_only unpickler knows too (no BUILD, NEWOBJ, sets)
+_PLAIN_OPCODES = frozenset("""PROTO STOP MARK GLOBAL REDUCE BINPERSID NONE NEWTRUE NEWFALSE BININT BININT1 BININT2
+    LONG1 BINFLOAT BINUNICODE EMPTY_DICT SETITEM SETITEMS EMPTY_LIST APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1
+    TUPLE2 TUPLE3 BINPUT LONG_BINPUT BINGET LONG_BINGET""".split())
+
+
+class NotPlainArchive(Exception):
+    """The file holds something :func:`read_torch_archive` does not read (torch may still read it)."""
+
+
+@dataclass(frozen=True)
+class _TorchType:
+    """A torch dtype or storage class named in the pickle, by the numpy type code of its elements."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class _TorchStorage:
+    """One ``data/<key>`` record: its bytes, and the element type the pickle named for it."""
+
+    kind: _TorchType
+    data: bytes
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    """``value`` as a tuple of non-negative ints (sizes, strides)."""
+    if not isinstance(value, tuple) or not all(_plain_int(v) and v >= 0 for v in value):
+        raise NotPlainArchive(f"sizes or strides {value!r}"[:100])
+    return value
+
+
+def _empty(value: object) -> bool:
+    """None or an empty dict (a tensor's backward hooks, its metadata)."""
+    return value is None or (isinstance(value, dict) and not value)
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Unpickles a ``data.pkl`` of plain data and dense tensors, each tensor as a new numpy array.
+
+    Only the globals of such a file are known (:meth:`find_class`): anything else raises
+    :class:`NotPlainArchive` before it could be called.
+
+    Args:
+        data: the pickle; record: ``record(key, nbytes)`` the bytes of ``data/<key>``; order: ``"<"`` or ``">"``.
+    """
+
+    def __init__(self, data: bytes, record: Callable[[str, int], bytes], order: str) -> None:
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._record, self._order = record, order
+        self._storages: dict[str, _TorchStorage] = {}
+        self.arrays: list[np.ndarray] = []  #: the tensors read, read-only until :meth:`load` returns
+
+    def load(self) -> Any:
+        obj = super().load()
+        for array in self.arrays:
+            array.flags.writeable = True
+        return obj
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"):
+            return self._rebuild_v3 if name.endswith("v3") else self._rebuild_v2
+        if module in ("torch", "torch.storage") and name in _TORCH_STORAGES:
+            return _TorchType(_TORCH_DTYPES[_TORCH_STORAGES[name]])
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _TorchType(_TORCH_DTYPES[name])
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        raise NotPlainArchive(f"pickle global {module}.{name}"[:200])
+
+    def persistent_load(self, pid: Any) -> _TorchStorage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise NotPlainArchive("a persistent id other than a storage")
+        _, kind, key, location, numel = pid
+        if not (isinstance(kind, _TorchType) and isinstance(key, str) and isinstance(location, str)
+                and _plain_int(numel) and numel >= 0):
+            raise NotPlainArchive(f"storage {pid!r}"[:200])
+        if key not in self._storages:  # as torch: a storage named again is the one read first
+            self._storages[key] = _TorchStorage(kind, self._record(key, numel * np.dtype(kind.code).itemsize))
+        return self._storages[key]
+
+    def _rebuild_v2(self, storage: object, offset: object, size: object, stride: object,
+                    requires_grad: bool = False, hooks: object = None, metadata: object = None) -> np.ndarray:
+        if not isinstance(storage, _TorchStorage):
+            raise NotPlainArchive("a tensor without a storage")
+        return self._rebuild_v3(storage, offset, size, stride, requires_grad, hooks, storage.kind, metadata)
+
+    def _rebuild_v3(self, storage: object, offset: object, size: object, stride: object, requires_grad: object,
+                    hooks: object, dtype: object, metadata: object = None) -> np.ndarray:
+        """The tensor as a C-contiguous native-order array; its extent must lie within its storage."""
+        if not (isinstance(storage, _TorchStorage) and isinstance(dtype, _TorchType) and _plain_int(offset) and offset >= 0
+                and isinstance(requires_grad, bool) and _empty(hooks) and _empty(metadata)):
+            raise NotPlainArchive("a tensor with hooks, metadata or odd arguments")
+        shape, steps = _ints(size), _ints(stride)
+        flat = np.frombuffer(storage.data, dtype=np.dtype(dtype.code).newbyteorder(self._order))  # whole elements
+        if len(shape) != len(steps) or math.prod(shape) > flat.size:
+            raise NotPlainArchive(f"a tensor of shape {list(shape)} on a storage of {flat.size} elements"[:200])
+        native = flat.dtype.newbyteorder("=")
+        if math.prod(shape) == 0:
+            array = np.zeros(shape, dtype=native)
+        elif offset + sum((n - 1) * s for n, s in zip(shape, steps)) >= flat.size:
+            raise NotPlainArchive(f"a tensor reaching past its storage of {flat.size} elements")
+        else:
+            view = as_strided(flat[offset:], shape, [s * flat.itemsize for s in steps], writeable=False)
+            array = np.array(view, dtype=native, order="C")
+        array.flags.writeable = False  # while unpickling: SETITEM must not change it (torch refuses it too)
+        self.arrays.append(array)
+        return array
+
+
+def read_torch_archive(path: Path) -> object:
+    """The object a ``torch.save`` zip archive holds, without torch: its dense integer and floating point
+    tensors as new C-contiguous numpy arrays (little- or big-endian records), the rest as plain data.
+
+    Only plain data is read: a legacy (non-zip) file, any pickle global but tensor rebuilding, storages,
+    dtypes and ``OrderedDict``, any other opcode (no BUILD, NEWOBJ, sets), a tensor subclass, hooks, a
+    compressed or inconsistent record raise :class:`NotPlainArchive`. Nothing in the file is called, no
+    record is read beyond its size in the file, and no tensor holds more elements than its storage.
+    """
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise NotPlainArchive("not a zip archive")
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if infos[0].header_offset:  # torch reads no archive with bytes before it
+            raise NotPlainArchive(f"the archive starts at byte {infos[0].header_offset}")
+        stored = all(i.compress_type == zipfile.ZIP_STORED and i.compress_size == i.file_size for i in infos)
+        if not stored or sum(i.file_size for i in infos) > size:
+            raise NotPlainArchive("compressed records, or records larger than the file")
+        records = {i.filename: zf.read(i) for i in infos}  # every record, as torch: sizes and CRC checked
+    folder = infos[0].filename.split("/", 1)[0]  # as torch: the archive's folder is its first record's
+
+    def record(name: str, nbytes: int | None = None) -> bytes | None:
+        """The bytes of ``name``; None when missing, unless its size ``nbytes`` is required."""
+        data = records.get(f"{folder}/{name}")
+        if nbytes is not None and (data is None or len(data) != nbytes):
+            raise NotPlainArchive(f"record {name!r} is not {nbytes} bytes"[:100])
+        return data
+
+    version, order, pkl = record("version") or record(".data/version"), record("byteorder"), record("data.pkl")
+    if pkl is None or (version or b"").strip() not in (b"1", b"2", b"3") or order not in (None, b"little", b"big"):
+        raise NotPlainArchive(f"version {version!r}, byteorder {order!r}, data.pkl {pkl is not None}"[:200])
+    if bad := {op.name for op, _, _ in pickletools.genops(pkl)} - _PLAIN_OPCODES:
+        raise NotPlainArchive(f"pickle opcodes {sorted(bad)}")
+    return _ArchiveUnpickler(pkl, lambda key, n: record(f"data/{key}", n), ">" if order == b"big" else "<").load()
