@@ -99,6 +99,15 @@ def _array_kind(name: str, x: object) -> tuple[tuple[int, ...], str, str]:
     raise CodesError(f"{name} must be a dense tensor or numpy array, got {type(x).__name__}")
 
 
+def _value_range(x: Any) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty integer tensor or array, exactly (torch has no ``min`` for
+    uint16, uint32 and uint64 tensors: those are read through numpy)."""
+    torch = _torch_of(x)
+    if torch is not None and x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        x = x.detach().cpu().numpy()
+    return int(x.min()), int(x.max())
+
+
 def _all_finite(x: Any) -> bool:
     torch = _torch_of(x)
     return bool(torch.isfinite(x).all()) if torch is not None else bool(np.isfinite(x).all())
@@ -240,7 +249,7 @@ class Codes:
         if not 1 <= shape[1] <= max_streams:
             raise CodesError(f"tokens must have 1 to {max_streams} streams, got {shape[1]}")
         if shape[0]:
-            lo, hi = int(tok.min()), int(tok.max())
+            lo, hi = _value_range(tok)
             if lo < 0 or hi >= cardinality:
                 raise CodesError(f"token values must lie in [0, {cardinality}), got [{lo}, {hi}]")
         shape, kind, dtype = _array_kind("speaker", spk)

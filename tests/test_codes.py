@@ -380,6 +380,21 @@ def test_pt_uint16_tokens_are_read_without_torch(tmp_path: Path, monkeypatch: py
     assert np.array_equal(codes.speaker, raw["speaker"].numpy())
 
 
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_pt_unsigned_tokens_are_checked_through_torch_too(tmp_path: Path, dtype: torch.dtype) -> None:
+    """Tensors of unsigned types torch cannot take the minimum of: the torch path reads them as the
+    numpy path does, and refuses values out of range with the one-line error (not a crash)."""
+    path = tmp_path / "unsigned.pt"
+    torch.save({"token": _WIDE[:, :4].to(dtype), "speaker": _SPK[:64]}, path)
+    codes = load_codes(path)
+    assert torch.equal(codes.tokens.to(torch.int64), _WIDE[:, :4].to(torch.int64))
+    assert np.array_equal(codes.tokens.to(torch.int64).numpy(), load_codes(path, as_numpy=True).tokens)
+    torch.save({"token": torch.full((3, 4), 16384, dtype=dtype), "speaker": _SPK[:64]}, path)
+    for as_numpy in (False, True):
+        with pytest.raises(CodesError, match=r"token values must lie in \[0, 16384\)"):
+            load_codes(path, as_numpy=as_numpy)
+
+
 @pytest.mark.parametrize("name", sorted(TORCH_PT))
 def test_pt_the_torch_free_reader_does_not_take_is_read_by_torch(tmp_path: Path, name: str) -> None:
     """Legacy files, other globals and dtypes, inconsistent storages, hostile pickles: the same codes,
