@@ -11,15 +11,16 @@ Files are chosen by suffix (:data:`TOKEN_SUFFIXES`). Writers are atomic
 naming the file for any problem, and check sizes before allocating anything.
 
 :class:`Codes` holds torch tensors, or numpy arrays (``load_codes(path, as_numpy=True)``):
-torch is imported only for tensors and ``.pt`` files, so describing or copying ``.soc``
-files (``socodec info``, ``.soc`` to ``.soc``) starts without it.
+torch is imported only for tensors and ``.pt`` files that only torch reads, so describing or
+converting token files (``socodec info``, ``.soc``/``.pt`` to ``.soc``/``.pt``) starts without it.
 
 **``.pt``**: the published layout ``{"token": int64 [T, S], "speaker": float32 [D]}``
 (:func:`encode_pt`, :func:`read_pt`). We add the keys ``sample_rate``, ``num_samples``, ``lead``,
 ``model`` and ``format`` (``"socodec-pt/1"``), and when known ``padding``, ``attention`` and
 ``hubert_window``; files without them (the published tool's) read too. Always read with
 ``torch.load(weights_only=True)``: a file that needs any other pickle global is refused, nothing
-in it is executed. With ``as_numpy=True`` a plain token file (the zip archive ``torch.save`` writes:
+in it is executed. numpy codes are written without torch, as ``torch.save`` writes them. With
+``as_numpy=True`` a plain token file (the zip archive ``torch.save`` writes:
 dense int/float tensors, strings, numbers, dicts) is read without torch (:func:`read_pt_arrays`,
 which knows only those pickle globals and refuses every other); anything else, and any file that does
 not hold valid codes, goes through torch, so that messages and results are those of torch's reader.
@@ -57,7 +58,7 @@ from socodec.config import (
     ATTENTIONS, ATTENTION_FULL, ATTENTION_WINDOWED, PADDINGS, SAMPLES_PER_TOKEN, SAMPLE_RATE, TOKEN_SUFFIXES,
 )
 from socodec.errors import CodesError, unpickle_reason
-from socodec.fileio import atomic_write, read_torch_archive
+from socodec.fileio import atomic_write, read_torch_archive, write_torch_archive
 
 if TYPE_CHECKING:
     import torch
@@ -437,15 +438,16 @@ PT_OPTIONAL_KEYS = ("padding", "attention", "hubert_window")
 def encode_pt(meta: dict[str, Any], tokens: np.ndarray, speaker: np.ndarray) -> bytes:
     """The bytes of a ``.pt`` file (serialised in memory: a failing disk then raises the real OSError).
 
+    numpy arrays are written without torch (:func:`socodec.fileio.write_torch_archive`: the archive
+    ``torch.save`` writes, read back by ``torch.load`` to equal tensors); tensors by ``torch.save``.
+
     Args:
         meta: the :data:`META_KEYS` (validated); :data:`PT_OPTIONAL_KEYS` that are None are left out.
         tokens: ``[T, S]`` int64; speaker: ``[D]`` float32 (numpy arrays or tensors).
     """
-    import torch
-
     payload: dict[str, Any] = {
-        "token": torch.as_tensor(tokens).clone(),  # clone: never save a larger underlying storage
-        "speaker": torch.as_tensor(speaker).clone(),
+        "token": tokens,
+        "speaker": speaker,
         "sample_rate": int(meta["sample_rate"]),
         "num_samples": meta["num_samples"],
         "lead": meta["lead"],
@@ -453,6 +455,12 @@ def encode_pt(meta: dict[str, Any], tokens: np.ndarray, speaker: np.ndarray) -> 
         "format": PT_FORMAT,
     }
     payload.update({k: meta[k] for k in PT_OPTIONAL_KEYS if meta.get(k) is not None})
+    if isinstance(tokens, np.ndarray) and isinstance(speaker, np.ndarray):
+        return write_torch_archive(payload)
+    import torch
+
+    # clone: never save a larger underlying storage
+    payload.update(token=torch.as_tensor(tokens).clone(), speaker=torch.as_tensor(speaker).clone())
     buf = io.BytesIO()
     torch.save(payload, buf)
     return buf.getvalue()

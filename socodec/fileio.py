@@ -11,7 +11,9 @@ left untouched: readers never see a partial file.
 
 **torch.save archives** (:func:`read_torch_archive`): the zip archive ``torch.save`` writes
 (``data.pkl`` and its ``data/<key>`` storage records) read into numpy arrays by a restricted
-unpickler, so that token files load without importing torch.
+unpickler, so that token files load without importing torch; :func:`write_torch_archive` writes
+such an archive of plain data and numpy arrays, laid out as ``torch.save`` lays it out (its records,
+their order, storages aligned to 64 bytes), so that ``torch.load`` (``mmap=True`` too) reads it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import os
 import pickle
 import pickletools
 import secrets
+import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -288,3 +292,148 @@ def read_torch_archive(path: Path) -> object:
     if bad := {op.name for op, _, _ in pickletools.genops(pkl)} - _PLAIN_OPCODES:
         raise NotPlainArchive(f"pickle opcodes {sorted(bad)}")
     return _ArchiveUnpickler(pkl, lambda key, n: record(f"data/{key}", n), ">" if order == b"big" else "<").load()
+
+
+#: dtypes :func:`write_torch_archive` writes -> torch's storage class for them
+_STORAGE_OF = {dtype: name for name, dtype in _TORCH_STORAGES.items() if name != "UntypedStorage"}
+_ALIGNMENT = 64  #: as torch: every record's data starts at a multiple of this
+
+
+class _ArchivePickler:
+    """``data.pkl`` as torch's pickler writes it (protocol 2): plain data, and each numpy array as
+    ``_rebuild_tensor_v2`` of a new storage, whose little-endian bytes are collected in :attr:`storages`."""
+
+    def __init__(self) -> None:
+        self.out, self.memo = bytearray(b"\x80\x02"), {}
+        self.storages: list[bytes] = []
+
+    def _put(self, key: object = None) -> None:
+        """Memoize the object just written (under ``key``, to be written again by :meth:`_get`)."""
+        n = len(self.memo)
+        self.memo[object() if key is None else key] = n
+        self.out += b"q" + bytes([n]) if n < 256 else b"r" + struct.pack("<I", n)
+
+    def _get(self, key: object) -> bool:
+        if (n := self.memo.get(key)) is None:
+            return False
+        self.out += b"h" + bytes([n]) if n < 256 else b"j" + struct.pack("<I", n)
+        return True
+
+    def _global(self, module: str, name: str) -> None:
+        if not self._get(("global", module, name)):
+            self.out += f"c{module}\n{name}\n".encode()
+            self._put(("global", module, name))
+
+    def _tuple(self, items: tuple) -> None:
+        if not items:
+            self.out += b")"
+            return
+        self.out += b"" if len(items) <= 3 else b"("
+        for item in items:
+            self.dump(item)
+        self.out += b"t" if len(items) > 3 else b"\x85\x86\x87"[len(items) - 1:len(items)]
+        self._put()
+
+    def dump(self, obj: object) -> None:
+        if obj is None or isinstance(obj, bool):
+            self.out += {None: b"N", True: b"\x88", False: b"\x89"}[obj]
+        elif isinstance(obj, int):
+            if 0 <= obj < 65536:
+                self.out += b"K" + bytes([obj]) if obj < 256 else b"M" + struct.pack("<H", obj)
+            elif -2**31 <= obj < 2**31:
+                self.out += b"J" + struct.pack("<i", obj)
+            else:
+                encoded = pickle.encode_long(obj)
+                self.out += b"\x8a" + bytes([len(encoded)]) + encoded
+        elif isinstance(obj, float):
+            self.out += b"G" + struct.pack(">d", obj)
+        elif isinstance(obj, str):
+            if not self._get(("str", obj)):
+                encoded = obj.encode("utf-8", "surrogatepass")
+                self.out += b"X" + struct.pack("<I", len(encoded)) + encoded
+                self._put(("str", obj))
+        elif isinstance(obj, (dict, list)):  # as pickle: one item SETITEM / APPEND, more in one batch
+            empty, one, batch = b"}su" if isinstance(obj, dict) else b"]ae"
+            self.out += bytes([empty])
+            self._put()
+            self.out += b"(" if len(obj) > 1 else b""
+            for item in [x for pair in obj.items() for x in pair] if isinstance(obj, dict) else obj:
+                self.dump(item)
+            self.out += b"" if not obj else bytes([one if len(obj) == 1 else batch])
+        elif isinstance(obj, tuple):
+            self._tuple(obj)
+        elif isinstance(obj, np.ndarray) and obj.dtype.name in _STORAGE_OF:
+            self._array(obj)
+        else:
+            raise TypeError(f"cannot write {type(obj).__name__} into a torch archive")
+
+    def _array(self, array: np.ndarray) -> None:
+        """The tensor of ``array``: a new C-contiguous storage, strides as torch gives them."""
+        key, storage = str(len(self.storages)), _STORAGE_OF[array.dtype.name]
+        self.storages.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+        strides = [1] * array.ndim
+        for i in range(array.ndim - 2, -1, -1):
+            strides[i] = strides[i + 1] * max(array.shape[i + 1], 1)
+        self._global("torch._utils", "_rebuild_tensor_v2")
+        self.out += b"(("
+        self.dump("storage")
+        self._global("torch", storage)
+        for item in (key, "cpu", array.size):
+            self.dump(item)
+        self.out += b"t"
+        self._put()
+        self.out += b"Q"
+        for item in (0, tuple(array.shape), tuple(strides), False):
+            self.dump(item)
+        self._global("collections", "OrderedDict")
+        self.out += b")R"
+        self._put()
+        self.out += b"t"
+        self._put()
+        self.out += b"R"
+        self._put()
+
+
+def _zip_stored(records: list[tuple[str, bytes]]) -> bytes:
+    """A zip archive of ``records`` as torch's writer (miniz) lays it out: each record's data aligned by
+    padding in its local header's extra field, a data descriptor after it, and a zip64 end record."""
+    out, central = bytearray(), bytearray()
+    for name, data in records:
+        if len(data) >= 0xFFFFFFFF or len(out) >= 0xFFFFFFFF:
+            raise ValueError("a torch archive of 4 GiB or more")
+        encoded, crc, offset = name.encode(), zlib.crc32(data), len(out)
+        pad = -(offset + 30 + len(encoded) + 4) % _ALIGNMENT
+        extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 0, 0x808, 0, 0, 0, 0, 0, 0, len(encoded), len(extra))
+        out += encoded + extra + data + struct.pack("<IIII", 0x08074B50, crc, len(data), len(data))
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 0, 0, 0x808, 0, 0, 0, crc, len(data), len(data),
+                               len(encoded), 0, 0, 0, 0, 0, offset) + encoded
+    start, n = len(out), len(records)
+    out += central
+    end64 = len(out)
+    out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 0x031E, 0x2D, 0, 0, n, n, len(central), start)
+    out += struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(central), start, 0)
+    return bytes(out)
+
+
+def write_torch_archive(obj: dict[str, Any]) -> bytes:
+    """The bytes of a ``torch.save`` zip archive of ``obj`` (read back by ``torch.load(weights_only=True)``
+    and by :func:`read_torch_archive`), without torch.
+
+    ``obj`` holds plain data (str, int, float, bool, None, lists, tuples and dicts of them) and numpy arrays of
+    the dtypes torch has a storage class for (int64/32/16/8, uint8, float64/32/16), each written as a
+    tensor of its own storage. Deterministic: the same ``obj`` gives the same bytes.
+    """
+    pickler = _ArchivePickler()
+    pickler.dump(obj)
+    pkl = bytes(pickler.out + b".")
+    records = [("data.pkl", pkl), (".format_version", b"1"), (".storage_alignment", str(_ALIGNMENT).encode()),
+               ("byteorder", b"little")]
+    records += [(f"data/{key}", data) for key, data in enumerate(pickler.storages)] + [("version", b"3\n")]
+    names, crc = ",".join(name for name, _ in records).encode(), 0
+    for _, data in records:
+        crc = zlib.crc32(data, crc)
+    serial = f"{zlib.crc32(names):020d}{crc:020d}"  # as torch: 40 digits, from the record names and data
+    records.append((".data/serialization_id", serial.encode()))
+    return _zip_stored([(f"archive/{name}", data) for name, data in records])

@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 import zipfile
 from collections import OrderedDict
@@ -209,6 +210,92 @@ def test_pt_is_published_layout(tmp_path: Path) -> None:
     assert raw["token"].dtype == torch.int64 and raw["token"].shape == (7, 4)
     assert raw["speaker"].dtype == torch.float32 and raw["speaker"].shape == (64,)
     assert raw["format"] == "socodec-pt/1" and raw["lead"] == 8000
+
+
+_WRITE_WITHOUT_TORCH = """
+import json, sys
+import numpy as np
+from socodec.codes import Codes, save_codes
+for npz, meta, out in json.loads(sys.argv[1]):
+    arrays = np.load(npz)
+    save_codes(Codes(tokens=arrays["tokens"], speaker=arrays["speaker"], **meta), out)
+assert "torch" not in sys.modules, "torch was imported"
+"""
+
+
+def assert_same_pt(a: dict, b: dict) -> None:
+    """Two dicts ``torch.load`` read: the same keys, tensors of the same dtype, shape and values, the rest equal."""
+    assert list(a) == list(b)
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            assert (value.dtype, value.shape) == (b[key].dtype, b[key].shape) and torch.equal(value, b[key]), key
+        else:
+            assert (type(value), value) == (type(b[key]), b[key]), key
+
+
+def test_pt_numpy_codes_are_written_without_torch(tmp_path: Path) -> None:
+    """numpy codes become a .pt file without torch, read by torch (mmap too) as torch.save's own file."""
+    cases, refs = [], []
+    for streams in (1, 2, 3, 4):
+        for frames in (0, 7):
+            for keys in ("bare", "usual", "optional"):
+                codes = make_codes(frames, streams, seed=streams + frames)
+                if keys == "bare":
+                    codes = Codes(tokens=codes.tokens, speaker=codes.speaker)
+                elif keys == "optional":
+                    codes = dataclasses.replace(codes, padding="grid", attention="windowed", hubert_window=20.04)
+                name = tmp_path / f"{streams}-{frames}-{keys}"
+                np.savez(name.with_suffix(".npz"), tokens=codes.tokens.numpy(), speaker=codes.speaker.numpy())
+                meta = {f.name: getattr(codes, f.name) for f in dataclasses.fields(codes)
+                        if f.name not in ("tokens", "speaker")}
+                cases.append((str(name.with_suffix(".npz")), meta, str(name.with_suffix(".pt"))))
+                ref = name.with_name(name.name + "-ref.pt")  # torch.save's file
+                ref.write_bytes(codes_module.encode_pt(codes_module._meta(codes), codes.tokens, codes.speaker))
+                refs.append(ref)
+    r = subprocess.run([sys.executable, "-c", _WRITE_WITHOUT_TORCH, json.dumps(cases)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(codes_module.__file__).parents[1])})
+    assert r.returncode == 0, r.stderr
+    for (_, _, out), ref in zip(cases, refs):
+        expected = torch.load(ref, weights_only=True)
+        assert_same_pt(torch.load(out, weights_only=True), expected)
+        assert_same_pt(torch.load(out, weights_only=True, mmap=True), expected)
+        with zipfile.ZipFile(out) as ours, zipfile.ZipFile(ref) as theirs:  # torch's records, in its order
+            assert [i.filename for i in ours.infolist()] == [i.filename for i in theirs.infolist()]
+            for info in ours.infolist():
+                if info.filename.startswith("archive/data/"):
+                    assert ours.read(info) == theirs.read(info.filename)
+        assert_same(load_codes(ref), load_codes(out))
+
+
+def test_pt_archive_writer_takes_plain_data_and_arrays(tmp_path: Path) -> None:
+    from socodec.fileio import read_torch_archive, write_torch_archive
+
+    arrays = {"i64": np.arange(6, dtype=">i8").reshape(2, 3), "f32": np.linspace(-1, 1, 5, dtype=np.float32)[::2],
+              "i32": np.arange(4, dtype=np.int32).reshape(2, 2).T, "u8": np.arange(3, dtype=np.uint8),
+              "f16": np.ones((2, 0, 3), np.float16), "f64": np.array(2.5), "i16": np.zeros(300, np.int16),
+              "i8": np.array([-1, 1], np.int8)}
+    plain = {"ints": [0, 255, 256, 65535, 65536, -1, -2**31, 2**31, -2**31 - 1, 2**70, -2**70], "bools": (True, False),
+             "none": None, "floats": (1.5, -0.0, math.inf), "text": "é\u20ac", "empty": {}, "one": {"k": ["v"]},
+             "nested": {"a": {"b": ()}, "c": (1, 2, 3, 4)}, "many": {str(i): i for i in range(300)}}
+    path = tmp_path / "x.pt"
+    path.write_bytes(write_torch_archive({**arrays, **plain}))
+    for loaded in (torch.load(path, weights_only=True), torch.load(path, weights_only=True, mmap=True)):
+        assert {k: loaded[k] for k in plain} == plain
+        for key, array in arrays.items():
+            assert loaded[key].dtype == getattr(torch, array.dtype.name) and loaded[key].is_contiguous()
+            assert torch.equal(loaded[key], torch.from_numpy(array.astype(array.dtype.newbyteorder("="))))
+    ours = read_torch_archive(path)
+    assert {k: ours[k] for k in plain} == plain
+    assert all(np.array_equal(ours[k], a) and ours[k].dtype == a.dtype.newbyteorder("=") for k, a in arrays.items())
+    assert path.read_bytes() == write_torch_archive({**arrays, **plain})  # deterministic
+    with zipfile.ZipFile(path) as zf:  # every record's data starts at a multiple of 64 bytes, as torch's
+        data = path.read_bytes()
+        for info in zf.infolist():
+            name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+    for bad in ({"x": {1, 2}}, {"x": np.array([True])}, {"x": object()}):
+        with pytest.raises(TypeError, match="cannot write"):
+            write_torch_archive(bad)
 
 
 def test_soc_layout(tmp_path: Path) -> None:
@@ -542,7 +629,7 @@ def test_save_failure_leaves_old_file(tmp_path: Path, monkeypatch: pytest.Monkey
     def boom(*args, **kwargs):
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(torch, "save", boom)
+    monkeypatch.setattr(Path, "write_bytes", boom)  # the disk fails while the file is written
     with pytest.raises(CodesError, match="cannot write"):
         save_codes(make_codes(seed=2), target)
     assert target.read_bytes() == before and list(tmp_path.iterdir()) == [target]

@@ -20,7 +20,8 @@ import torch
 import hostile_cases as hc
 from conftest import REPO, TINY_CONFIGS, tiny_ckpt_dir
 from socodec.cli import COMMANDS
-from socodec.codes import load_codes, save_codes
+from socodec import codes as codes_module
+from socodec.codes import encode_pt, load_codes, save_codes
 from socodec.fileio import atomic_path
 
 TIMEOUT_S = 300
@@ -333,7 +334,7 @@ def test_soc_files_are_described_and_copied_without_torch(ws, tmp_path):
 
 def test_pt_files_are_described_and_converted_without_torch(ws, tmp_path):
     """torch.save's zip archive of plain tensors is read without torch: the same description and the
-    same .soc file as through torch; writing .pt, and reading a legacy .pt, still take torch."""
+    same .soc file as through torch; reading a legacy .pt still takes torch."""
     pt = save_codes(load_codes(ws["soc"]), tmp_path / "codes.pt")
     through_torch = load_codes(pt)  # tensors: read by torch.load
     status, imported, shown = _torch_free(ws, "info", "--json", pt)
@@ -344,12 +345,31 @@ def test_pt_files_are_described_and_converted_without_torch(ws, tmp_path):
     assert shown.replace(str(pt), "F") == _torch_free(ws, "info", ws["soc"])[2].replace(str(ws["soc"]), "F")
     assert _torch_free(ws, pt, tmp_path / "out.soc")[:2] == (0, False)
     assert (tmp_path / "out.soc").read_bytes() == save_codes(through_torch, tmp_path / "ref.soc").read_bytes()
-    assert _torch_free(ws, ws["soc"], tmp_path / "back.pt")[:2] == (0, True)  # torch writes .pt
     legacy = tmp_path / "legacy.pt"
     torch.save(torch.load(pt, weights_only=True), legacy, _use_new_zipfile_serialization=False)
     status, imported, shown = _torch_free(ws, "info", "--json", legacy)
     assert (status, imported) == (0, True) and {**json.loads(shown), "file": "-"} == {**through_torch.summary(),
                                                                                      "file": "-"}
+
+
+def test_pt_files_are_written_without_torch(ws, tmp_path):
+    """.soc and .pt files become .pt files without torch, which torch reads as the codes it would write."""
+    codes = load_codes(ws["soc"])  # tensors
+    by_torch = tmp_path / "by_torch.pt"
+    by_torch.write_bytes(encode_pt(codes_module._meta(codes), codes.tokens, codes.speaker))  # tensors: torch.save
+    expected = torch.load(by_torch, weights_only=True)
+    assert _torch_free(ws, ws["soc"], tmp_path / "a.pt")[:2] == (0, False)
+    assert _torch_free(ws, tmp_path / "a.pt", tmp_path / "b.pt")[:2] == (0, False)
+    assert _torch_free(ws, by_torch, tmp_path / "c.pt")[:2] == (0, False)
+    for name in "abc":
+        for mmap in (False, True):
+            got = torch.load(tmp_path / f"{name}.pt", weights_only=True, mmap=mmap)
+            assert list(got) == list(expected) and got["token"].dtype == torch.int64
+            assert torch.equal(got["token"], codes.tokens) and torch.equal(got["speaker"], codes.speaker)
+            assert {k: v for k, v in got.items() if k not in ("token", "speaker")} == {
+                k: v for k, v in expected.items() if k not in ("token", "speaker")}
+    assert (tmp_path / "b.pt").read_bytes() == (tmp_path / "a.pt").read_bytes() == (tmp_path / "c.pt").read_bytes()
+    assert load_codes(tmp_path / "a.pt").summary() == codes.summary()
 
 
 # ---------------------------------------------------------------- progress on a terminal (25.6)
