@@ -58,7 +58,7 @@ from socodec.config import (
     ATTENTIONS, ATTENTION_FULL, ATTENTION_WINDOWED, PADDINGS, SAMPLES_PER_TOKEN, SAMPLE_RATE, TOKEN_SUFFIXES,
 )
 from socodec.errors import CodesError, unpickle_reason
-from socodec.fileio import atomic_write, read_torch_archive, write_torch_archive
+from socodec.fileio import atomic_write, is_plain_int, read_torch_archive, write_torch_archive
 
 if TYPE_CHECKING:
     import torch
@@ -135,14 +135,9 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
 
 
-def _is_int(value: object) -> bool:
-    """True for a plain integer (``bool`` excluded)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_optional_count(name: str, value: object) -> None:
     """``value`` must be None or a non-negative int."""
-    if value is not None and not (_is_int(value) and value >= 0):
+    if value is not None and not (is_plain_int(value) and value >= 0):
         raise CodesError(f"{name} must be a non-negative integer or unknown, got {value!r}")
 
 
@@ -262,7 +257,7 @@ class Codes:
             raise CodesError(f"speaker vector has {shape[0]} values, the model expects {speaker_dim}")
         if not _all_finite(spk):
             raise CodesError("speaker vector holds NaN or infinite values")
-        if not (_is_int(self.sample_rate) and 0 < self.sample_rate <= _MAX_SAMPLE_RATE):
+        if not (is_plain_int(self.sample_rate) and 0 < self.sample_rate <= _MAX_SAMPLE_RATE):
             raise CodesError(f"sample_rate must be in 1..{_MAX_SAMPLE_RATE}, got {self.sample_rate!r}"[:200])
         _check_optional_count("num_samples", self.num_samples)
         _check_optional_count("lead", self.lead)
@@ -287,7 +282,7 @@ class Codes:
 
     def with_streams(self, k: int) -> Codes:
         """A copy keeping only the first ``k`` streams (tokens ``[T, k]``)."""
-        if not _is_int(k) or not 1 <= k <= self.num_streams:
+        if not is_plain_int(k) or not 1 <= k <= self.num_streams:
             raise CodesError(f"cannot keep {k!r} streams: the codes have {self.num_streams}")
         return replace(self, tokens=_copy(self.tokens[:, :k]), model=dict(self.model))
 

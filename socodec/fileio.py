@@ -134,8 +134,8 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], object], *, fsync:
     return target
 
 
-def _plain_int(value: object) -> bool:
-    """True for a plain integer (``bool`` excluded)."""
+def is_plain_int(value: object) -> bool:
+    """True for a plain integer (``bool`` excluded): what untrusted files and JSON must hold for counts."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -173,7 +173,7 @@ class _TorchStorage:
 
 def _ints(value: object) -> tuple[int, ...]:
     """``value`` as a tuple of non-negative ints (sizes, strides)."""
-    if not isinstance(value, tuple) or not all(_plain_int(v) and v >= 0 for v in value):
+    if not isinstance(value, tuple) or not all(is_plain_int(v) and v >= 0 for v in value):
         raise NotPlainArchive(f"sizes or strides {value!r}"[:100])
     return value
 
@@ -221,7 +221,7 @@ class _ArchiveUnpickler(pickle.Unpickler):
             raise NotPlainArchive("a persistent id other than a storage")
         _, kind, key, location, numel = pid
         if not (isinstance(kind, _TorchType) and isinstance(key, str) and isinstance(location, str)
-                and _plain_int(numel) and numel >= 0):
+                and is_plain_int(numel) and numel >= 0):
             raise NotPlainArchive(f"storage {pid!r}"[:200])
         if key not in self._storages:  # as torch: a storage named again is the one read first
             self._storages[key] = _TorchStorage(kind, self._record(key, numel * np.dtype(kind.code).itemsize))
@@ -236,7 +236,7 @@ class _ArchiveUnpickler(pickle.Unpickler):
     def _rebuild_v3(self, storage: object, offset: object, size: object, stride: object, requires_grad: object,
                     hooks: object, dtype: object, metadata: object = None) -> np.ndarray:
         """The tensor as a C-contiguous native-order array; its extent must lie within its storage."""
-        if not (isinstance(storage, _TorchStorage) and isinstance(dtype, _TorchType) and _plain_int(offset) and offset >= 0
+        if not (isinstance(storage, _TorchStorage) and isinstance(dtype, _TorchType) and is_plain_int(offset) and offset >= 0
                 and isinstance(requires_grad, bool) and _empty(hooks) and _empty(metadata)):
             raise NotPlainArchive("a tensor with hooks, metadata or odd arguments")
         shape, steps = _ints(size), _ints(stride)

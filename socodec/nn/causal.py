@@ -59,20 +59,26 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
         super().__init__(c_in, c_out, 2 * stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return super().forward(x)[..., : -self.stride[0]]
-        return self.frames(x, x.new_zeros(x.shape[0], x.shape[1], 1))
+        return self.after(x)
 
-    def frames(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+    def after(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
         """The first ``s * T`` outputs for input ``x`` ``[B, C_in, T]`` preceded by the frame ``past``
-        ``[B, C_in, 1]`` (zeros at the start): ``[B, C_out, s * T]``.
+        ``[B, C_in, 1]`` (None: zeros, the start of a sequence): ``[B, C_out, s * T]``.
 
-        Output sample ``s t + j`` is ``W[:, :, j]^T x[t] + W[:, :, j + s]^T x[t - 1]`` (+ bias): one
-        matrix product of the frames with all ``2 s`` taps ``[B, T + 1, C_out, 2 s]`` (the weight
-        as it is stored, no copy), then the two halves of the taps of consecutive frames added.
+        With gradients this is the transposed convolution. Without, output sample ``s t + j`` is
+        ``W[:, :, j]^T x[t] + W[:, :, j + s]^T x[t - 1]`` (+ bias): one matrix product of the frames
+        with all ``2 s`` taps ``[B, T + 1, C_out, 2 s]`` (the weight as it is stored, no copy), then
+        the two halves of the taps of consecutive frames added.
         Same numbers as the transposed convolution, ~1.3-1.8x faster for the decoders' shapes on CPU.
         """
         stride = self.stride[0]
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            if past is None:
+                return super().forward(x)[..., :-stride]
+            y = super().forward(torch.cat([past, x], dim=2))  # [B, C_out, (T + 2) * s]
+            return y[..., stride : (x.shape[-1] + 1) * stride]
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], 1)
         c_in, c_out, taps = self.weight.shape
         frames = torch.cat([past, x], dim=2).transpose(1, 2)  # [B, T + 1, C_in]
         y = torch.matmul(frames, self.weight.view(c_in, c_out * taps)).view(x.shape[0], -1, c_out, taps)
@@ -266,14 +272,9 @@ class CausalStreamer:
         if x.shape[-1] == 0:
             return x.new_zeros(x.shape[0], conv.out_channels, 0)
         key = id(conv)
-        past = self._state.get(key)
-        if past is None:
-            past = x.new_zeros(x.shape[0], x.shape[1], 1)
+        past = self._state.get(key)  # None before the first chunk: zeros
         self._state[key] = x[..., -1:]
-        if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
-            y = nn.ConvTranspose1d.forward(conv, torch.cat([past, x], dim=2))  # [B, C, (t + 2) * s]
-            return y[..., stride : (x.shape[-1] + 1) * stride]
-        return conv.frames(x, past)
+        return conv.after(x, past)
 
 
 def causal_context(module: nn.Module) -> float:

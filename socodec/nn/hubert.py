@@ -136,7 +136,8 @@ class ConvLayer(nn.Module):
         key = (id(weight), weight._version, weight.data_ptr(), weight.dtype, weight.device)
         if self._kernel is None or self._kernel[0] != key:
             with torch.inference_mode(False), torch.no_grad():
-                self._kernel = (key, self._layout(weight).clone())
+                kernel = self._layout(weight)
+                self._kernel = (key, kernel.clone() if kernel.data_ptr() == weight.data_ptr() else kernel)
         return self._kernel[1]
 
     def _layout(self, weight: Tensor) -> Tensor:

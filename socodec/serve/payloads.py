@@ -23,6 +23,7 @@ from socodec.audio import save_audio_stream
 from socodec.codes import SOC_MAGIC, Codes, load_codes, save_codes
 from socodec.config import SAMPLE_RATE
 from socodec.errors import SoCodecError, one_line
+from socodec.fileio import is_plain_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from socodec.codec import SoCodec
@@ -157,13 +158,13 @@ def parse_stream_start(text: str | bytes, speaker_dim: int, max_streams: int) ->
     if speaker.shape[0] != speaker_dim:
         raise BadRequest(f"speaker must hold {speaker_dim} values, got {speaker.shape[0]}")
     streams = obj.get("streams")
-    if streams is not None and not (_is_int(streams) and 1 <= streams <= max_streams):
+    if streams is not None and not (is_plain_int(streams) and 1 <= streams <= max_streams):
         raise BadRequest(f"streams must be an integer from 1 to {max_streams}, got {streams!r}"[:200])
     fmt = obj.get("sample_format", "s16le")
     if fmt not in PCM_FORMATS:
         raise BadRequest(f"sample_format must be one of {', '.join(PCM_FORMATS)}, got {fmt!r}"[:200])
     lead, num = obj.get("lead", 0), obj.get("num_samples")
-    if not (_is_int(lead) and lead >= 0) or not (num is None or (_is_int(num) and num >= 0)):
+    if not (is_plain_int(lead) and lead >= 0) or not (num is None or (is_plain_int(num) and num >= 0)):
         raise BadRequest("lead and num_samples must be non-negative integers")
     return StreamStart(speaker, streams, fmt, lead, num)
 
@@ -193,10 +194,6 @@ def pcm_bytes(audio: torch.Tensor, sample_format: str) -> bytes:
 
 
 # ---------------------------------------------------------------------- JSON checks
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _json_object(body: str | bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body)
@@ -215,7 +212,7 @@ def _int_matrix(value: object, name: str) -> torch.Tensor:
         return torch.zeros(0, 0, dtype=torch.int64)
     width = len(value[0]) if isinstance(value[0], list) else -1
     for row in value:
-        if not isinstance(row, list) or len(row) != width or not all(_is_int(v) for v in row):
+        if not isinstance(row, list) or len(row) != width or not all(is_plain_int(v) for v in row):
             raise BadRequest(f"{name} must be a list of frames of equally many integers")
     if width < 1:
         raise BadRequest(f"{name}: frames must hold at least one token")
