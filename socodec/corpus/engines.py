@@ -103,6 +103,7 @@ def run_local(
     gpus = _gpu_count() if device == "cuda" and workers > 1 else 0
     for i in range(workers):
         slots.put(i % gpus if gpus else None)
+    order: dict[Future, int] = {}  # submission order: finished batches are yielded in it
     pending: set[Future] = set()
     todo = iter(batches)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
@@ -110,15 +111,37 @@ def run_local(
         try:
             while True:
                 while len(pending) < 2 * workers and (batch := next(todo, None)) is not None:
-                    pending.add(pool.submit(_encode, batch))
+                    future = pool.submit(_encode, batch)
+                    order[future] = len(order)
+                    pending.add(future)
                 if not pending:
                     return
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+                failed = yield from _yield_finished(done, order)
+                if failed is not None:
+                    # A failure of the run: batches not started are dropped, the ones already
+                    # running finish and are kept (a rerun resumes after them), then it is raised.
+                    for future in pending:
+                        future.cancel()
+                    yield from _yield_finished(wait(pending).done, order)
+                    raise failed
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _yield_finished(done: Iterable[Future], order: dict[Future, int]) -> Iterator[pa.Table]:
+    """Yield the results of ``done`` in submission order; return the first failure instead of raising it."""
+    failed: BaseException | None = None
+    for future in sorted(done, key=order.__getitem__):
+        del order[future]
+        if future.cancelled():
+            continue
+        if (exc := future.exception()) is not None:
+            failed = failed or exc
+        else:
+            yield future.result()
+    return failed
 
 
 def _quiet_resource_tracker() -> None:

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
 class Flaky:
-    """The tiny codec whose ``encode`` breaks: ``mode`` "batch" (lists of 2+) or "oom" (calls after ``after``)."""
+    """The tiny codec whose ``encode`` breaks: ``mode`` "batch" (lists of 2+), "oom" (calls after ``after``)
+    or "slow-then-oom" (the 0.5 s clip takes 4 s, the 0.5625 s clip runs out of memory at once)."""
 
     def __init__(self, codec, mode: str, after: int = 0) -> None:
         self.codec, self.mode, self.after, self.calls = codec, mode, after, 0
@@ -37,6 +39,12 @@ class Flaky:
             raise ValueError("batched path broken")
         if self.mode == "oom" and self.calls > self.after:
             raise RuntimeError(OOM)
+        if self.mode == "slow-then-oom":
+            samples = (x[0] if isinstance(x, list) else x).numel()
+            if samples == 8000:
+                time.sleep(4)
+            elif samples == 9000:
+                raise RuntimeError(OOM)
         return self.codec.encode(x, **kwargs)
 
     def __getattr__(self, name: str):
@@ -100,10 +108,10 @@ def test_fallback_warns_once_with_its_cause_and_counts(caplog: pytest.LogCapture
 # ---------------------------------------------------------------- tokenize
 
 
-def tokenize_with(loader, inputs: Path, out: Path, batch_size: int = 1):
+def tokenize_with(loader, inputs: Path, out: Path, batch_size: int = 1, workers: int = 1):
     from socodec.corpus.run import TokenizeOptions, tokenize
 
-    opts = TokenizeOptions(inputs=(inputs,), out_dir=out, workers=1, threads=1, shard_size=batch_size,
+    opts = TokenizeOptions(inputs=(inputs,), out_dir=out, workers=workers, threads=1, shard_size=batch_size,
                            batch_size=batch_size, quiet=True)
     return tokenize(opts, loader)
 
@@ -118,6 +126,21 @@ def test_out_of_memory_stops_tokenize_and_the_rerun_resumes(tmp_path: Path) -> N
     assert (out / "errors.jsonl").read_text() == ""
     summary = tokenize_with(functools.partial(plain, cache), wavs, out)
     assert (summary.skipped, summary.written, summary.failed) == (2, 2, 0)
+
+
+def test_a_failure_keeps_what_other_workers_finish_after_it(tmp_path: Path) -> None:
+    """The run stops at the first failure, but a batch another worker is running is finished and kept."""
+    import pyarrow.parquet as pq
+
+    wavs = write_wavs(tmp_path / "wavs", 4)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tokenize_with(functools.partial(flaky, cache, "slow-then-oom"), wavs, out, workers=2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    ids = {i for shard in out.glob("**/*.parquet") for i in pq.read_table(shard, columns=["id"])["id"].to_pylist()}
+    assert manifest["errors"] == 0 and "good0" in ids and "good1" not in ids, (manifest, ids)
+    summary = tokenize_with(functools.partial(plain, cache), wavs, out)
+    assert summary.failed == 0 and summary.skipped == len(ids) and summary.skipped + summary.written == 4
 
 
 def test_a_broken_batched_path_is_redone_one_by_one_and_counted(tmp_path: Path) -> None:
