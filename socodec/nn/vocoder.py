@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -386,8 +387,6 @@ class _Downsample(nn.Module):
 
 
 _MAX_LOG_FREQ = 60.0
-_EDGE_INPUT = 8
-"""Input samples each end from which :meth:`Activation1d._upsample` redoes the edge outputs (>= 5 for 12 taps)."""
 """Beyond |alpha| of this, :class:`Activation1d` takes the plain path (exp(alpha) near float limits)."""
 
 
@@ -411,9 +410,11 @@ class Activation1d(nn.Module):
     ``a = exp(alpha)`` and ``u = a * y`` (y the upsampled signal), ``snake(y) = (u + g sin(u)^2) / a``
     where ``g = a / (exp(beta) + 1e-9)``; both filters are linear and per channel, so ``a`` folds
     into the up filter and ``1 / a`` into the down filter (cached per parameter version). The
-    SnakeBeta is then sin, square, multiply-add, written straight into the replicate-padded
-    buffer of the down filter; both filters run as channels-last depthwise convolutions (oneDNN's
-    fast layout). :meth:`reference` runs instead when gradients are needed or ``|alpha|`` is extreme.
+    upsampled signal is computed as its two phases (even and odd samples: no zero-stuffed
+    samples are multiplied), the SnakeBeta (sin, square, multiply-add) is written straight into
+    the replicate-padded buffer of the down filter, and all filters run as plain channels-last
+    depthwise convolutions (oneDNN's fast layout; its depthwise transposed convolution is several
+    times slower). :meth:`reference` runs instead when gradients are needed or ``|alpha|`` is extreme.
     On CPU a bfloat16 input is activated in float32 and returned in bfloat16 (oneDNN's bfloat16
     depthwise convolutions are several times slower than its float32 ones there).
     """
@@ -423,7 +424,7 @@ class Activation1d(nn.Module):
         self.act = SnakeBeta(channels)
         self.upsample = _FilterBuffer()
         self.downsample = _Downsample()
-        self._cache: tuple[tuple[object, ...], tuple[Tensor, Tensor, Tensor] | None] | None = None
+        self._cache: tuple[tuple[object, ...], _Folded | None] | None = None
 
     def prepare(self, dtype: torch.dtype) -> None:
         """Build the folded filters for inputs of ``dtype`` now, not in the first forward."""
@@ -465,49 +466,57 @@ class Activation1d(nn.Module):
             return self._fast(x.float(), filters).to(x.dtype, memory_format=torch.channels_last)
         return self._fast(x, filters)
 
-    def _fast(self, x: Tensor, filters: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """Channels-last [B, C, 1, T] -> [B, C, 1, T] (inference only), with :meth:`_filters`."""
-        b, c, _, t = x.shape
-        _, _, left, right = self._geometry()
-        up_w, down_w, gain = filters
-        u = self._upsample(x, up_w)  # [B, C, 1, 2t] = exp(alpha) * upsampled x
-        zp = torch.empty(b, c, 1, 2 * t + left + right, dtype=x.dtype, device=x.device,
-                         memory_format=torch.channels_last)
-        z = zp[..., left : left + 2 * t]
-        torch.sin(u, out=z)
-        z.square_()
-        torch.addcmul(u, gain, z, out=z)
-        zp[..., :left] = z[..., :1]
-        zp[..., left + 2 * t :] = z[..., -1:]
-        return F.conv2d(zp, down_w, stride=(1, 2), groups=c)
+    def _fast(self, x: Tensor, filters: _Folded) -> Tensor:
+        """Channels-last [B, C, 1, T] -> [B, C, 1, T] (inference only), with :meth:`_filters`.
 
-    def _upsample(self, x: Tensor, up_w: Tensor) -> Tensor:
-        """Channels-last ``[B, C, 1, t] -> [B, C, 1, 2t]``: the replicate-padded up filter, without the padded copy.
-
-        The transposed convolution of the unpadded input already gives every output sample but
-        the few (5 for 12 taps) at each end that read replicated samples; those are redone from
-        :data:`_EDGE_INPUT` input samples at each end, padded. Short inputs take the padded path.
+        Polyphase: the upsampled signal is kept as its two phases (even and odd samples), each a
+        6-tap depthwise convolution of ``x``. The SnakeBeta of both goes into the two rows of one
+        replicate-padded ``[B, C, 2, T + 6]`` buffer, and the down filter is one depthwise
+        ``2 x 7`` convolution over it (its 12 taps split between the phases). Only the kept
+        samples are computed, and every convolution is a plain depthwise one.
         """
-        t = x.shape[-1]
-        if t < 2 * _EDGE_INPUT:
-            return self._padded_upsample(x, up_w)
-        pad, crop, _, _ = self._geometry()
-        inner = crop - 2 * pad  # the transposed conv's padding once the replicated samples are gone
-        u = F.conv_transpose2d(x, up_w, stride=(1, 2), padding=(0, inner), groups=x.shape[1])
-        head, tail, n = up_w.shape[-1] - 2 - inner, inner, _EDGE_INPUT  # outputs reading x[-1] / x[t]
-        u[..., :head] = self._padded_upsample(x[..., :n].contiguous(), up_w)[..., :head]
-        u[..., 2 * t - tail :] = self._padded_upsample(x[..., t - n :].contiguous(), up_w)[..., 2 * n - tail :]
-        return u
+        b, c, _, t = x.shape
+        u0, u1 = self._upsample(x, filters)  # [B, C, 1, t] each: exp(alpha) * even / odd upsampled samples
+        sp = torch.empty(b, c, 2, t + 2 * _PHASE_PAD, dtype=x.dtype, device=x.device,
+                         memory_format=torch.channels_last)
+        mid = sp[..., _PHASE_PAD : _PHASE_PAD + t]  # [B, C, 2, t]
+        for row, u in enumerate((u0, u1)):
+            torch.sin(u, out=mid[:, :, row : row + 1])
+        mid.mul_(mid)
+        for row, u in enumerate((u0, u1)):
+            z = mid[:, :, row : row + 1]
+            torch.addcmul(u, filters.gain, z, out=z)
+        # the 2t-rate signal replicate-padded: its first sample (even row) before, its last (odd row) after
+        sp[..., :_PHASE_PAD] = mid[:, :, :1, :1]
+        sp[..., _PHASE_PAD + t :] = mid[:, :, 1:, -1:]
+        return F.conv2d(sp, filters.down, groups=c)
 
-    def _padded_upsample(self, x: Tensor, up_w: Tensor) -> Tensor:
-        """Replicate-pad, then the folded up filter: ``[B, C, 1, t] -> [B, C, 1, 2t]``."""
-        pad, crop, _, _ = self._geometry()
-        return F.conv_transpose2d(
-            F.pad(x, (pad, pad, 0, 0), mode="replicate"), up_w, stride=(1, 2), padding=(0, crop), groups=x.shape[1]
-        )
+    def _upsample(self, x: Tensor, filters: _Folded) -> tuple[Tensor, Tensor]:
+        """Channels-last ``[B, C, 1, t]`` -> the even and odd samples of the replicate-padded up filter.
 
-    def _filters(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor] | None:
-        """(up filter * a, down filter / a as channels-last [C, 1, 1, k]; gain g [1, C, 1, 1]), cached.
+        Each phase is a depthwise convolution of ``x`` zero-padded by 3; the three outputs at
+        each end whose taps fall on the padding then get ``x``'s first (last) sample times those
+        taps' sum (:attr:`_Folded.edges`), which is what replicate padding puts there.
+        """
+        t, c = x.shape[-1], x.shape[1]
+        if t < 2 * _PHASE_PAD:
+            return self._padded_upsample(x, filters)
+        pad = (0, _PHASE_PAD)
+        phases = F.conv2d(x, filters.even, padding=pad, groups=c), F.conv2d(x, filters.odd, padding=pad, groups=c)
+        first, last = x[..., :1], x[..., t - 1 :]
+        for u, (head, tail) in zip(phases, filters.edges):
+            u[..., :_PHASE_PAD].addcmul_(first, head)
+            u[..., t - _PHASE_PAD :].addcmul_(last, tail)
+        return phases
+
+    def _padded_upsample(self, x: Tensor, filters: _Folded) -> tuple[Tensor, Tensor]:
+        """Replicate-pad by 3, then both phases: ``[B, C, 1, t]`` -> two ``[B, C, 1, t]``."""
+        c = x.shape[1]
+        xp = F.pad(x, (_PHASE_PAD, _PHASE_PAD, 0, 0), mode="replicate")
+        return F.conv2d(xp, filters.even, groups=c), F.conv2d(xp, filters.odd, groups=c)
+
+    def _filters(self, dtype: torch.dtype) -> _Folded | None:
+        """The folded polyphase filters (:class:`_Folded`), cached per parameter version and dtype.
 
         None when some ``|alpha|`` is beyond :data:`_MAX_LOG_FREQ` (``exp(alpha)`` near float limits).
         """
@@ -516,17 +525,56 @@ class Activation1d(nn.Module):
         key = tuple((id(p), p._version, p.data_ptr(), p.device) for p in (alpha, beta, f_up, f_down)) + (dtype,)
         if self._cache is None or self._cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():
-                filters: tuple[Tensor, Tensor, Tensor] | None = None
-                if not bool(alpha.abs().max() > _MAX_LOG_FREQ):
-                    c = alpha.numel()
-                    freq = alpha.exp().to(dtype).view(c, 1, 1, 1)
-                    gain = (freq / (beta.exp().to(dtype).view(c, 1, 1, 1) + _SNAKE_EPS)).view(1, c, 1, 1)
-                    up_w = 2.0 * f_up.to(dtype).view(1, 1, 1, -1) * freq
-                    down_w = f_down.to(dtype).view(1, 1, 1, -1) / freq
-                    cl = torch.channels_last
-                    filters = (up_w.contiguous(memory_format=cl), down_w.contiguous(memory_format=cl), gain)
-            self._cache = (key, filters)
+                folded = None
+                if f_up.shape[-1] == f_down.shape[-1] == FILTER_TAPS and not bool(alpha.abs().max() > _MAX_LOG_FREQ):
+                    folded = _Folded.build(alpha, beta, f_up.flatten(), f_down.flatten(), dtype)
+            self._cache = (key, folded)
         return self._cache[1]
+
+
+_PHASE_PAD = 3
+"""Samples of padding each side of a phase (12-tap filters: 6 taps per phase, one spare)."""
+
+
+class _Folded(NamedTuple):
+    """The anti-aliased activation's filters with ``a = exp(alpha)`` folded in, as channels-last kernels.
+
+    ``even`` / ``odd`` ``[C, 1, 1, 7]``: the up filter (x2, times ``a``) for the even and odd
+    output samples, on ``x`` padded by 3 (``even`` reads taps 0-5, ``odd`` taps 1-6);
+    ``down`` ``[C, 1, 2, 7]``: the down filter (divided by ``a``) over the two phases padded by 3,
+    row 0 the even samples, row 1 the odd; ``gain`` ``[1, C, 1, 1]``: ``a / (exp(beta) + 1e-9)``;
+    ``edges``: for ``even`` and ``odd``, the sums of the taps that read the padding, for the first
+    three outputs (taps ``0..2-m`` for output ``m``) and the last three (taps ``6-i..6`` for output
+    ``t-3+i``), each ``[1, C, 1, 3]``.
+    """
+
+    even: Tensor
+    odd: Tensor
+    down: Tensor
+    gain: Tensor
+    edges: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+    @classmethod
+    def build(cls, alpha: Tensor, beta: Tensor, f_up: Tensor, f_down: Tensor, dtype: torch.dtype) -> "_Folded":
+        c = alpha.numel()
+        freq = alpha.exp().to(dtype).view(c, 1, 1, 1)
+        gain = (freq / (beta.exp().to(dtype).view(c, 1, 1, 1) + _SNAKE_EPS)).view(1, c, 1, 1)
+        up, down = f_up.to(dtype), f_down.to(dtype)
+        even, odd = up.new_zeros(7), up.new_zeros(7)
+        even[:6], odd[1:] = up.flip(0)[0::2], up.flip(0)[1::2]  # even: f[11], f[9], ..f[1]; odd: f[10], ..f[0]
+        phases = down.new_zeros(2, 7)
+        phases[0, 1:], phases[1, :6] = down[1::2], down[0::2]  # tap q reads the even sample k = 2q - 1, odd k = 2q
+        cl = torch.channels_last
+        even, odd = 2.0 * even.view(1, 7) * freq.view(c, 1), 2.0 * odd.view(1, 7) * freq.view(c, 1)  # [C, 7]
+
+        def edge_sums(w: Tensor) -> tuple[Tensor, Tensor]:
+            head = w[:, :3].cumsum(1).flip(1)  # output m: taps 0 .. 2-m
+            tail = w[:, 4:].flip(1).cumsum(1)  # output t-3+i: taps 6-i .. 6
+            return head.view(1, c, 1, 3), tail.view(1, c, 1, 3)
+
+        return cls(even.view(c, 1, 1, 7).contiguous(memory_format=cl), odd.view(c, 1, 1, 7).contiguous(memory_format=cl),
+                   (phases.view(1, 1, 2, 7) / freq).contiguous(memory_format=cl), gain,
+                   (edge_sums(even), edge_sums(odd)))
 
 
 ACTIVATION_RADIUS = 5
