@@ -10,8 +10,9 @@ Inference speed (see :mod:`socodec.nn.vocoder`):
 - without gradients the generator runs in a channels-last ``[B, C, 1, T]`` layout, where
   oneDNN's convolutions are fastest; weight-normalised weights are computed once and cached
   (see :meth:`Vocoder.clear_cache`);
-- the anti-aliased activation folds ``exp(alpha)`` into its filters and writes the SnakeBeta
-  straight into the padded buffer of its down filter;
+- the anti-aliased activation folds ``exp(alpha)`` into its filters, computes the upsampled
+  signal as its two phases (plain depthwise convolutions, no zero-stuffed samples) and writes
+  the SnakeBeta straight into the padded buffer of its down filter;
 - :meth:`Vocoder.forward_chunked` bounds memory for long inputs: chunks overlap by
   :meth:`Vocoder.receptive_field` frames each side, which reproduces whole-sequence
   output (up to float reassociation, ~1e-7).
