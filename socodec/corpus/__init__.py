@@ -6,13 +6,12 @@ Modules, top down::
     engines.py      the local engine (worker processes, each holding the model once), the ray engine
                     (Ray Data map_batches over an actor pool) and a worker's job (batch -> result rows)
     quiet.py        keeping a native library's log lines off the terminal (a helper process)
-    plan.py         work list -> shards -> length-bucketed batches
     shards.py       the output folder: atomic shards (on disk or object storage), resume scan,
                     manifest.json, errors.jsonl, and the collector that writes complete shards
     export.py       lhotse cuts and WebDataset tars; shard rows (any format) -> wav files named by id
     schema.py       Arrow schema, Codes <-> rows, read_codes / write_codes
     inputs.py       files, folders, globs, Kaldi and JSONL manifests -> work items; their audio
-                    (segments read by seeking)
+                    (segments read by seeking); the plan: work list -> shards -> length-bucketed batches
     containers.py   WebDataset tars, Hugging Face Parquet, lhotse manifests, object storage;
                     WorkItem and the id rules
 

@@ -66,16 +66,15 @@ from typing import Callable, Iterable, Iterator, TYPE_CHECKING
 import torch
 
 from socodec.codes import Codes
-from socodec.config import DEFAULT_PADDING, PADDINGS
+from socodec.config import DEFAULT_PADDING, PADDINGS, default_cache_dir
 from socodec.corpus.containers import STORAGE_OPTIONS_ENV
 from socodec.errors import require
 from socodec.corpus.inputs import item_name, probe_seconds, read_item
-from socodec.corpus.plan import Batch, LONG_SECONDS
+from socodec.corpus.inputs import Batch, LONG_SECONDS
 from socodec.corpus.quiet import RAY_NATIVE_LOG, drop_stderr_lines
 from socodec.corpus.schema import codes_table, pa, shard_schema
 from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line
 from socodec.fileio import atomic_write
-from socodec.loading.hubert import default_cache_dir
 
 __all__ = ["run_local", "run_ray", "BatchEncoder", "FALLBACK_KEY", "RESULT_COLUMNS", "load_encoder",
            "start_local_ray", "stop_orphaned_rays"]

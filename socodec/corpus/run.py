@@ -2,7 +2,7 @@
 
 The steps: build the work list (:func:`~socodec.corpus.inputs.collect_work`), skip the ids
 already in the output's complete shards, plan shards and length-bucketed batches
-(:func:`~socodec.corpus.plan.plan_shards`), run the batches on an engine (``local`` or
+(:func:`~socodec.corpus.inputs.plan_shards`), run the batches on an engine (``local`` or
 ``ray``: same plan, same rows), and write each shard as it completes
 (:class:`~socodec.corpus.shards.ShardCollector`), with one progress bar.
 """
@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.corpus.export import FORMATS, export_shards
 from socodec.corpus.inputs import collect_work
-from socodec.corpus.plan import Batch, plan_shards
+from socodec.corpus.inputs import Batch, plan_shards
 from socodec.corpus.inputs import fingerprint, probe_seconds
 from socodec.corpus.schema import pa
 from socodec.corpus.shards import ShardStore

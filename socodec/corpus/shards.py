@@ -45,7 +45,7 @@ from socodec import __version__
 from socodec.config import SAMPLE_RATE
 from socodec.corpus.containers import check_store, is_url, local_path, store_error
 from socodec.corpus.engines import FALLBACK_KEY
-from socodec.corpus.plan import ShardPlan
+from socodec.corpus.inputs import ShardPlan
 from socodec.corpus.schema import COLUMNS, SHARD_FORMAT, pa, pc, pq, shard_info, shard_schema
 from socodec.errors import SoCodecError, one_line
 from socodec.fileio import atomic_path, atomic_write, write_reason

@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import pickle
 import re
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, _weights_only_unpickler as _wou
 
-from socodec.config import HubertConfig
+from socodec.config import HubertConfig, default_cache_dir
 from socodec.errors import CheckpointError, SoCodecError, one_line
 from socodec.fileio import atomic_path
 from socodec.loading.checkpoints import load_strict, read_safetensors_as
@@ -165,12 +164,6 @@ def build_hubert(
         tensors[f"{POS_CONV}.weight"] = torch._weight_norm(v, g, 2)
     load_strict(module.model, tensors, source=source)
     return module.eval().requires_grad_(False)
-
-
-def default_cache_dir() -> Path:
-    """``$SOCODEC_CACHE_DIR``, else ``~/.cache/socodec``."""
-    env = os.environ.get("SOCODEC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "socodec"
 
 
 def source_signature(path: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from socodec.config import AnalyzerConfig, VocoderConfig
 from socodec.errors import CheckpointError
 from socodec.loading.checkpoints import HUBERT_FILE, file_fingerprint, load_strict, read_safetensors
 from socodec.loading.hubert import build_hubert, fairseq_to_hf, load_hubert_weights
+from socodec.loading.native import native_kernel
 from socodec.nn.analyzer import Analyzer
 from socodec.nn.hubert import HubertFeatures
 from socodec.nn.analyzer import is_training_only
@@ -103,9 +104,11 @@ class LoadedModules:
 
 
 def load_vocoder(cfg: VocoderConfig, path: str | Path) -> Vocoder:
-    """A :class:`Vocoder` filled strictly from ``path`` (legacy weight-norm names)."""
+    """A :class:`Vocoder` filled strictly from ``path`` (legacy weight-norm names), its activations on
+    the native kernel where one builds here (:mod:`socodec.loading.native`)."""
     vocoder = Vocoder(cfg)  # on CPU: its normal_() init on meta would import torch._dynamo (~1.5 s)
     load_strict(vocoder, read_safetensors(path), source=path)
+    vocoder.use_native(native_kernel())  # compiled once per machine; None: the PyTorch path
     return vocoder
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from socodec.config import VocoderConfig
 
-__all__ = ["ACTIVATION_RADIUS", "FILTER_TAPS", "AMPBlock", "Activation1d", "SnakeBeta", "Vocoder", "WNConv1d", "WNConvTranspose1d", "kaiser_sinc_filter", "channels_last_1d"]
+__all__ = ["ACTIVATION_RADIUS", "FILTER_TAPS", "AMPBlock", "Activation1d", "NativeActivation", "native_agrees", "SnakeBeta", "Vocoder", "WNConv1d", "WNConvTranspose1d", "kaiser_sinc_filter", "channels_last_1d"]
 
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,19 @@ class Vocoder(nn.Module):
                     module.prepare()
                 elif isinstance(module, Activation1d):
                     module.prepare(dtype)
+
+    def use_native(self, kernel: NativeActivation | None) -> bool:
+        """Run the anti-aliased activations with ``kernel`` (:mod:`socodec.loading.native`) on CPU
+        float32 inputs, once it has given the PyTorch path's numbers on a test signal (both edges,
+        several tiles, two items). A kernel that does not is refused with a warning, and None goes
+        back to the PyTorch path. Returns whether the kernel is in use."""
+        if kernel is not None and not native_agrees(kernel):
+            logger.warning("the native activation kernel does not give the PyTorch path's numbers; it is not used")
+            kernel = None
+        for module in self.modules():
+            if isinstance(module, Activation1d):
+                module.native = kernel
+        return kernel is not None
 
     def receptive_field(self) -> int:
         """Mel frames of context needed on each side of a chunk for exact chunked synthesis.
@@ -426,6 +439,8 @@ class Activation1d(nn.Module):
         self.upsample = _FilterBuffer()
         self.downsample = _Downsample()
         self._cache: tuple[tuple[object, ...], _Folded | None] | None = None
+        #: the one-pass native kernel for CPU float32 inference (set by :meth:`Vocoder.use_native`)
+        self.native: NativeActivation | None = None
 
     def prepare(self, dtype: torch.dtype) -> None:
         """Build the folded filters for inputs of ``dtype`` now, not in the first forward."""
@@ -476,6 +491,14 @@ class Activation1d(nn.Module):
         ``2 x 7`` convolution over it (its 12 taps split between the phases). Only the kept
         samples are computed, and every convolution is a plain depthwise one.
         """
+        if self.native is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+            y = self.native.activation(x, filters.packed)
+            if y is not None:
+                return y
+        return self._fast_torch(x, filters)
+
+    def _fast_torch(self, x: Tensor, filters: _Folded) -> Tensor:
+        """:meth:`_fast` with PyTorch operators (any device and dtype)."""
         b, c, _, t = x.shape
         u0, u1 = self._upsample(x, filters)  # [B, C, 1, t] each: exp(alpha) * even / odd upsampled samples
         sp = torch.empty(b, c, 2, t + 2 * _PHASE_PAD, dtype=x.dtype, device=x.device,
@@ -546,7 +569,9 @@ class _Folded(NamedTuple):
     row 0 the even samples, row 1 the odd; ``gain`` ``[1, C, 1, 1]``: ``a / (exp(beta) + 1e-9)``;
     ``edges``: for ``even`` and ``odd``, the sums of the taps that read the padding, for the first
     three outputs (taps ``0..2-m`` for output ``m``) and the last three (taps ``6-i..6`` for output
-    ``t-3+i``), each ``[1, C, 1, 3]``.
+    ``t-3+i``), each ``[1, C, 1, 3]``; ``packed`` ``[29, C]``: the same numbers as the native
+    kernel takes them (``activation.c``: rows 0-6 ``even``, 7-13 ``odd``, 14-20 and 21-27
+    the two rows of ``down``, 28 ``gain``).
     """
 
     even: Tensor
@@ -554,6 +579,7 @@ class _Folded(NamedTuple):
     down: Tensor
     gain: Tensor
     edges: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+    packed: Tensor
 
     @classmethod
     def build(cls, alpha: Tensor, beta: Tensor, f_up: Tensor, f_down: Tensor, dtype: torch.dtype) -> "_Folded":
@@ -573,9 +599,34 @@ class _Folded(NamedTuple):
             tail = w[:, 4:].flip(1).cumsum(1)  # output t-3+i: taps 6-i .. 6
             return head.view(1, c, 1, 3), tail.view(1, c, 1, 3)
 
+        down = phases.view(1, 2, 7) / freq.view(c, 1, 1)  # [C, 2, 7]
+        packed = torch.cat([even.t(), odd.t(), down[:, 0].t(), down[:, 1].t(), gain.view(1, c)]).contiguous()
         return cls(even.view(c, 1, 1, 7).contiguous(memory_format=cl), odd.view(c, 1, 1, 7).contiguous(memory_format=cl),
-                   (phases.view(1, 1, 2, 7) / freq).contiguous(memory_format=cl), gain,
-                   (edge_sums(even), edge_sums(odd)))
+                   down.view(c, 1, 2, 7).contiguous(memory_format=cl), gain, (edge_sums(even), edge_sums(odd)), packed)
+
+
+class NativeActivation(Protocol):
+    """A native implementation of :meth:`Activation1d._fast` (see :mod:`socodec.loading.native`)."""
+
+    def activation(self, x: Tensor, weights: Tensor) -> Tensor | None:
+        """Channels-last float32 ``x`` ``[B, C, 1, T]`` with :attr:`_Folded.packed` ``[29, C]`` ->
+        ``[B, C, 1, T]``, or None when it cannot (the PyTorch path then runs)."""
+        ...
+
+
+def native_agrees(kernel: NativeActivation) -> bool:
+    """Whether ``kernel`` gives the PyTorch path's numbers (to 1e-4 relative) on a test signal."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode(False), torch.no_grad():
+        act = Activation1d(16)
+        act.act.alpha.copy_(torch.randn(16, generator=gen) * 0.5)
+        act.act.beta.copy_(torch.randn(16, generator=gen) * 0.5)
+        x = channels_last_1d(torch.randn(2, 16, 700, generator=gen) * 2)
+        filters = act._filters(torch.float32)
+        assert filters is not None
+        want = act._fast_torch(x, filters)
+        got = kernel.activation(x, filters.packed)
+    return got is not None and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
 
 
 ACTIVATION_RADIUS = 5

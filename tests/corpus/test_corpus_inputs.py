@@ -14,7 +14,7 @@ import torch
 from socodec.audio import load_audio
 from socodec.corpus.inputs import collect_work
 from socodec.corpus.containers import WorkItem
-from socodec.corpus.plan import LONG_SECONDS, Batch, plan_shards
+from socodec.corpus.inputs import LONG_SECONDS, Batch, plan_shards
 from socodec.corpus.inputs import read_item
 from socodec.errors import AudioError, SoCodecError
 

@@ -1,0 +1,185 @@
+/* socodec: the vocoder's anti-aliased SnakeBeta in one pass (CPU, float32).
+ *
+ * Built and loaded by socodec/nn/native.py; the same computation as Activation1d's PyTorch
+ * path (socodec/nn/vocoder.py), with the same folded filters:
+ *
+ *   x, y     [B, T, C]  channels contiguous (a channels-last [B, C, 1, T] tensor's memory)
+ *   w        [29, C]    rows 0-6 the even-phase up filter, 7-13 the odd-phase up filter (both on
+ *                       x replicate-padded by 3), 14-20 / 21-27 the down filter's taps on the even /
+ *                       odd phase (padded by 3), 28 the gain g. Taps 6 of the even up filter, 0 of
+ *                       the odd one, 0 of the down filter's even row and 6 of its odd row are zero
+ *                       and skipped (so a NaN reaches no further than in the spec's filters).
+ *
+ * For every pair n (the 2T-rate samples 2n and 2n+1) u_e, u_o are the two phases and
+ * s = u + g sin(u)^2; the 2T-rate signal is replicate-padded (its first sample before, its last
+ * after) and y[m] = sum_q down_e[q] s_e[m-3+q] + down_o[q] s_o[m-3+q].
+ *
+ * The time axis is cut into tiles of TILE outputs; each thread takes a contiguous run of tiles
+ * and keeps the phases of one tile (plus 3 pairs each side) in a small buffer, so every sample is
+ * read once and nothing of the 2T-rate signal goes to memory. Each output is computed by the
+ * same operations whatever the tiling or thread count: results do not depend on either.
+ *
+ * Built with -fopenmp (and linked to the OpenMP runtime PyTorch has loaded), the threads are
+ * PyTorch's own: after one of its parallel operators they are still awake, and threads of our
+ * own would have to share the cores with them. Without OpenMP, POSIX threads.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define PAD 3
+#define TAPS 7
+#define TILE 256
+#define MAX_THREADS 256
+
+int socodec_activation_abi(void) { return 1; }
+
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+int socodec_activation_openmp(void) { return 1; }
+#else
+int socodec_activation_openmp(void) { return 0; }
+#endif
+
+/* sin(x)^2. x is reduced by the nearest multiple k of pi (pi in two parts, with fused
+ * multiply-adds: exact enough for |k| well past 1e6), then sin(r) = r + r^3 P(r^2) on
+ * [-pi/2, pi/2] with P the Taylor polynomial to r^13 (truncation error < 6e-8). The sign of
+ * sin(x) = (-1)^k sin(r) does not matter once squared. */
+static inline float sin2f(float x) {
+    float k = rintf(x * 0.318309886183790671538f);
+    float r = fmaf(-k, 3.14159274101257324219f, x);
+    r = fmaf(-k, -8.74227765734758577e-08f, r);
+    float r2 = r * r;
+    float p = 1.6059043836821614599e-10f;
+    p = p * r2 - 2.5052108385441718775e-08f;
+    p = p * r2 + 2.7557319223985890653e-06f;
+    p = p * r2 - 1.9841269841269841270e-04f;
+    p = p * r2 + 8.3333333333333333333e-03f;
+    p = p * r2 - 1.6666666666666666667e-01f;
+    float s = r + r * r2 * p;
+    return s * s;
+}
+
+typedef struct {
+    const float *x;
+    float *y;
+    const float *w;
+    int64_t T, C, first_tile, last_tile; /* this job's tiles [first_tile, last_tile) of every item */
+    int64_t B;
+    int failed;
+} job_t;
+
+/* the 7 input rows x[n-3 .. n+3] (replicate-clamped) of one item */
+static void rows_at(const float *x, int64_t T, int64_t C, int64_t n, const float **rows) {
+    for (int q = 0; q < TAPS; q++) {
+        int64_t i = n - PAD + q;
+        i = i < 0 ? 0 : (i >= T ? T - 1 : i);
+        rows[q] = x + i * C;
+    }
+}
+
+/* s_e and s_o of pair n: the two phases' SnakeBeta */
+static void pair(const float *const *rows, const float *restrict w, float *restrict se, float *restrict so, int64_t C) {
+    const float *we = w, *wo = w + TAPS * C, *gain = w + 4 * TAPS * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        float ue = 0.f, uo = 0.f;
+        for (int q = 0; q < TAPS - 1; q++) { /* the even phase's last tap and the odd's first are zero */
+            ue += we[q * C + c] * rows[q][c];
+            uo += wo[(q + 1) * C + c] * rows[q + 1][c];
+        }
+        se[c] = ue + gain[c] * sin2f(ue);
+        so[c] = uo + gain[c] * sin2f(uo);
+    }
+}
+
+static void *run(void *arg) {
+    job_t *j = (job_t *)arg;
+    const int64_t T = j->T, C = j->C, span = TILE + 2 * PAD;
+    float *buf = malloc(sizeof(float) * (size_t)(2 * span + 4) * (size_t)C);
+    if (buf == NULL) {
+        j->failed = 1;
+        return NULL;
+    }
+    float *se = buf, *so = buf + span * C, *edge = buf + 2 * span * C; /* edge: 4 rows of scratch */
+    const float *rows[TAPS];
+    for (int64_t b = 0; b < j->B; b++) {
+        const float *x = j->x + b * T * C;
+        float *y = j->y + b * T * C;
+        /* the padding values: s_e of pair 0 (the first 2T-rate sample), s_o of pair T-1 (the last) */
+        float *first = edge, *last = edge + 2 * C;
+        rows_at(x, T, C, 0, rows);
+        pair(rows, j->w, first, first + C, C);
+        rows_at(x, T, C, T - 1, rows);
+        pair(rows, j->w, last + C, last, C);
+        for (int64_t tile = j->first_tile; tile < j->last_tile; tile++) {
+            int64_t t0 = tile * TILE, t1 = t0 + TILE < T ? t0 + TILE : T;
+            int64_t n0 = t0 - PAD, n1 = t1 + PAD;
+            for (int64_t n = n0; n < n1; n++) {
+                float *pe = se + (n - n0) * C, *po = so + (n - n0) * C;
+                if (n < 0 || n >= T) {
+                    const float *v = n < 0 ? first : last;
+                    for (int64_t c = 0; c < C; c++) pe[c] = po[c] = v[c];
+                    continue;
+                }
+                rows_at(x, T, C, n, rows);
+                pair(rows, j->w, pe, po, C);
+            }
+            const float *de = j->w + 2 * TAPS * C, *dodd = j->w + 3 * TAPS * C;
+            for (int64_t m = t0; m < t1; m++) {
+                float *restrict out = y + m * C;
+                const float *pe = se + (m - t0) * C, *po = so + (m - t0) * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    float z = 0.f;
+                    for (int q = 0; q < TAPS - 1; q++) /* zero: the even row's first tap, the odd row's last */
+                        z += de[(q + 1) * C + c] * pe[(q + 1) * C + c] + dodd[q * C + c] * po[q * C + c];
+                    out[c] = z;
+                }
+            }
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+/* Returns 0, or -1 when scratch memory could not be had (y is then incomplete). */
+int socodec_activation(const float *x, float *y, const float *w, int64_t B, int64_t T, int64_t C, int threads) {
+    if (B <= 0 || T <= 0 || C <= 0) return 0;
+    int64_t tiles = (T + TILE - 1) / TILE;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > tiles) threads = (int)tiles;
+#ifdef _OPENMP
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        job_t job = {x, y, w, T, C, tiles * t / n, tiles * (t + 1) / n, B, 0};
+        run(&job);
+        failed |= job.failed;
+    }
+    return failed ? -1 : 0;
+#else
+    job_t jobs[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS];
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (job_t){x, y, w, T, C, tiles * t / threads, tiles * (t + 1) / threads, B, 0};
+        started[t] = 0;
+    }
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run, &jobs[t]) == 0;
+    run(&jobs[0]);
+    int failed = jobs[0].failed;
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            run(&jobs[t]); /* no thread to be had: this one does it */
+        failed |= jobs[t].failed;
+    }
+    return failed ? -1 : 0;
+#endif
+}
