@@ -16,7 +16,8 @@ when the vocoder is loaded, not in the first call.
 
 Without a compiler, on other systems than Linux and macOS, when building or loading fails,
 or with ``SOCODEC_NATIVE=0`` in the environment, nothing changes but the speed: the PyTorch
-path runs (the reason is logged once at INFO level). A built library is loaded only when this
+path runs (the reason is logged once at DEBUG level, ``-v`` on the command line, and
+:func:`native_status` gives it). A built library is loaded only when this
 user owns it and it is not writable by others; a damaged one is rebuilt.
 """
 
@@ -115,13 +116,13 @@ def _load() -> tuple[NativeKernel | None, str]:
     compiler = _compiler()
     if compiler is None:
         reason = "no C compiler (set CC, or install gcc or clang)"
-        log.info("%s: the vocoder's activation runs on PyTorch operators (slower)", reason)
+        log.debug("native activation kernel off: %s; the PyTorch path runs", reason)
         return None, reason
     try:
         kernel = _build_and_open(compiler)
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         reason = f"build failed ({exc})"
-        log.info("native activation kernel: %s; the PyTorch path runs", reason)
+        log.debug("native activation kernel off: %s; the PyTorch path runs", reason)
         return None, reason
     log.debug("native activation kernel: %s", kernel.path)
     return kernel, ""

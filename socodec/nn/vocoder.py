@@ -13,6 +13,8 @@ Inference speed (see :mod:`socodec.nn.vocoder`):
 - the anti-aliased activation folds ``exp(alpha)`` into its filters, computes the upsampled
   signal as its two phases (plain depthwise convolutions, no zero-stuffed samples) and writes
   the SnakeBeta straight into the padded buffer of its down filter;
+- on CPU in float32 the whole activation can run as one native pass (:meth:`Vocoder.use_native`,
+  a kernel from :mod:`socodec.loading.native`), checked against the PyTorch path first;
 - :meth:`Vocoder.forward_chunked` bounds memory for long inputs: chunks overlap by
   :meth:`Vocoder.receptive_field` frames each side, which reproduces whole-sequence
   output (up to float reassociation, ~1e-7).

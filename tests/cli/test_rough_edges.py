@@ -399,7 +399,7 @@ def _on_terminal(ws: dict[str, Path], *args: object) -> tuple[int, str]:
 
 
 def test_long_decode_shows_its_progress_on_a_terminal(ws, tmp_path):
-    long = save_codes(hc.good_codes(frames=1200), tmp_path / "long.soc")  # 144 s of audio: more than 2 s of work
+    long = save_codes(hc.good_codes(frames=4000), tmp_path / "long.soc")  # 8 min of audio: more than 2 s of work
     status, shown = _on_terminal(ws, long, tmp_path / "long.wav", *model_args(ws))
     assert status == 0, shown
     assert "s of audio" in shown and "decode" in shown, shown
