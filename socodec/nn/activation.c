@@ -73,6 +73,10 @@ typedef struct {
 
 /* the 7 input rows x[n-3 .. n+3] (replicate-clamped) of one item */
 static void rows_at(const float *x, int64_t T, int64_t C, int64_t n, const float **rows) {
+    if (n >= PAD && n < T - PAD) {
+        for (int q = 0; q < TAPS; q++) rows[q] = x + (n - PAD + q) * C;
+        return;
+    }
     for (int q = 0; q < TAPS; q++) {
         int64_t i = n - PAD + q;
         i = i < 0 ? 0 : (i >= T ? T - 1 : i);
@@ -80,19 +84,58 @@ static void rows_at(const float *x, int64_t T, int64_t C, int64_t n, const float
     }
 }
 
-/* s_e and s_o of pair n: the two phases' SnakeBeta */
-static void pair(const float *const *rows, const float *restrict w, float *restrict se, float *restrict so, int64_t C) {
-    const float *we = w, *wo = w + TAPS * C, *gain = w + 4 * TAPS * C;
+/* s_e and s_o of pair n for channels [c0, c0 + n): the two phases' SnakeBeta. Taps 6 of the even
+ * up filter and 0 of the odd one are zero and skipped. */
+static inline void pair_lanes(const float *const *rows, const float *restrict w, float *restrict se,
+                              float *restrict so, int64_t C, int64_t c0, int64_t n) {
+    const float *we = w + c0, *wo = w + TAPS * C + c0, *gain = w + 4 * TAPS * C + c0;
+    const float *r[TAPS];
+    for (int q = 0; q < TAPS; q++) r[q] = rows[q] + c0;
+    se += c0;
+    so += c0;
 #pragma omp simd
-    for (int64_t c = 0; c < C; c++) {
+    for (int64_t k = 0; k < n; k++) {
         float ue = 0.f, uo = 0.f;
-        for (int q = 0; q < TAPS - 1; q++) { /* the even phase's last tap and the odd's first are zero */
-            ue += we[q * C + c] * rows[q][c];
-            uo += wo[(q + 1) * C + c] * rows[q + 1][c];
+        for (int q = 0; q < TAPS - 1; q++) {
+            ue += we[q * C + k] * r[q][k];
+            uo += wo[(q + 1) * C + k] * r[q + 1][k];
         }
-        se[c] = ue + gain[c] * sin2f(ue);
-        so[c] = uo + gain[c] * sin2f(uo);
+        se[k] = ue + gain[k] * sin2f(ue);
+        so[k] = uo + gain[k] * sin2f(uo);
     }
+}
+
+/* output m for channels [c0, c0 + n) from the phases of pairs m-3 .. m+3 (pe, po: pair m-3).
+ * The down filter's even-row tap 0 and odd-row tap 6 are zero and skipped. */
+static inline void down_lanes(const float *restrict pe, const float *restrict po, const float *restrict w,
+                              float *restrict out, int64_t C, int64_t c0, int64_t n) {
+    const float *de = w + 2 * TAPS * C + c0, *dodd = w + 3 * TAPS * C + c0;
+    pe += c0;
+    po += c0;
+    out += c0;
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) {
+        float z = 0.f;
+        for (int q = 0; q < TAPS - 1; q++) z += de[(q + 1) * C + k] * pe[(q + 1) * C + k] + dodd[q * C + k] * po[q * C + k];
+        out[k] = z;
+    }
+}
+
+/* Over all C channels: in blocks of a fixed VW lanes when C allows (the compiler then emits
+ * whole vector operations without remainder handling: ~1.3x faster for few channels). */
+#define VW 16
+static inline void pair(const float *const *rows, const float *w, float *se, float *so, int64_t C) {
+    if (C % VW)
+        pair_lanes(rows, w, se, so, C, 0, C);
+    else
+        for (int64_t c = 0; c < C; c += VW) pair_lanes(rows, w, se, so, C, c, VW);
+}
+
+static inline void down(const float *pe, const float *po, const float *w, float *out, int64_t C) {
+    if (C % VW)
+        down_lanes(pe, po, w, out, C, 0, C);
+    else
+        for (int64_t c = 0; c < C; c += VW) down_lanes(pe, po, w, out, C, c, VW);
 }
 
 static void *run(void *arg) {
@@ -127,18 +170,7 @@ static void *run(void *arg) {
                 rows_at(x, T, C, n, rows);
                 pair(rows, j->w, pe, po, C);
             }
-            const float *de = j->w + 2 * TAPS * C, *dodd = j->w + 3 * TAPS * C;
-            for (int64_t m = t0; m < t1; m++) {
-                float *restrict out = y + m * C;
-                const float *pe = se + (m - t0) * C, *po = so + (m - t0) * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) {
-                    float z = 0.f;
-                    for (int q = 0; q < TAPS - 1; q++) /* zero: the even row's first tap, the odd row's last */
-                        z += de[(q + 1) * C + c] * pe[(q + 1) * C + c] + dodd[q * C + c] * po[q * C + c];
-                    out[c] = z;
-                }
-            }
+            for (int64_t m = t0; m < t1; m++) down(se + (m - t0) * C, so + (m - t0) * C, j->w, y + m * C, C);
         }
     }
     free(buf);
