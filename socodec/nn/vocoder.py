@@ -485,14 +485,8 @@ class Activation1d(nn.Module):
         return self._fast(x, filters)
 
     def _fast(self, x: Tensor, filters: _Folded) -> Tensor:
-        """Channels-last [B, C, 1, T] -> [B, C, 1, T] (inference only), with :meth:`_filters`.
-
-        Polyphase: the upsampled signal is kept as its two phases (even and odd samples), each a
-        6-tap depthwise convolution of ``x``. The SnakeBeta of both goes into the two rows of one
-        replicate-padded ``[B, C, 2, T + 6]`` buffer, and the down filter is one depthwise
-        ``2 x 7`` convolution over it (its 12 taps split between the phases). Only the kept
-        samples are computed, and every convolution is a plain depthwise one.
-        """
+        """Channels-last [B, C, 1, T] -> [B, C, 1, T] (inference only), with :meth:`_filters`: the
+        native kernel where one is attached (CPU, float32), else :meth:`_fast_torch`."""
         if self.native is not None and x.device.type == "cpu" and x.dtype == torch.float32:
             y = self.native.activation(x, filters.packed)
             if y is not None:
@@ -500,7 +494,14 @@ class Activation1d(nn.Module):
         return self._fast_torch(x, filters)
 
     def _fast_torch(self, x: Tensor, filters: _Folded) -> Tensor:
-        """:meth:`_fast` with PyTorch operators (any device and dtype)."""
+        """:meth:`_fast` with PyTorch operators (any device and dtype).
+
+        Polyphase: the upsampled signal is kept as its two phases (even and odd samples), each a
+        6-tap depthwise convolution of ``x``. The SnakeBeta of both goes into the two rows of one
+        replicate-padded ``[B, C, 2, T + 6]`` buffer, and the down filter is one depthwise
+        ``2 x 7`` convolution over it (its 12 taps split between the phases). Only the kept
+        samples are computed, and every convolution is a plain depthwise one.
+        """
         b, c, _, t = x.shape
         u0, u1 = self._upsample(x, filters)  # [B, C, 1, t] each: exp(alpha) * even / odd upsampled samples
         sp = torch.empty(b, c, 2, t + 2 * _PHASE_PAD, dtype=x.dtype, device=x.device,
