@@ -29,13 +29,6 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opu
 WRITE_SUFFIXES = {".wav": "WAV", ".flac": "FLAC"}
 SAMPLE_FORMATS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 TOKEN_SUFFIXES = (".pt", ".soc")
-
-
-def default_cache_dir() -> Path:
-    """Where socodec keeps what it derives once per machine (HuBERT's converted weights, compiled
-    kernels, Ray bookkeeping): ``$SOCODEC_CACHE_DIR``, else ``~/.cache/socodec``."""
-    env = os.environ.get("SOCODEC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "socodec"
 HUBERT_HOP = 320
 MEL_HOP = 160
 LEAD_SAMPLES = 8000
@@ -51,6 +44,13 @@ ATTENTION_WINDOWED = "windowed"
 ATTENTIONS = (ATTENTION_FULL, ATTENTION_WINDOWED)
 #: epsilon of HuBERT's waveform standardisation (``F.layer_norm``); every path must use this one
 NORMALIZE_EPS = 1e-5
+
+
+def default_cache_dir() -> Path:
+    """Where socodec keeps what it derives once per machine (HuBERT's converted weights, compiled
+    kernels, Ray bookkeeping): ``$SOCODEC_CACHE_DIR``, else ``~/.cache/socodec``."""
+    env = os.environ.get("SOCODEC_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "socodec"
 
 
 class _FromJson:

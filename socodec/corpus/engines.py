@@ -69,8 +69,7 @@ from socodec.codes import Codes
 from socodec.config import DEFAULT_PADDING, PADDINGS, default_cache_dir
 from socodec.corpus.containers import STORAGE_OPTIONS_ENV
 from socodec.errors import require
-from socodec.corpus.inputs import item_name, probe_seconds, read_item
-from socodec.corpus.inputs import Batch, LONG_SECONDS
+from socodec.corpus.inputs import LONG_SECONDS, Batch, item_name, probe_seconds, read_item
 from socodec.corpus.quiet import RAY_NATIVE_LOG, drop_stderr_lines
 from socodec.corpus.schema import codes_table, pa, shard_schema
 from socodec.errors import Fallbacks, SoCodecError, is_item_error, one_line

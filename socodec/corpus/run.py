@@ -23,9 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socodec.config import DEFAULT_PADDING, PADDINGS
 from socodec.corpus.export import FORMATS, export_shards
-from socodec.corpus.inputs import collect_work
-from socodec.corpus.inputs import Batch, plan_shards
-from socodec.corpus.inputs import fingerprint, probe_seconds
+from socodec.corpus.inputs import Batch, collect_work, fingerprint, plan_shards, probe_seconds
 from socodec.corpus.schema import pa
 from socodec.corpus.shards import ShardStore
 from socodec.corpus.containers import check_store, is_url

@@ -1,6 +1,6 @@
 /* socodec: the vocoder's anti-aliased SnakeBeta in one pass (CPU, float32).
  *
- * Built and loaded by socodec/nn/native.py; the same computation as Activation1d's PyTorch
+ * Built and loaded by socodec/loading/native.py; the same computation as Activation1d's PyTorch
  * path (socodec/nn/vocoder.py), with the same folded filters:
  *
  *   x, y     [B, T, C]  channels contiguous (a channels-last [B, C, 1, T] tensor's memory)
