@@ -87,7 +87,9 @@ class HubertLoader:
             raise CheckpointError(
                 f"{self.path}: HuBERT width {cfg.embed_dim} does not match the analyzer config's in_dim {self.in_dim}"
             )
-        return build_hubert(cfg, state, source=source, dtype=dtype)
+        hubert = build_hubert(cfg, state, source=source, dtype=dtype)
+        hubert.use_native(native_kernel())  # compiled once per machine; None: the PyTorch paths
+        return hubert
 
 
 @dataclass(frozen=True)

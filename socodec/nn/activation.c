@@ -1,7 +1,7 @@
 /* socodec: the vocoder's anti-aliased SnakeBeta in one pass (CPU, float32).
  *
- * Built and loaded by socodec/loading/native.py; the same computation as Activation1d's PyTorch
- * path (socodec/nn/vocoder.py), with the same folded filters:
+ * Built with transformer.c into one library and loaded by socodec/loading/native.py; the same
+ * computation as Activation1d's PyTorch path (socodec/nn/vocoder.py), with the same folded filters:
  *
  *   x, y     [B, T, C]  channels contiguous (a channels-last [B, C, 1, T] tensor's memory)
  *   w        [29, C]    rows 0-6 the even-phase up filter, 7-13 the odd-phase up filter (both on
@@ -33,7 +33,8 @@
 #define TILE 256
 #define MAX_THREADS 256
 
-int socodec_activation_abi(void) { return 1; }
+/* the library's interface version (both sources): socodec/loading/native.py checks it */
+int socodec_abi(void) { return 2; }
 
 #ifdef _OPENMP
 int omp_get_thread_num(void);

@@ -15,6 +15,7 @@ them), but nothing here imports ``transformers``. Shapes: B batch, N samples, T 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from socodec.config import HUBERT_TAIL_SAMPLES, HubertConfig, NORMALIZE_EPS
 
-__all__ = ["BlockwiseFeatureEncoder", "HubertNetwork"]
+__all__ = ["BlockwiseFeatureEncoder", "HubertNetwork", "NativeTransformer", "native_agrees"]
 
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,51 @@ def receptive_field(cfg: HubertConfig) -> int:
         field += (kernel - 1) * jump
         jump *= stride
     return field
+
+
+class NativeTransformer(Protocol):
+    """Native kernels for the transformer's hot loops (see :mod:`socodec.loading.native`); each
+    answers None (False) where it does not apply, and the PyTorch path then runs."""
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, kv_len: Tensor) -> Tensor | None:
+        """``q`` ``[B, Tq, H·D]``, ``k``/``v`` ``[B, H, Tk, D]`` contiguous, keys ``[0, kv_len[b])`` -> ``[B, Tq, H·D]``."""
+        ...
+
+    def bias_gelu_(self, x: Tensor, bias: Tensor) -> bool:
+        """``x <- GELU(x + bias)`` in place, ``x`` ``[..., C]`` contiguous, ``bias`` ``[C]``."""
+        ...
+
+    def layer_norm_gelu(self, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor | None:
+        """``GELU(LayerNorm(x))`` over the last axis of a contiguous ``[..., C]``."""
+        ...
+
+
+def _native_for(native: NativeTransformer | None, x: Tensor) -> NativeTransformer | None:
+    """``native`` where it may serve ``x``: CPU float32 inference (gradients need PyTorch's operators)."""
+    if native is None or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+        return None
+    return native
+
+
+def native_agrees(kernel: NativeTransformer) -> bool:
+    """Whether ``kernel`` gives the PyTorch path's numbers (to 1e-4 relative) on test inputs: attention
+    (two items, one with padded keys; or None where it does not run here), bias + GELU, LayerNorm + GELU."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        q, k, v = (torch.randn(2, 2, n, 16, generator=gen) for n in (37, 300, 300))
+        lengths = torch.tensor([300, 123])
+        mask = (torch.arange(300)[None, :] < lengths[:, None])[:, None, None, :]
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(2, 37, 32)
+        got = kernel.attention(q.transpose(1, 2).reshape(2, 37, 32), k, v, lengths)
+        agree = got is None or bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
+        x, bias = torch.randn(5, 48, generator=gen) * 3, torch.randn(48, generator=gen)
+        h = x.clone()
+        agree &= kernel.bias_gelu_(h, bias) and bool(torch.allclose(h, F.gelu(x + bias), rtol=1e-4, atol=1e-5))
+        weight = torch.randn(48, generator=gen)
+        got = kernel.layer_norm_gelu(x, weight, bias, LAYER_NORM_EPS)
+        want = F.gelu(F.layer_norm(x, (48,), weight, bias, LAYER_NORM_EPS))
+        agree &= got is not None and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
+    return agree
 
 
 class HubertFeatures(nn.Module):
@@ -98,6 +144,10 @@ class HubertFeatures(nn.Module):
         hidden = self.model(x, None if bool(valid.all()) else valid)  # [B, ceil(L/320), C]
         return hidden.masked_fill(~valid[..., None], 0.0)
 
+    def use_native(self, kernel: NativeTransformer | None) -> bool:
+        """See :meth:`HubertNetwork.use_native`."""
+        return self.model.use_native(kernel)
+
 
 #: the positional convolution inside :class:`HubertNetwork` (its weight is stored folded)
 POS_CONV = "encoder.pos_conv_embed.conv"
@@ -126,6 +176,8 @@ class ConvLayer(nn.Module):
         self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
         self.layer_norm = nn.LayerNorm(out_dim, eps=LAYER_NORM_EPS)
         self._kernel: tuple[tuple[object, ...], Tensor] | None = None
+        #: LayerNorm + GELU in one native pass for CPU float32 inference (:meth:`HubertNetwork.use_native`)
+        self.native: NativeTransformer | None = None
 
     def kernel(self) -> Tensor:
         """The weight as the forward uses it: ``[C_out, k]`` for one input channel, else channels-last
@@ -154,6 +206,10 @@ class ConvLayer(nn.Module):
             h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [B, C_in, 1, N], time-major
             h = F.conv2d(h, self.kernel(), self.conv.bias, stride=(1, stride))
             h = h.contiguous(memory_format=torch.channels_last).squeeze(2).transpose(1, 2)  # [B, N', C_out]
+        native = _native_for(self.native, h)
+        if native is not None and (y := native.layer_norm_gelu(h, self.layer_norm.weight, self.layer_norm.bias,
+                                                               self.layer_norm.eps)) is not None:
+            return y.transpose(1, 2)
         return F.gelu(self.layer_norm(h)).transpose(1, 2)
 
 
@@ -221,7 +277,12 @@ class PositionalConv(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: ``[B, T, E]`` (+ key mask ``[B, 1, 1, T]`` bool, True = attend) -> ``[B, T, E]``."""
+    """Multi-head self-attention: ``[B, T, E]`` (+ key mask ``[B, 1, 1, T]`` bool, True = attend) -> ``[B, T, E]``.
+
+    For CPU float32 inference a native kernel (:meth:`HubertNetwork.use_native`) attends where it runs
+    here and the mask keeps a prefix of the keys per item (as :class:`Encoder`'s does); otherwise
+    PyTorch's ``scaled_dot_product_attention``.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -230,16 +291,12 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
+        self.native: NativeTransformer | None = None
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        batch, frames, dim = x.shape
-
-        def split(t: Tensor) -> Tensor:  # [B, T, E] -> [B, H, T, E/H]
-            return t.view(batch, frames, self.heads, dim // self.heads).transpose(1, 2)
-
-        h = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-                                           attn_mask=mask)
-        return self.out_proj(h.transpose(1, 2).reshape(batch, frames, dim))
+        native = _native_for(self.native, x)
+        k, v = self._keys_values(x, native)
+        return self.out_proj(self._attend(self.q_proj(x), k, v, mask, native))
 
     def add_to(self, residual: Tensor, x: Tensor, mask: Tensor | None = None, block: int = 2048) -> None:
         """``residual += forward(x, mask)`` in place, queries ``block`` frames at a time.
@@ -247,26 +304,63 @@ class SelfAttention(nn.Module):
         Every query still attends to all ``T`` keys (the same numbers per frame); only the keys and
         values are held whole, so a long input needs ~4 ``[B, T, E]`` tensors per layer instead of ~7.
         """
-        batch, frames, dim = x.shape
-        heads, width = self.heads, dim // self.heads
-        k = self.k_proj(x).view(batch, frames, heads, width).transpose(1, 2)  # [B, H, T, E/H]
-        v = self.v_proj(x).view(batch, frames, heads, width).transpose(1, 2)
+        frames = x.shape[1]
+        native = _native_for(self.native, x)
+        k, v = self._keys_values(x, native)
         for start in range(0, frames, block):
             stop = min(frames, start + block)
-            q = self.q_proj(x[:, start:stop]).view(batch, stop - start, heads, width).transpose(1, 2)
-            h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, t, E/H]
-            residual[:, start:stop] += self.out_proj(h.transpose(1, 2).reshape(batch, stop - start, dim))
+            residual[:, start:stop] += self.out_proj(self._attend(self.q_proj(x[:, start:stop]), k, v, mask, native))
+
+    def _keys_values(self, x: Tensor, native: NativeTransformer | None) -> tuple[Tensor, Tensor]:
+        """``[B, T, E]`` -> keys and values ``[B, H, T, E/H]`` (contiguous for the native kernel)."""
+        batch, frames, dim = x.shape
+        k, v = (t.view(batch, frames, self.heads, dim // self.heads).transpose(1, 2) for t in (self.k_proj(x), self.v_proj(x)))
+        return (k.contiguous(), v.contiguous()) if native is not None else (k, v)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, native: NativeTransformer | None) -> Tensor:
+        """Queries ``[B, t, E]`` against keys and values ``[B, H, T, E/H]`` -> ``[B, t, E]``."""
+        batch, frames, dim = q.shape
+        if native is not None and (lengths := _prefix_lengths(mask, batch, k.shape[2])) is not None:
+            if (out := native.attention(q, k, v, lengths)) is not None:
+                return out
+        h = F.scaled_dot_product_attention(q.view(batch, frames, self.heads, dim // self.heads).transpose(1, 2), k, v,
+                                           attn_mask=mask)  # [B, H, t, E/H]
+        return h.transpose(1, 2).reshape(batch, frames, dim)
+
+
+def _prefix_lengths(mask: Tensor | None, batch: int, keys: int) -> Tensor | None:
+    """``[B]`` keys attended per item when ``mask`` (``[B, 1, 1, T]``, True = attend) keeps a non-empty
+    prefix of each item's keys (all of them for None); None for any other mask."""
+    if mask is None:
+        return torch.full((batch,), keys, dtype=torch.long)
+    if mask.shape != (batch, 1, 1, keys) or mask.dtype != torch.bool:
+        return None
+    keep = mask.view(batch, keys).cpu()
+    lengths = keep.sum(1)
+    prefix = torch.arange(keys)[None, :] < lengths[:, None]
+    return lengths if bool((lengths > 0).all()) and torch.equal(keep, prefix) else None
 
 
 class FeedForward(nn.Module):
-    """Linear(E, F) → GELU → Linear(F, E): ``[B, T, E] -> [B, T, E]``."""
+    """Linear(E, F) → GELU → Linear(F, E): ``[B, T, E] -> [B, T, E]``.
+
+    For CPU float32 inference the first layer's bias and the GELU are one native pass over its
+    output, in place (:meth:`HubertNetwork.use_native`).
+    """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.intermediate_dense = nn.Linear(dim, hidden)
         self.output_dense = nn.Linear(hidden, dim)
+        self.native: NativeTransformer | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        native = _native_for(self.native, x)
+        if native is not None:
+            h = F.linear(x, self.intermediate_dense.weight)
+            if native.bias_gelu_(h, self.intermediate_dense.bias):
+                return self.output_dense(h)
+            return self.output_dense(F.gelu(h + self.intermediate_dense.bias))
         return self.output_dense(F.gelu(self.intermediate_dense(x)))
 
 
@@ -341,3 +435,16 @@ class HubertNetwork(nn.Module):
         """``valid``: optional ``[B, T]`` bool frame mask (False: padding) for batches of unequal lengths."""
         features = self.feature_extractor(wav).transpose(1, 2)  # [B, T, C]
         return self.encoder(self.feature_projection(features), valid)
+
+    def use_native(self, kernel: NativeTransformer | None) -> bool:
+        """Run the attention, the feed-forward's bias + GELU and the front end's LayerNorm + GELU with
+        ``kernel`` (:mod:`socodec.loading.native`) for CPU float32 inference, once it has given the
+        PyTorch path's numbers on test inputs (:func:`native_agrees`). A kernel that does not is refused
+        with a warning, and None goes back to the PyTorch path. Returns whether the kernel is in use."""
+        if kernel is not None and not native_agrees(kernel):
+            logger.warning("the native transformer kernels do not give the PyTorch path's numbers; they are not used")
+            kernel = None
+        for module in self.modules():
+            if isinstance(module, (ConvLayer, SelfAttention, FeedForward)):
+                module.native = kernel
+        return kernel is not None

@@ -1,4 +1,4 @@
-"""The vocoder activation's native kernel: built here, equal to the spec, and optional.
+"""The native library (the vocoder activation's kernel here): built here, equal to the spec, and optional.
 
 The test machine has a C compiler (the set-up installs one), so the kernel must build and be
 used; without one, or with ``SOCODEC_NATIVE=0``, the PyTorch path must give the same numbers.
@@ -35,7 +35,7 @@ def test_the_kernel_is_built_checked_and_used_here() -> None:
     kernel = native_kernel()
     assert kernel is not None, native_status()
     assert native_agrees(kernel)
-    assert native_status().startswith("native activation kernel: ") and "threads" in native_status()
+    assert native_status().startswith("native kernels: ") and "threads" in native_status()
     vocoder = Vocoder(VocoderConfig(upsample_initial_channel=32))
     assert vocoder.use_native(kernel) and vocoder.activation_post.native is kernel
     assert not vocoder.use_native(None) and vocoder.activation_post.native is None
@@ -122,13 +122,13 @@ def _probe(tmp_path: Path, name: str, **env: str) -> tuple[str, torch.Tensor]:
 def test_without_a_compiler_or_when_switched_off_the_numbers_are_the_same(tmp_path: Path) -> None:
     cache = str(tmp_path / "cache")
     status, native = _probe(tmp_path, "native", SOCODEC_CACHE_DIR=cache)
-    assert status.startswith("native activation kernel: ")
+    assert status.startswith("native kernels: ")
     no_compiler = tmp_path / "bin"
     no_compiler.mkdir()
     status_off, plain = _probe(tmp_path, "nocc", SOCODEC_CACHE_DIR=str(tmp_path / "empty"), PATH=str(no_compiler))
-    assert status_off == "native activation kernel off: no C compiler (set CC, or install gcc or clang)"
+    assert status_off == "native kernels off: no C compiler (set CC, or install gcc or clang)"
     status_env, env_off = _probe(tmp_path, "env", SOCODEC_CACHE_DIR=cache, SOCODEC_NATIVE="0")
-    assert status_env == "native activation kernel off: SOCODEC_NATIVE=0"
+    assert status_env == "native kernels off: SOCODEC_NATIVE=0"
     assert torch.equal(plain, env_off)
     assert (native - plain).abs().max().item() < 1e-5
 
@@ -136,18 +136,18 @@ def test_without_a_compiler_or_when_switched_off_the_numbers_are_the_same(tmp_pa
 def test_the_build_is_cached_rebuilt_when_damaged_and_never_loaded_when_others_can_write_it(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     _probe(tmp_path, "first", SOCODEC_CACHE_DIR=str(cache))
-    (built,) = (cache / "native").glob("activation-*.so")
+    (built,) = (cache / "native").glob("kernels-*.so")
     stamp = built.stat().st_mtime_ns
     _probe(tmp_path, "again", SOCODEC_CACHE_DIR=str(cache))
     assert built.stat().st_mtime_ns == stamp  # loaded, not built again
 
     built.write_bytes(b"not a library")
     status, _ = _probe(tmp_path, "damaged", SOCODEC_CACHE_DIR=str(cache))
-    assert status.startswith("native activation kernel: ") and built.stat().st_size > 1000
+    assert status.startswith("native kernels: ") and built.stat().st_size > 1000
 
     built.chmod(0o666)
     stamp = built.stat().st_mtime_ns
     status, _ = _probe(tmp_path, "writable", SOCODEC_CACHE_DIR=str(cache))
-    assert status.startswith("native activation kernel: ")
+    assert status.startswith("native kernels: ")
     assert built.stat().st_mtime_ns != stamp and not built.stat().st_mode & 0o022
     assert [p.name for p in (cache / "native").iterdir()] == [built.name]  # no temporary files left

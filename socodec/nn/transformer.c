@@ -1,0 +1,337 @@
+/* socodec: kernels for HuBERT's transformer on CPU (float32), built with activation.c into one library
+ * by socodec/loading/native.py and used by socodec/nn/hubert.py:
+ *
+ *   socodec_attention        softmax(q k^T * scale) v per head, keys past each item's length left out
+ *                            (flash-style: the T x T scores never exist whole). AVX-512 and OpenMP only
+ *                            (socodec_attention_supported); elsewhere PyTorch's attention runs.
+ *   socodec_bias_gelu        x <- GELU(x + bias), in place, rows of a [R, C] matrix
+ *   socodec_layer_norm_gelu  y <- GELU(LayerNorm(x) * w + b) over the C values of each row
+ *
+ * GELU is the exact (erf) one: x * (1 + erf(x / sqrt 2)) / 2, with erf to ~1.5e-7 absolute. Every
+ * output is computed by the same operations whatever the thread count or the batch: results do not
+ * depend on either.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define MAX_THREADS 256
+
+#ifdef _OPENMP
+int omp_get_thread_num(void);
+int omp_get_num_threads(void);
+#endif
+
+/* ------------------------------------------------------------------ row-wise kernels */
+
+/* exp(x) for x in [-88, 0]: x = n ln2 + r (ln2 in two parts), exp(r) by its degree-7 Taylor
+ * polynomial (|r| <= ln2/2: truncation < 2.4e-8), 2^n put into the exponent bits. */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = rintf(x * 1.44269504088896341f);
+    float r = fmaf(-n, 0.693359375f, x);
+    r = fmaf(-n, -2.12194440e-4f, r);
+    float p = 1.98412698e-4f;
+    p = fmaf(p, r, 1.38888889e-3f);
+    p = fmaf(p, r, 8.33333333e-3f);
+    p = fmaf(p, r, 4.16666667e-2f);
+    p = fmaf(p, r, 1.66666667e-1f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* GELU(x) = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2. erf(z) = 1 - t P(t) exp(-z^2) for z >= 0,
+ * t = 1 / (1 + p z) (Abramowitz & Stegun 7.1.26: absolute error < 1.5e-7); odd in z. */
+static inline float gelu(float x) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / fmaf(0.3275911f, z, 1.0f);
+    float poly = fmaf(fmaf(fmaf(fmaf(1.061405429f, t, -1.453152027f), t, 1.421413741f), t, -0.284496736f), t,
+                      0.254829592f) * t;
+    float tail = 0.5f * poly * exp_neg(-z * z); /* (1 - erf(z)) / 2 = Phi(-|x|) */
+    float phi = x >= 0.0f ? 1.0f - tail : tail;
+    return x * phi;
+}
+
+typedef struct {
+    float *x;          /* bias_gelu: in/out; layer_norm_gelu: out */
+    const float *in;   /* layer_norm_gelu's input */
+    const float *w, *b;
+    int64_t rows, cols;
+    float eps;
+} rows_t;
+
+static void bias_gelu_rows(const rows_t *a, int64_t r0, int64_t r1) {
+    const int64_t C = a->cols;
+    const float *restrict bias = a->b;
+    for (int64_t r = r0; r < r1; r++) {
+        float *restrict x = a->x + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) x[c] = gelu(x[c] + bias[c]);
+    }
+}
+
+/* LayerNorm as PyTorch's: mean, then the biased variance of (x - mean), 1 / sqrt(var + eps). */
+static void layer_norm_gelu_rows(const rows_t *a, int64_t r0, int64_t r1) {
+    const int64_t C = a->cols;
+    const float *restrict w = a->w, *restrict b = a->b;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *restrict x = a->in + r * C;
+        float *restrict y = a->x + r * C;
+        float sum = 0.0f, sq = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < C; c++) sum += x[c];
+        float mean = sum / (float)C;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t c = 0; c < C; c++) sq += (x[c] - mean) * (x[c] - mean);
+        float inv = 1.0f / sqrtf(sq / (float)C + a->eps);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) y[c] = gelu((x[c] - mean) * inv * w[c] + b[c]);
+    }
+}
+
+typedef void (*rows_fn)(const rows_t *, int64_t, int64_t);
+#ifndef _OPENMP
+typedef struct {
+    rows_fn fn;
+    const rows_t *args;
+    int64_t r0, r1;
+} rows_job_t;
+
+static void *rows_job(void *p) {
+    rows_job_t *j = (rows_job_t *)p;
+    j->fn(j->args, j->r0, j->r1);
+    return NULL;
+}
+#endif
+
+/* fn over [0, rows) in `threads` contiguous parts */
+static void parallel_rows(rows_fn fn, const rows_t *args, int threads) {
+    int64_t rows = args->rows;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > rows) threads = (int)rows;
+    if (threads <= 1) {
+        fn(args, 0, rows);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        fn(args, rows * t / n, rows * (t + 1) / n);
+    }
+#else
+    rows_job_t jobs[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS];
+    for (int t = 0; t < threads; t++) jobs[t] = (rows_job_t){fn, args, rows * t / threads, rows * (t + 1) / threads};
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, rows_job, &jobs[t]) == 0;
+    rows_job(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            rows_job(&jobs[t]);
+    }
+#endif
+}
+
+void socodec_bias_gelu(float *x, const float *bias, int64_t rows, int64_t cols, int threads) {
+    if (rows <= 0 || cols <= 0) return;
+    rows_t a = {x, NULL, NULL, bias, rows, cols, 0.0f};
+    parallel_rows(bias_gelu_rows, &a, threads);
+}
+
+void socodec_layer_norm_gelu(const float *x, float *y, const float *w, const float *b, int64_t rows, int64_t cols,
+                             float eps, int threads) {
+    if (rows <= 0 || cols <= 0) return;
+    rows_t a = {y, x, w, b, rows, cols, eps};
+    parallel_rows(layer_norm_gelu_rows, &a, threads);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+#if defined(__AVX512F__) && defined(_OPENMP)
+
+int socodec_attention_supported(void) { return 1; }
+
+#define QB 256  /* queries per task */
+#define LDQ (QB + 16)  /* row stride of a task's transposed queries (not a multiple of 4 KiB) */
+#define KB 128  /* keys per block */
+#define SUB 64  /* queries whose scores are held at once: [KB][SUB] */
+#define PR 4    /* queries of the value micro-kernel */
+
+/* exp(x) for 16 lanes, x <= 0: as exp_neg, with Cephes' degree-6 polynomial for exp(r) - 1 - r */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* exp(-104) is 0 in float32; keeps -inf finite */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* st[8][32] (row stride SUB) = k[8][D] . qt[D][32] (row stride LDQ): 8 keys' scores for 32 queries */
+static inline void scores(const float *restrict k, int64_t D, const float *restrict qt, float *restrict st) {
+    __m512 acc[8][2];
+    for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d++) {
+        __m512 q0 = _mm512_loadu_ps(qt + d * LDQ), q1 = _mm512_loadu_ps(qt + d * LDQ + 16);
+        for (int r = 0; r < 8; r++) {
+            __m512 kv = _mm512_set1_ps(k[r * D + d]);
+            acc[r][0] = _mm512_fmadd_ps(kv, q0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(kv, q1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < 8; r++) {
+        _mm512_storeu_ps(st + r * SUB, acc[r][0]);
+        _mm512_storeu_ps(st + r * SUB + 16, acc[r][1]);
+    }
+}
+
+/* o[PR][16 NV] <- o * alpha + p[PR][n] . v[n][16 NV], with p given transposed (pt[j SUB + i]) */
+static inline __attribute__((always_inline)) void values(const float *restrict pt, const float *restrict v, int64_t n,
+                                                         float *restrict o, const float *restrict alpha, const int NV) {
+    __m512 acc[PR][4];
+    for (int i = 0; i < PR; i++)
+        for (int c = 0; c < NV; c++)
+            acc[i][c] = _mm512_mul_ps(_mm512_loadu_ps(o + i * NV * 16 + c * 16), _mm512_set1_ps(alpha[i]));
+    for (int64_t j = 0; j < n; j++) {
+        __m512 row[4];
+        for (int c = 0; c < NV; c++) row[c] = _mm512_loadu_ps(v + j * NV * 16 + c * 16);
+        for (int i = 0; i < PR; i++) {
+            __m512 p = _mm512_set1_ps(pt[j * SUB + i]);
+            for (int c = 0; c < NV; c++) acc[i][c] = _mm512_fmadd_ps(p, row[c], acc[i][c]);
+        }
+    }
+    for (int i = 0; i < PR; i++)
+        for (int c = 0; c < NV; c++) _mm512_storeu_ps(o + i * NV * 16 + c * 16, acc[i][c]);
+}
+
+static void values_nv(const float *pt, const float *v, int64_t n, float *o, const float *alpha, int64_t nv) {
+    switch (nv) {
+    case 1: values(pt, v, n, o, alpha, 1); break;
+    case 2: values(pt, v, n, o, alpha, 2); break;
+    case 3: values(pt, v, n, o, alpha, 3); break;
+    default: values(pt, v, n, o, alpha, 4); break;
+    }
+}
+
+/* One key block's online-softmax step for 16 queries (a column strip of st, keys j < n):
+ * m <- max(m, max_j s), st <- exp(st - m), alpha <- exp(m_old - m), l <- l alpha + sum_j st. */
+static inline void softmax16(float *st, int64_t n, float *m, float *l, float *alpha) {
+    __m512 old = _mm512_loadu_ps(m), mx = old, sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(st + j * SUB));
+    for (int64_t j = 0; j < n; j++) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(st + j * SUB), mx));
+        _mm512_storeu_ps(st + j * SUB, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    __m512 a = exp16(_mm512_sub_ps(old, mx)); /* 0 on the first block (old = -inf) */
+    _mm512_storeu_ps(alpha, a);
+    _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), a, sum));
+    _mm512_storeu_ps(m, mx);
+}
+
+typedef struct {
+    const float *q, *k, *v; /* k, v: [B, H, Tk, D] */
+    float *out;
+    const int64_t *kv_len;
+    int64_t H, Tq, Tk, D, qs_b, qs_t, os_b, os_t;
+    float scale;
+} attention_t;
+
+/* queries [i0, i0 + QB) of one (item, head) against all its keys */
+static void attention_task(const attention_t *a, int64_t task, float *buf) {
+    const int64_t D = a->D, nv = D / 16, qblocks = (a->Tq + QB - 1) / QB;
+    const int64_t bh = task / qblocks, i0 = (task % qblocks) * QB, b = bh / a->H, h = bh % a->H;
+    const int64_t rows = a->Tq - i0 < QB ? a->Tq - i0 : QB, rows32 = (rows + 31) & ~31, L = a->kv_len[b];
+    float *qt = buf, *st = qt + LDQ * D, *o = st + SUB * KB, *m = o + QB * D, *l = m + QB, *alpha = l + QB;
+    float *last8 = alpha + QB; /* [8][D]: the keys of a last, partial group of 8, zero-padded */
+    for (int64_t i = 0; i < QB; i++) {
+        const float *src = a->q + b * a->qs_b + (i0 + i) * a->qs_t + h * D;
+        for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = i < rows ? src[d] * a->scale : 0.0f;
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+    memset(o, 0, sizeof(float) * QB * D);
+    const float *kh = a->k + bh * a->Tk * D, *vh = a->v + bh * a->Tk * D;
+    if (L % 8) {
+        memset(last8, 0, sizeof(float) * 8 * D);
+        memcpy(last8, kh + (L & ~7) * D, sizeof(float) * (size_t)((L % 8) * D));
+    }
+    for (int64_t j0 = 0; j0 < L; j0 += KB) {
+        const int64_t n = L - j0 < KB ? L - j0 : KB, n8 = (n + 7) & ~7;
+        for (int64_t r0 = 0; r0 < rows32; r0 += SUB) {
+            const int64_t sub = rows32 - r0 < SUB ? rows32 - r0 : SUB;
+            for (int64_t j = 0; j < n8; j += 8) {
+                const float *keys = j0 + j + 8 <= L ? kh + (j0 + j) * D : last8;
+                for (int64_t i = 0; i < sub; i += 32) scores(keys, D, qt + r0 + i, st + j * SUB + i);
+            }
+            for (int64_t i = 0; i < sub; i += 16) softmax16(st + i, n, m + r0 + i, l + r0 + i, alpha + r0 + i);
+            for (int64_t i = 0; i < sub && r0 + i < rows; i += PR)
+                values_nv(st + i, vh + j0 * D, n, o + (r0 + i) * D, alpha + r0 + i, nv);
+        }
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        float *dst = a->out + b * a->os_b + (i0 + i) * a->os_t + h * D;
+        const float inv = 1.0f / l[i];
+        for (int64_t d = 0; d < D; d++) dst[d] = o[i * D + d] * inv;
+    }
+}
+
+/* q [B, Tq, H D] (rows of H heads of D values; strides in floats, the last axis contiguous), k and v
+ * [B, H, Tk, D] contiguous -> out [B, Tq, H D] (strides as q's); item b's queries see its keys
+ * [0, kv_len[b]), 1 <= kv_len[b] <= Tk. Returns 0, -1 when scratch memory could not be had, -2 for an
+ * unsupported D (a multiple of 16, up to 64). */
+int socodec_attention(const float *q, const float *k, const float *v, float *out, const int64_t *kv_len,
+                      int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t qs_b, int64_t qs_t,
+                      int64_t os_b, int64_t os_t, float scale, int threads) {
+    if (D <= 0 || D % 16 || D > 64) return -2;
+    if (B <= 0 || Tq <= 0 || Tk <= 0) return 0;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    const size_t per_thread = (size_t)(LDQ * D + SUB * KB + QB * D + 3 * QB + 8 * D + 16);
+    float *bufs = aligned_alloc(64, sizeof(float) * per_thread * (size_t)threads);
+    if (bufs == NULL) return -1;
+    const attention_t a = {q, k, v, out, kv_len, H, Tq, Tk, D, qs_b, qs_t, os_b, os_t, scale};
+    const int64_t tasks = B * H * ((Tq + QB - 1) / QB);
+#pragma omp parallel num_threads(threads)
+    {
+        float *buf = bufs + per_thread * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic)
+        for (int64_t t = 0; t < tasks; t++) attention_task(&a, t, buf);
+    }
+    free(bufs);
+    return 0;
+}
+
+#else
+
+int socodec_attention_supported(void) { return 0; }
+
+int socodec_attention(const float *q, const float *k, const float *v, float *out, const int64_t *kv_len,
+                      int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t qs_b, int64_t qs_t,
+                      int64_t os_b, int64_t os_t, float scale, int threads) {
+    (void)q, (void)k, (void)v, (void)out, (void)kv_len, (void)B, (void)H, (void)Tq, (void)Tk, (void)D;
+    (void)qs_b, (void)qs_t, (void)os_b, (void)os_t;
+    (void)scale, (void)threads;
+    return -2;
+}
+
+#endif
