@@ -186,8 +186,10 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* st[8][32] (row stride SUB) = k[8][D] . qt[D][32] (row stride LDQ): 8 keys' scores for 32 queries */
-static inline void scores(const float *restrict k, int64_t D, const float *restrict qt, float *restrict st) {
+/* st[8][32] (row stride SUB) = k[8][D] . qt[D][32] (row stride LDQ): 8 keys' scores for 32 queries;
+ * mx[32] <- max(mx, the scores of the first `valid` keys) */
+static inline void scores(const float *restrict k, int64_t D, const float *restrict qt, float *restrict st,
+                          float *restrict mx, int valid) {
     __m512 acc[8][2];
     for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; d++) {
@@ -198,10 +200,17 @@ static inline void scores(const float *restrict k, int64_t D, const float *restr
             acc[r][1] = _mm512_fmadd_ps(kv, q1, acc[r][1]);
         }
     }
+    __m512 m0 = _mm512_loadu_ps(mx), m1 = _mm512_loadu_ps(mx + 16);
     for (int r = 0; r < 8; r++) {
         _mm512_storeu_ps(st + r * SUB, acc[r][0]);
         _mm512_storeu_ps(st + r * SUB + 16, acc[r][1]);
+        if (r < valid) {
+            m0 = _mm512_max_ps(m0, acc[r][0]);
+            m1 = _mm512_max_ps(m1, acc[r][1]);
+        }
     }
+    _mm512_storeu_ps(mx, m0);
+    _mm512_storeu_ps(mx + 16, m1);
 }
 
 /* o[PR][16 NV] <- o * alpha + p[PR][n] . v[n][16 NV], with p given transposed (pt[j SUB + i]) */
@@ -233,10 +242,10 @@ static void values_nv(const float *pt, const float *v, int64_t n, float *o, cons
 }
 
 /* One key block's online-softmax step for 16 queries (a column strip of st, keys j < n):
- * m <- max(m, max_j s), st <- exp(st - m), alpha <- exp(m_old - m), l <- l alpha + sum_j st. */
-static inline void softmax16(float *st, int64_t n, float *m, float *l, float *alpha) {
-    __m512 old = _mm512_loadu_ps(m), mx = old, sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; j++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(st + j * SUB));
+ * m <- max(m, block_max) (block_max: the largest score of each query in the block, from scores()),
+ * st <- exp(st - m), alpha <- exp(m_old - m), l <- l alpha + sum_j st. */
+static inline void softmax16(float *st, int64_t n, const float *block_max, float *m, float *l, float *alpha) {
+    __m512 old = _mm512_loadu_ps(m), mx = _mm512_max_ps(old, _mm512_loadu_ps(block_max)), sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < n; j++) {
         __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(st + j * SUB), mx));
         _mm512_storeu_ps(st + j * SUB, e);
@@ -262,7 +271,8 @@ static void attention_task(const attention_t *a, int64_t task, float *buf) {
     const int64_t bh = task / qblocks, i0 = (task % qblocks) * QB, b = bh / a->H, h = bh % a->H;
     const int64_t rows = a->Tq - i0 < QB ? a->Tq - i0 : QB, rows32 = (rows + 31) & ~31, L = a->kv_len[b];
     float *qt = buf, *st = qt + LDQ * D, *o = st + SUB * KB, *m = o + QB * D, *l = m + QB, *alpha = l + QB;
-    float *last8 = alpha + QB; /* [8][D]: the keys of a last, partial group of 8, zero-padded */
+    float *bmax = alpha + QB;  /* [SUB]: each query's largest score in the current key block */
+    float *last8 = bmax + SUB; /* [8][D]: the keys of a last, partial group of 8, zero-padded */
     for (int64_t i = 0; i < QB; i++) {
         const float *src = a->q + b * a->qs_b + (i0 + i) * a->qs_t + h * D;
         for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = i < rows ? src[d] * a->scale : 0.0f;
@@ -279,11 +289,14 @@ static void attention_task(const attention_t *a, int64_t task, float *buf) {
         const int64_t n = L - j0 < KB ? L - j0 : KB, n8 = (n + 7) & ~7;
         for (int64_t r0 = 0; r0 < rows32; r0 += SUB) {
             const int64_t sub = rows32 - r0 < SUB ? rows32 - r0 : SUB;
+            for (int64_t i = 0; i < sub; i++) bmax[i] = -INFINITY;
             for (int64_t j = 0; j < n8; j += 8) {
                 const float *keys = j0 + j + 8 <= L ? kh + (j0 + j) * D : last8;
-                for (int64_t i = 0; i < sub; i += 32) scores(keys, D, qt + r0 + i, st + j * SUB + i);
+                const int valid = n - j < 8 ? (int)(n - j) : 8;
+                for (int64_t i = 0; i < sub; i += 32) scores(keys, D, qt + r0 + i, st + j * SUB + i, bmax + i, valid);
             }
-            for (int64_t i = 0; i < sub; i += 16) softmax16(st + i, n, m + r0 + i, l + r0 + i, alpha + r0 + i);
+            for (int64_t i = 0; i < sub; i += 16)
+                softmax16(st + i, n, bmax + i, m + r0 + i, l + r0 + i, alpha + r0 + i);
             for (int64_t i = 0; i < sub && r0 + i < rows; i += PR)
                 values_nv(st + i, vh + j0 * D, n, o + (r0 + i) * D, alpha + r0 + i, nv);
         }
@@ -306,7 +319,7 @@ int socodec_attention(const float *q, const float *k, const float *v, float *out
     if (B <= 0 || Tq <= 0 || Tk <= 0) return 0;
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    const size_t per_thread = (size_t)(LDQ * D + SUB * KB + QB * D + 3 * QB + 8 * D + 16);
+    const size_t per_thread = (size_t)(LDQ * D + SUB * KB + QB * D + 3 * QB + SUB + 8 * D + 16);
     float *bufs = aligned_alloc(64, sizeof(float) * per_thread * (size_t)threads);
     if (bufs == NULL) return -1;
     const attention_t a = {q, k, v, out, kv_len, H, Tq, Tk, D, qs_b, qs_t, os_b, os_t, scale};
