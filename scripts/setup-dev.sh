@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs: the package with all its extras, and the system
 # programs some tests run (Chromium for the web-demo browser test, espeak-ng for speech, a C
-# compiler for the vocoder's native kernel, which the tests require to be built and used).
+# compiler for the native kernels, which the tests require to be built and used).
 # Debian/Ubuntu; run as root (or with sudo available). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,6 +10,10 @@ HuBERT-large's network (fairseq ``layer_norm_first`` variant, SPEC §3), written
 Submodule names follow ``transformers``' ``HubertModel`` (the converted weight cache uses
 them), but nothing here imports ``transformers``. Shapes: B batch, N samples, T frames
 (20 ms), C extractor channels (512), E model width (1024).
+
+For CPU float32 inference the attention, the feed-forward's bias + GELU and the front end's
+LayerNorm + GELU can run on native kernels (:meth:`HubertNetwork.use_native`, given by
+:mod:`socodec.loading`), each checked against the PyTorch path here before use.
 """
 
 from __future__ import annotations
