@@ -320,7 +320,8 @@ int socodec_attention(const float *q, const float *k, const float *v, float *out
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     const size_t per_thread = (size_t)(LDQ * D + SUB * KB + QB * D + 3 * QB + SUB + 8 * D + 16);
-    float *bufs = aligned_alloc(64, sizeof(float) * per_thread * (size_t)threads);
+    const size_t bytes = sizeof(float) * per_thread * (size_t)threads;
+    float *bufs = aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* C11: a multiple of the alignment */
     if (bufs == NULL) return -1;
     const attention_t a = {q, k, v, out, kv_len, H, Tq, Tk, D, qs_b, qs_t, os_b, os_t, scale};
     const int64_t tasks = B * H * ((Tq + QB - 1) / QB);
