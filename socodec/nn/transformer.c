@@ -29,8 +29,8 @@ int omp_get_num_threads(void);
 
 /* ------------------------------------------------------------------ row-wise kernels */
 
-/* exp(x) for x in [-88, 0]: x = n ln2 + r (ln2 in two parts), exp(r) by its degree-7 Taylor
- * polynomial (|r| <= ln2/2: truncation < 2.4e-8), 2^n put into the exponent bits. */
+/* exp(x) for x <= 0 (x below -87 taken as -87: ~1.6e-38): x = n ln2 + r (ln2 in two parts), exp(r)
+ * by its degree-7 Taylor polynomial (|r| <= ln2/2: truncation < 2.4e-8), 2^n put into the exponent bits. */
 static inline float exp_neg(float x) {
     x = x < -87.0f ? -87.0f : x;
     float n = rintf(x * 1.44269504088896341f);
@@ -169,7 +169,8 @@ int socodec_attention_supported(void) { return 1; }
 #define SUB 64  /* queries whose scores are held at once: [KB][SUB] */
 #define PR 4    /* queries of the value micro-kernel */
 
-/* exp(x) for 16 lanes, x <= 0: as exp_neg, with Cephes' degree-6 polynomial for exp(r) - 1 - r */
+/* exp(x) for 16 lanes, x <= 0: reduced as in exp_neg, then exp(r) = 1 + r + r^2 P(r) with Cephes'
+ * degree-5 P, and 2^n applied by scalef */
 static inline __m512 exp16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* exp(-104) is 0 in float32; keeps -inf finite */
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
