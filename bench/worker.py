@@ -116,14 +116,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         natives = [m for m in codec.modules() if isinstance(m, (HubertFeatures, Vocoder))]
         for module in natives:
             module.use_native(None)
-        with flop_counter() as counter:
-            timer.counter = counter
-            with timer.phase(args.phase):
-                work()
-            result["flops"] = {"stages": dict(timer.flops), "total": counter.get_total_flops()}
-        timer.counter = None
-        for module in natives:
-            module.use_native(kernel)
+        try:
+            with flop_counter() as counter:
+                timer.counter = counter
+                with timer.phase(args.phase):
+                    work()
+                result["flops"] = {"stages": dict(timer.flops), "total": counter.get_total_flops()}
+        finally:
+            timer.counter = None
+            for module in natives:
+                module.use_native(kernel)
     result["matmul_gflops_end"] = matmul_gflops()
     result["loadavg_end"] = loadavg()
     if args.phase == "analysis":

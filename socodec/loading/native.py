@@ -8,8 +8,10 @@
   feed-forward bias + GELU in place, and its front end's LayerNorm + GELU in one pass
   (:class:`socodec.nn.hubert.HubertNetwork`).
 
-Both run on PyTorch's own threads. :mod:`socodec.loading.modules` hands the library to the
-vocoder (:meth:`socodec.nn.vocoder.Vocoder.use_native`) and to HuBERT
+Built with OpenMP (where PyTorch runs on an OpenMP runtime), both run on PyTorch's own threads;
+without, they start POSIX threads of their own and the attention is left to PyTorch.
+:mod:`socodec.loading.modules` hands the library to the vocoder
+(:meth:`socodec.nn.vocoder.Vocoder.use_native`) and to HuBERT
 (:meth:`socodec.nn.hubert.HubertNetwork.use_native`), which check it against their PyTorch
 paths first.
 
@@ -103,17 +105,18 @@ class NativeKernel:
         contiguous, item b attending to its first ``kv_len[b]`` keys (1 to Tk) -> ``[B, Tq, H·D]``.
 
         Scaled by ``1/sqrt(D)``; CPU float32 with D a multiple of 16 up to 64. None where it does not
-        run (no AVX-512, another layout, no scratch memory): the caller then takes PyTorch's.
+        run (no AVX-512 or OpenMP, another layout, no scratch memory): the caller then takes PyTorch's.
+        Raises ValueError for lengths outside 1..Tk.
         """
         batch, heads, keys, width = k.shape
-        if (not self.has_attention or width % 16 or width > 64 or q.dim() != 3 or q.shape[0] != batch
-                or q.shape[2] != heads * width or v.shape != k.shape or q.stride(2) != 1
-                or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, v))
-                or not (k.is_contiguous() and v.is_contiguous()) or q.shape[1] == 0 or keys == 0):
-            return None
         lengths = kv_len.to(device="cpu", dtype=torch.int64).contiguous()
         if lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > keys).any()):
             raise ValueError(f"kv_len must be {batch} lengths in 1..{keys}, got {kv_len.tolist()}")
+        if (not self.has_attention or width == 0 or width % 16 or width > 64 or q.dim() != 3
+                or q.shape[0] != batch or q.shape[2] != heads * width or v.shape != k.shape or q.stride(2) != 1
+                or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, v))
+                or not (k.is_contiguous() and v.is_contiguous()) or q.shape[1] == 0):
+            return None
         out = q.new_empty(q.shape)
         status = self._attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lengths.data_ptr(),
                                  batch, heads, q.shape[1], keys, width, q.stride(0), q.stride(1),

@@ -46,6 +46,9 @@ class NativeTransformer(Protocol):
     """Native kernels for the transformer's hot loops (see :mod:`socodec.loading.native`); each
     answers None (False) where it does not apply, and the PyTorch path then runs."""
 
+    #: whether :meth:`attention` runs on this machine (else PyTorch's attention is used throughout)
+    has_attention: bool
+
     def attention(self, q: Tensor, k: Tensor, v: Tensor, kv_len: Tensor) -> Tensor | None:
         """``q`` ``[B, Tq, H·D]``, ``k``/``v`` ``[B, H, Tk, D]`` contiguous, keys ``[0, kv_len[b])`` -> ``[B, Tq, H·D]``."""
         ...
@@ -68,15 +71,18 @@ def _native_for(native: NativeTransformer | None, x: Tensor) -> NativeTransforme
 
 def native_agrees(kernel: NativeTransformer) -> bool:
     """Whether ``kernel`` gives the PyTorch path's numbers (to 1e-4 relative) on test inputs: attention
-    (two items, one with padded keys; or None where it does not run here), bias + GELU, LayerNorm + GELU."""
+    with 16 and 64 values per head (two items, one with padded keys; where it runs here), bias + GELU,
+    LayerNorm + GELU."""
     gen = torch.Generator().manual_seed(0)
+    agree = True
     with torch.inference_mode():
-        q, k, v = (torch.randn(2, 2, n, 16, generator=gen) for n in (37, 300, 300))
-        lengths = torch.tensor([300, 123])
-        mask = (torch.arange(300)[None, :] < lengths[:, None])[:, None, None, :]
-        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(2, 37, 32)
-        got = kernel.attention(q.transpose(1, 2).reshape(2, 37, 32), k, v, lengths)
-        agree = got is None or bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
+        for width in (16, 64) if kernel.has_attention else ():
+            q, k, v = (torch.randn(2, 2, n, width, generator=gen) for n in (37, 300, 300))
+            lengths = torch.tensor([300, 123])
+            mask = (torch.arange(300)[None, :] < lengths[:, None])[:, None, None, :]
+            want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(2, 37, 2 * width)
+            got = kernel.attention(q.transpose(1, 2).reshape(2, 37, 2 * width), k, v, lengths)
+            agree &= got is not None and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
         x, bias = torch.randn(5, 48, generator=gen) * 3, torch.randn(48, generator=gen)
         h = x.clone()
         agree &= kernel.bias_gelu_(h, bias) and bool(torch.allclose(h, F.gelu(x + bias), rtol=1e-4, atol=1e-5))
@@ -449,6 +455,8 @@ class HubertNetwork(nn.Module):
             logger.warning("the native transformer kernels do not give the PyTorch path's numbers; they are not used")
             kernel = None
         for module in self.modules():
-            if isinstance(module, (ConvLayer, SelfAttention, FeedForward)):
+            if isinstance(module, (ConvLayer, FeedForward)):
                 module.native = kernel
+            elif isinstance(module, SelfAttention):  # where the kernel has no attention: no copies for it
+                module.native = kernel if kernel is not None and kernel.has_attention else None
         return kernel is not None

@@ -172,7 +172,9 @@ int socodec_attention_supported(void) { return 1; }
 /* exp(x) for 16 lanes, x <= 0: reduced as in exp_neg, then exp(r) = 1 + r + r^2 P(r) with Cephes'
  * degree-5 P, and 2^n applied by scalef */
 static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* exp(-104) is 0 in float32; keeps -inf finite */
+    /* exp(-104) is 0 in float32; keeps -inf finite. max returns its second operand when either is
+     * NaN: a NaN score stays NaN (and reaches the output, as in PyTorch), it is not clamped away. */
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -275,8 +277,12 @@ static void attention_task(const attention_t *a, int64_t task, float *buf) {
     float *bmax = alpha + QB;  /* [SUB]: each query's largest score in the current key block */
     float *last8 = bmax + SUB; /* [8][D]: the keys of a last, partial group of 8, zero-padded */
     for (int64_t i = 0; i < QB; i++) {
-        const float *src = a->q + b * a->qs_b + (i0 + i) * a->qs_t + h * D;
-        for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = i < rows ? src[d] * a->scale : 0.0f;
+        if (i < rows) {
+            const float *src = a->q + b * a->qs_b + (i0 + i) * a->qs_t + h * D;
+            for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = src[d] * a->scale;
+        } else {
+            for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = 0.0f;
+        }
         m[i] = -INFINITY;
         l[i] = 0.0f;
     }
@@ -310,7 +316,7 @@ static void attention_task(const attention_t *a, int64_t task, float *buf) {
 }
 
 /* q [B, Tq, H D] (rows of H heads of D values; strides in floats, the last axis contiguous), k and v
- * [B, H, Tk, D] contiguous -> out [B, Tq, H D] (strides as q's); item b's queries see its keys
+ * [B, H, Tk, D] contiguous -> out [B, Tq, H D] (strides os_b, os_t); item b's queries see its keys
  * [0, kv_len[b]), 1 <= kv_len[b] <= Tk. Returns 0, -1 when scratch memory could not be had, -2 for an
  * unsupported D (a multiple of 16, up to 64). */
 int socodec_attention(const float *q, const float *k, const float *v, float *out, const int64_t *kv_len,

@@ -3,6 +3,7 @@ independent of threads and batching, checked before use, and with the PyTorch pa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,6 +22,15 @@ TINY = HubertConfig(conv_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2)
 def _kernel() -> NativeKernel:
     kernel = native_kernel()
     assert kernel is not None, native_status()
+    return kernel
+
+
+def _attention_kernel() -> NativeKernel:
+    """The kernel, where its attention runs on this host (the first test checks that it does exactly
+    where the CPU has AVX-512 and the library OpenMP, so a skip here cannot hide a failed build)."""
+    kernel = _kernel()
+    if not kernel.has_attention:
+        pytest.skip("the native attention needs AVX-512 and OpenMP; PyTorch's runs on this host")
     return kernel
 
 
@@ -46,9 +56,7 @@ def test_the_attention_kernel_runs_on_avx512_hosts_and_passes_its_check() -> Non
 @pytest.mark.parametrize("width", [16, 32, 48, 64])
 @pytest.mark.parametrize(("queries", "keys"), [(1, 1), (7, 9), (33, 31), (129, 257), (300, 300), (260, 1000)])
 def test_attention_equals_float64(width: int, queries: int, keys: int) -> None:
-    kernel = _kernel()
-    if not kernel.has_attention:
-        pytest.fail("this host runs PyTorch's attention; the kernel needs AVX-512 and OpenMP")
+    kernel = _attention_kernel()
     gen = torch.Generator().manual_seed(queries * 7 + keys + width)
     q = torch.randn(2, queries, 3, width, generator=gen)
     k, v = torch.randn(2, 3, keys, width, generator=gen) * 1.5, torch.randn(2, 3, keys, width, generator=gen)
@@ -61,9 +69,7 @@ def test_attention_equals_float64(width: int, queries: int, keys: int) -> None:
 
 
 def test_attention_does_not_depend_on_threads_batching_or_query_blocks() -> None:
-    kernel = _kernel()
-    if not kernel.has_attention:
-        pytest.fail("this host runs PyTorch's attention; the kernel needs AVX-512 and OpenMP")
+    kernel = _attention_kernel()
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(2, 700, 4 * 64, generator=gen)
     k, v = torch.randn(2, 4, 700, 64, generator=gen), torch.randn(2, 4, 700, 64, generator=gen)
@@ -83,15 +89,37 @@ def test_attention_does_not_depend_on_threads_batching_or_query_blocks() -> None
 
 
 def test_attention_declines_what_it_does_not_run_and_refuses_bad_lengths() -> None:
-    kernel = _kernel()
-    q, k = torch.randn(1, 5, 2 * 24), torch.randn(1, 2, 5, 24)
-    assert kernel.attention(q, k, k, torch.tensor([5])) is None  # D = 24: not a multiple of 16
+    kernel = _attention_kernel()
     q, k = torch.randn(1, 5, 2 * 16), torch.randn(1, 2, 5, 16)
-    assert kernel.attention(q, k.transpose(2, 3).transpose(2, 3).double(), k, torch.tensor([5])) is None
-    with pytest.raises(ValueError, match="lengths"):
-        kernel.attention(q, k, k, torch.tensor([0]))
-    with pytest.raises(ValueError, match="lengths"):
-        kernel.attention(q, k, k, torch.tensor([6]))
+    lengths = torch.tensor([5])
+    assert kernel.attention(q, k, k, lengths) is not None
+    declined = {
+        "D = 24": (torch.randn(1, 5, 2 * 24), torch.randn(1, 2, 5, 24), torch.randn(1, 2, 5, 24)),
+        "D = 80": (torch.randn(1, 5, 2 * 80), torch.randn(1, 2, 5, 80), torch.randn(1, 2, 5, 80)),
+        "float64": (q.double(), k.double(), k.double()),
+        "keys not contiguous": (q, k.transpose(2, 3).contiguous().transpose(2, 3), k),
+        "values not contiguous": (q, k, k.transpose(2, 3).contiguous().transpose(2, 3)),
+        "values of another shape": (q, k, torch.randn(1, 2, 6, 16)),
+        "query values strided": (torch.randn(1, 5, 2 * 16, 2)[..., 0], k, k),
+        "queries of another width": (torch.randn(1, 5, 3 * 16), k, k),
+    }
+    for name, (qq, kk, vv) in declined.items():
+        assert kernel.attention(qq, kk, vv, lengths) is None, name
+    for bad in ([0], [6], [5, 5]):
+        with pytest.raises(ValueError, match="lengths"):
+            kernel.attention(q, k, k, torch.tensor(bad))
+
+
+def test_a_nan_key_reaches_the_output_as_in_pytorch() -> None:
+    kernel = _attention_kernel()
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = torch.randn(1, 20, 64, generator=gen), torch.randn(1, 1, 200, 64, generator=gen), torch.randn(1, 1, 200, 64, generator=gen)
+    for position in (3, 7, 150, 199):
+        bad = k.clone()
+        bad[0, 0, position, 5] = float("nan")
+        got = kernel.attention(q, bad, v, torch.tensor([200]))
+        want = F.scaled_dot_product_attention(q.view(1, 20, 1, 64).transpose(1, 2), bad, v)
+        assert got is not None and torch.equal(got.isnan(), want.transpose(1, 2).reshape(1, 20, 64).isnan()), position
 
 
 def test_bias_gelu_equals_float64_in_place() -> None:
@@ -119,61 +147,79 @@ def test_layer_norm_gelu_equals_float64() -> None:
     assert (got.double() - want).abs().max().item() < 1e-5
 
 
-def _network(seed: int) -> HubertNetwork:
+def _network(seed: int, cfg: HubertConfig = TINY) -> HubertNetwork:
     torch.manual_seed(seed)
-    net = HubertNetwork(TINY, receptive_field(TINY)).eval()
+    net = HubertNetwork(cfg, receptive_field(cfg)).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return net
 
 
-def test_the_network_gives_the_pytorch_paths_numbers_with_the_kernels() -> None:
-    net = _network(3)
+class _Counting:
+    """The kernel, counting the calls of each of its functions that it answers."""
+
+    def __init__(self, kernel: NativeKernel) -> None:
+        self.kernel, self.has_attention, self.calls = kernel, kernel.has_attention, []
+
+    def attention(self, *args: torch.Tensor) -> torch.Tensor | None:
+        out = self.kernel.attention(*args)
+        self.calls += ["attention"] if out is not None else []
+        return out
+
+    def bias_gelu_(self, x: torch.Tensor, bias: torch.Tensor) -> bool:
+        done = self.kernel.bias_gelu_(x, bias)
+        self.calls += ["bias_gelu"] if done else []
+        return done
+
+    def layer_norm_gelu(self, *args: torch.Tensor | float) -> torch.Tensor | None:
+        out = self.kernel.layer_norm_gelu(*args)  # type: ignore[arg-type]
+        self.calls += ["layer_norm_gelu"] if out is not None else []
+        return out
+
+
+@pytest.mark.parametrize("width", [16, 64])
+def test_the_network_gives_the_pytorch_paths_numbers_with_the_kernels(width: int) -> None:
+    cfg = dataclasses.replace(TINY, embed_dim=4 * width, num_heads=4, conv_pos_groups=4)
+    net = _network(3, cfg)
     wav = torch.randn(2, 300 * 320 + 80, generator=torch.Generator().manual_seed(4))
     valid = torch.arange(300)[None, :] < torch.tensor([300, 211])[:, None]
+    kernel = _Counting(_kernel())
     with torch.inference_mode():
         assert not net.use_native(None)
         plain, plain_masked = net(wav), net(wav, valid)
-        assert net.use_native(_kernel())
-        native, native_masked = net(wav), net(wav, valid)
+        assert net.use_native(kernel)
+        native = net(wav)
+        kernel.calls.clear()
+        native_masked = net(wav, valid)
+        calls = list(kernel.calls)
         alone = net(wav[1:, : 211 * 320 + 80])
+    # every layer of the padded batch on the kernels (the attention where it runs here)
+    expected = {"bias_gelu", "layer_norm_gelu"} | ({"attention"} if kernel.has_attention else set())
+    assert set(calls) == expected and calls.count("bias_gelu") == cfg.num_layers
+    assert calls.count("attention") == (cfg.num_layers if kernel.has_attention else 0)
     assert (native - plain).abs().max().item() < 1e-4
     assert (native_masked - plain_masked).abs().max().item() < 1e-4
     assert (native_masked[1, :211] - alone[0]).abs().max().item() < 1e-4
 
 
 def test_only_gradient_free_cpu_float32_calls_use_the_kernels() -> None:
-    kernel = _kernel()
-    calls: list[str] = []
-
-    class Counting:
-        def attention(self, *args: torch.Tensor) -> torch.Tensor | None:
-            calls.append("attention")
-            return kernel.attention(*args)
-
-        def bias_gelu_(self, x: torch.Tensor, bias: torch.Tensor) -> bool:
-            calls.append("bias_gelu")
-            return kernel.bias_gelu_(x, bias)
-
-        def layer_norm_gelu(self, *args: torch.Tensor | float) -> torch.Tensor | None:
-            calls.append("layer_norm_gelu")
-            return kernel.layer_norm_gelu(*args)  # type: ignore[arg-type]
-
+    kernel = _Counting(_kernel())
     net = _network(6)
-    assert net.use_native(Counting())
+    assert net.use_native(kernel)
+    kernel.calls.clear()  # the check before use
     wav = torch.randn(1, 40 * 320 + 80)
-    calls.clear()
     with torch.enable_grad():
         net(wav)
     net.double()
     with torch.inference_mode():
         net(wav.double())
-    assert calls == []
+    assert kernel.calls == []
     net.float()
     with torch.inference_mode():
         net(wav)
-    assert {"attention", "bias_gelu", "layer_norm_gelu"} <= set(calls) or not kernel.has_attention
+    assert {"bias_gelu", "layer_norm_gelu"} <= set(kernel.calls)
+    assert ("attention" in kernel.calls) == kernel.has_attention
 
 
 def test_a_kernel_with_other_numbers_is_refused_and_one_without_attention_falls_back(
@@ -181,6 +227,7 @@ def test_a_kernel_with_other_numbers_is_refused_and_one_without_attention_falls_
     kernel = _kernel()
 
     class Wrong:
+        has_attention = kernel.has_attention
         attention = staticmethod(kernel.attention)
         layer_norm_gelu = staticmethod(kernel.layer_norm_gelu)
 
@@ -189,11 +236,12 @@ def test_a_kernel_with_other_numbers_is_refused_and_one_without_attention_falls_
             return True
 
     class NoAttention:
+        has_attention = False
         bias_gelu_ = staticmethod(kernel.bias_gelu_)
         layer_norm_gelu = staticmethod(kernel.layer_norm_gelu)
 
         def attention(self, *args: torch.Tensor) -> None:
-            return None
+            raise AssertionError("not called where the kernel has no attention")
 
     net = _network(7)
     assert not net.use_native(Wrong())
