@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 NATIVE_ENV = "SOCODEC_NATIVE"
 SOURCES = tuple(Path(str(importlib.resources.files("socodec.nn").joinpath(name)))
                 for name in ("activation.c", "transformer.c"))
+#: what the sources include (part of the build's hash)
+HEADERS = (Path(str(importlib.resources.files("socodec.nn").joinpath("parallel.h"))),)
 _ABI = 2
 _BUILD_TIMEOUT_S = 120
 #: tried in order (those with OpenMP only where PyTorch runs on an OpenMP runtime); the first set
@@ -93,8 +95,8 @@ class NativeKernel:
         memory could not be had.
         """
         b, c, h, t = x.shape
-        if (not _kernel_layout(x) or h != 1 or weights.shape != (29, c) or weights.dtype != torch.float32
-                or not weights.is_contiguous()):
+        if not (x.dim() == 4 and _dense(x, torch.channels_last) and h == 1 and weights.shape == (29, c)
+                and _dense(weights)):
             return None
         y = torch.empty_like(x, memory_format=torch.channels_last)
         status = self._activation(x.data_ptr(), y.data_ptr(), weights.data_ptr(), b, t, c, torch.get_num_threads())
@@ -126,7 +128,7 @@ class NativeKernel:
     def bias_gelu_(self, x: Tensor, bias: Tensor) -> bool:
         """``x <- GELU(x + bias)`` in place for a contiguous CPU float32 ``x`` ``[..., C]`` and ``bias``
         ``[C]``; False (``x`` untouched) where it does not apply."""
-        if not (_rows(x) and _rows(bias) and bias.shape == x.shape[-1:]):
+        if not (_dense(x) and _dense(bias) and bias.shape == x.shape[-1:]):
             return False
         self._bias_gelu(x.data_ptr(), bias.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], torch.get_num_threads())
         return True
@@ -134,7 +136,7 @@ class NativeKernel:
     def layer_norm_gelu(self, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor | None:
         """``GELU(LayerNorm(x))`` over the last axis of a contiguous CPU float32 ``x`` ``[..., C]``,
         with ``weight`` and ``bias`` ``[C]``; None where it does not apply."""
-        if not (_rows(x) and _rows(weight) and _rows(bias) and weight.shape == bias.shape == x.shape[-1:]):
+        if not (_dense(x) and _dense(weight) and _dense(bias) and weight.shape == bias.shape == x.shape[-1:]):
             return None
         y = torch.empty_like(x)
         self._layer_norm_gelu(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(),
@@ -148,14 +150,10 @@ def _bind(function: ctypes._CFuncPtr, argtypes: list[type], restype: type | None
     return function
 
 
-def _rows(t: Tensor) -> bool:
-    return (t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() >= 1 and t.is_contiguous()
-            and t.numel() > 0)
-
-
-def _kernel_layout(x: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > 0)
+def _dense(t: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> bool:
+    """A non-empty CPU float32 tensor laid out in ``memory_format``: what the kernels read."""
+    return (t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() >= 1 and t.numel() > 0
+            and t.is_contiguous(memory_format=memory_format))
 
 
 def native_status() -> str:
@@ -203,7 +201,7 @@ def _compiler() -> str | None:
 def _build_and_open(compiler: str) -> NativeKernel:
     folder = default_cache_dir() / "native"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    source = b"\0".join(path.read_bytes() for path in SOURCES)
+    source = b"\0".join(path.read_bytes() for path in SOURCES + HEADERS)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     runtime = _openmp_runtime()
     errors = []

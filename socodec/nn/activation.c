@@ -17,28 +17,23 @@
  * The time axis is cut into tiles of TILE outputs; each thread takes a contiguous run of tiles
  * and keeps the phases of one tile (plus 3 pairs each side) in a small buffer, so every sample is
  * read once and nothing of the 2T-rate signal goes to memory. Each output is computed by the
- * same operations whatever the tiling or thread count: results do not depend on either.
- *
- * Built with -fopenmp (and linked to the OpenMP runtime PyTorch has loaded), the threads are
- * PyTorch's own: after one of its parallel operators they are still awake, and threads of our
- * own would have to share the cores with them. Without OpenMP, POSIX threads.
+ * same operations whatever the tiling or thread count: results do not depend on either. The
+ * threads are those of parallel.h (PyTorch's own OpenMP threads, else POSIX threads).
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "parallel.h"
 
 #define PAD 3
 #define TAPS 7
 #define TILE 256
-#define MAX_THREADS 256
 
 /* the library's interface version (both sources): socodec/loading/native.py checks it */
 int socodec_abi(void) { return 2; }
 
 #ifdef _OPENMP
-int omp_get_thread_num(void);
-int omp_get_num_threads(void);
 int socodec_activation_openmp(void) { return 1; }
 #else
 int socodec_activation_openmp(void) { return 0; }
@@ -67,10 +62,8 @@ typedef struct {
     const float *x;
     float *y;
     const float *w;
-    int64_t T, C, first_tile, last_tile; /* this job's tiles [first_tile, last_tile) of every item */
-    int64_t B;
-    int failed;
-} job_t;
+    int64_t B, T, C;
+} activation_t;
 
 /* the 7 input rows x[n-3 .. n+3] (replicate-clamped) of one item */
 static void rows_at(const float *x, int64_t T, int64_t C, int64_t n, const float **rows) {
@@ -139,14 +132,12 @@ static inline void down(const float *pe, const float *po, const float *w, float 
         for (int64_t c = 0; c < C; c += VW) down_lanes(pe, po, w, out, C, c, VW);
 }
 
-static void *run(void *arg) {
-    job_t *j = (job_t *)arg;
+/* tiles [first_tile, last_tile) of every item; -1 when scratch memory could not be had */
+static int activation_tiles(const void *ctx, int64_t first_tile, int64_t last_tile) {
+    const activation_t *j = (const activation_t *)ctx;
     const int64_t T = j->T, C = j->C, span = TILE + 2 * PAD;
     float *buf = malloc(sizeof(float) * (size_t)(2 * span + 4) * (size_t)C);
-    if (buf == NULL) {
-        j->failed = 1;
-        return NULL;
-    }
+    if (buf == NULL) return -1;
     float *se = buf, *so = buf + span * C, *edge = buf + 2 * span * C; /* edge: 4 rows of scratch */
     const float *rows[TAPS];
     for (int64_t b = 0; b < j->B; b++) {
@@ -158,7 +149,7 @@ static void *run(void *arg) {
         pair(rows, j->w, first, first + C, C);
         rows_at(x, T, C, T - 1, rows);
         pair(rows, j->w, last + C, last, C);
-        for (int64_t tile = j->first_tile; tile < j->last_tile; tile++) {
+        for (int64_t tile = first_tile; tile < last_tile; tile++) {
             int64_t t0 = tile * TILE, t1 = t0 + TILE < T ? t0 + TILE : T;
             int64_t n0 = t0 - PAD, n1 = t1 + PAD;
             for (int64_t n = n0; n < n1; n++) {
@@ -175,44 +166,12 @@ static void *run(void *arg) {
         }
     }
     free(buf);
-    return NULL;
+    return 0;
 }
 
 /* Returns 0, or -1 when scratch memory could not be had (y is then incomplete). */
 int socodec_activation(const float *x, float *y, const float *w, int64_t B, int64_t T, int64_t C, int threads) {
     if (B <= 0 || T <= 0 || C <= 0) return 0;
-    int64_t tiles = (T + TILE - 1) / TILE;
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > tiles) threads = (int)tiles;
-#ifdef _OPENMP
-    int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-    {
-        int t = omp_get_thread_num(), n = omp_get_num_threads();
-        job_t job = {x, y, w, T, C, tiles * t / n, tiles * (t + 1) / n, B, 0};
-        run(&job);
-        failed |= job.failed;
-    }
-    return failed ? -1 : 0;
-#else
-    job_t jobs[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS];
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = (job_t){x, y, w, T, C, tiles * t / threads, tiles * (t + 1) / threads, B, 0};
-        started[t] = 0;
-    }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run, &jobs[t]) == 0;
-    run(&jobs[0]);
-    int failed = jobs[0].failed;
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(ids[t], NULL);
-        else
-            run(&jobs[t]); /* no thread to be had: this one does it */
-        failed |= jobs[t].failed;
-    }
-    return failed ? -1 : 0;
-#endif
+    const activation_t a = {x, y, w, B, T, C};
+    return parallel_for(activation_tiles, &a, (T + TILE - 1) / TILE, threads) ? -1 : 0;
 }

@@ -366,12 +366,13 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         native = _native_for(self.native, x)
-        if native is not None:
+        if native is None:
+            h = F.gelu(self.intermediate_dense(x))
+        else:
             h = F.linear(x, self.intermediate_dense.weight)
-            if native.bias_gelu_(h, self.intermediate_dense.bias):
-                return self.output_dense(h)
-            return self.output_dense(F.gelu(h + self.intermediate_dense.bias))
-        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+            if not native.bias_gelu_(h, self.intermediate_dense.bias):
+                h = F.gelu(h + self.intermediate_dense.bias)
+        return self.output_dense(h)
 
 
 class EncoderLayer(nn.Module):

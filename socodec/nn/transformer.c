@@ -12,7 +12,6 @@
  * depend on either.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,12 +19,7 @@
 #include <immintrin.h>
 #endif
 
-#define MAX_THREADS 256
-
-#ifdef _OPENMP
-int omp_get_thread_num(void);
-int omp_get_num_threads(void);
-#endif
+#include "parallel.h"
 
 /* ------------------------------------------------------------------ row-wise kernels */
 
@@ -64,11 +58,12 @@ typedef struct {
     float *x;          /* bias_gelu: in/out; layer_norm_gelu: out */
     const float *in;   /* layer_norm_gelu's input */
     const float *w, *b;
-    int64_t rows, cols;
+    int64_t cols;
     float eps;
 } rows_t;
 
-static void bias_gelu_rows(const rows_t *a, int64_t r0, int64_t r1) {
+static int bias_gelu_rows(const void *ctx, int64_t r0, int64_t r1) {
+    const rows_t *a = (const rows_t *)ctx;
     const int64_t C = a->cols;
     const float *restrict bias = a->b;
     for (int64_t r = r0; r < r1; r++) {
@@ -76,10 +71,12 @@ static void bias_gelu_rows(const rows_t *a, int64_t r0, int64_t r1) {
 #pragma omp simd
         for (int64_t c = 0; c < C; c++) x[c] = gelu(x[c] + bias[c]);
     }
+    return 0;
 }
 
 /* LayerNorm as PyTorch's: mean, then the biased variance of (x - mean), 1 / sqrt(var + eps). */
-static void layer_norm_gelu_rows(const rows_t *a, int64_t r0, int64_t r1) {
+static int layer_norm_gelu_rows(const void *ctx, int64_t r0, int64_t r1) {
+    const rows_t *a = (const rows_t *)ctx;
     const int64_t C = a->cols;
     const float *restrict w = a->w, *restrict b = a->b;
     for (int64_t r = r0; r < r1; r++) {
@@ -95,66 +92,20 @@ static void layer_norm_gelu_rows(const rows_t *a, int64_t r0, int64_t r1) {
 #pragma omp simd
         for (int64_t c = 0; c < C; c++) y[c] = gelu((x[c] - mean) * inv * w[c] + b[c]);
     }
-}
-
-typedef void (*rows_fn)(const rows_t *, int64_t, int64_t);
-#ifndef _OPENMP
-typedef struct {
-    rows_fn fn;
-    const rows_t *args;
-    int64_t r0, r1;
-} rows_job_t;
-
-static void *rows_job(void *p) {
-    rows_job_t *j = (rows_job_t *)p;
-    j->fn(j->args, j->r0, j->r1);
-    return NULL;
-}
-#endif
-
-/* fn over [0, rows) in `threads` contiguous parts */
-static void parallel_rows(rows_fn fn, const rows_t *args, int threads) {
-    int64_t rows = args->rows;
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > rows) threads = (int)rows;
-    if (threads <= 1) {
-        fn(args, 0, rows);
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-    {
-        int t = omp_get_thread_num(), n = omp_get_num_threads();
-        fn(args, rows * t / n, rows * (t + 1) / n);
-    }
-#else
-    rows_job_t jobs[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS];
-    for (int t = 0; t < threads; t++) jobs[t] = (rows_job_t){fn, args, rows * t / threads, rows * (t + 1) / threads};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, rows_job, &jobs[t]) == 0;
-    rows_job(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(ids[t], NULL);
-        else
-            rows_job(&jobs[t]);
-    }
-#endif
+    return 0;
 }
 
 void socodec_bias_gelu(float *x, const float *bias, int64_t rows, int64_t cols, int threads) {
     if (rows <= 0 || cols <= 0) return;
-    rows_t a = {x, NULL, NULL, bias, rows, cols, 0.0f};
-    parallel_rows(bias_gelu_rows, &a, threads);
+    rows_t a = {x, NULL, NULL, bias, cols, 0.0f};
+    parallel_for(bias_gelu_rows, &a, rows, threads);
 }
 
 void socodec_layer_norm_gelu(const float *x, float *y, const float *w, const float *b, int64_t rows, int64_t cols,
                              float eps, int threads) {
     if (rows <= 0 || cols <= 0) return;
-    rows_t a = {y, x, w, b, rows, cols, eps};
-    parallel_rows(layer_norm_gelu_rows, &a, threads);
+    rows_t a = {y, x, w, b, cols, eps};
+    parallel_for(layer_norm_gelu_rows, &a, rows, threads);
 }
 
 /* ------------------------------------------------------------------ attention */
