@@ -131,3 +131,49 @@ def test_nearest_code_search_is_full_float32_under_tf32_and_restores_it() -> Non
         matmul.allow_tf32 = before[0]
         torch.set_float32_matmul_precision(before[1])
     assert torch.equal(idx.as_subclass(torch.Tensor), torch.cdist(x, book.embed).argmin(-1))
+
+
+def test_inference_layout_equals_the_training_layout(tiny_analyzer):
+    """Without gradients the causal stacks run time-major (unfolded products, channels-last grouped
+    convolutions, in-place activations); with them, channels-first through nn.Sequential. Same numbers,
+    and the inference path leaves its input alone."""
+    a = tiny_analyzer
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(2, 6 * 29 + 4, a.cfg.in_dim, generator=gen)
+    x = torch.randn(2, 23, a.cfg.model_size, generator=gen)
+    kept = feats.clone(), x.clone()
+    with torch.inference_mode():
+        fast = a.encoder(feats), a.decoder_2.project(a.decoder_2(a.decoder_1(x)))
+    assert torch.equal(feats, kept[0]) and torch.equal(x, kept[1])
+    with torch.enable_grad():
+        feats_g, x_g = feats.clone().requires_grad_(), x.clone().requires_grad_()
+        slow = a.encoder(feats_g), a.decoder_2.project(a.decoder_2(a.decoder_1(x_g)))
+        slow[0].sum().backward()  # the training path is differentiable
+    assert feats_g.grad is not None
+    for got, want in zip(fast, slow):
+        assert got.shape == want.shape and got.is_contiguous()
+        assert (got - want.detach()).abs().max().item() < 1e-5 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize("c_out, kernel, stride, groups", [(320, 3, 1, 1), (256, 4, 2, 1), (288, 6, 3, 1), (64, 3, 1, 1),
+                                                            (320, 3, 1, 32)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_time_major_convolutions_equal_the_padded_ones(c_out, kernel, stride, groups, batch):
+    """Every branch of CausalConv1d.frames (row-blocked products over 2048 frames, channels-last for grouped
+    or narrow outputs) and the transposed conv's product form give the channels-first layers' numbers."""
+    from socodec.nn.causal import CausalConv1d, CausalConvTranspose1d
+
+    torch.manual_seed(kernel * 100 + c_out + batch)
+    conv = CausalConv1d(320, c_out, kernel, stride=stride, groups=groups)
+    x = torch.randn(batch, 4500, 320)
+    with torch.no_grad():
+        want = conv(x.transpose(1, 2)).transpose(1, 2)
+        padded = torch.cat([x.new_zeros(batch, kernel - 1, 320), x], dim=1)
+        got = conv.frames(padded)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert (got - want).abs().max().item() < 1e-4
+    up = CausalConvTranspose1d(320, 96, stride)
+    with torch.no_grad():
+        want = up(x[:, :300].transpose(1, 2)).transpose(1, 2)
+        got = up.frames(x[:, :300])
+    assert (got - want).abs().max().item() < 1e-4
