@@ -4,6 +4,11 @@
  *   socodec_attention        softmax(q k^T * scale) v per head, keys past each item's length left out
  *                            (flash-style: the T x T scores never exist whole). AVX-512 and OpenMP only
  *                            (socodec_attention_supported); elsewhere PyTorch's attention runs.
+ *                            The softmax runs in base 2 (log2 e folded into the queries' scale). Each
+ *                            query's maximum is set by the first block of keys and then moves only
+ *                            where a numerator 2^(score - maximum) would exceed 2^64 (below that they
+ *                            are as exact and far from overflow), so later blocks go from scores to
+ *                            numerators in one pass.
  *   socodec_bias_gelu        x <- GELU(x + bias), in place, rows of a [R, C] matrix
  *   socodec_layer_norm_gelu  y <- GELU(LayerNorm(x) * w + b) over the C values of each row
  *
@@ -120,23 +125,22 @@ int socodec_attention_supported(void) { return 1; }
 #define SUB 64  /* queries whose scores are held at once: [KB][SUB] */
 #define PR 4    /* queries of the value micro-kernel */
 
-/* exp(x) for 16 lanes, x <= 0: reduced as in exp_neg, then exp(r) = 1 + r + r^2 P(r) with Cephes'
- * degree-5 P, and 2^n applied by scalef */
+/* 2^x for 16 lanes, x <= 0: x = n + f with n = round(x), |f| <= 1/2, 2^f = 1 + f P(f) with
+ * Cephes' degree-5 P for exp2f (relative error < 2e-7), and 2^n applied by scalef. The scores
+ * are in base-2 units (log2(e) is folded into the queries' scale). */
 static inline __m512 exp16(__m512 x) {
-    /* exp(-104) is 0 in float32; keeps -inf finite. max returns its second operand when either is
+    /* 2^-150 is 0 in float32; keeps -inf finite. max returns its second operand when either is
      * NaN: a NaN score stays NaN (and reaches the output, as in PyTorch), it is not clamped away. */
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -165,6 +169,60 @@ static inline void scores(const float *restrict k, int64_t D, const float *restr
     }
     _mm512_storeu_ps(mx, m0);
     _mm512_storeu_ps(mx + 16, m1);
+}
+
+/* Like scores(), then straight to the softmax numerators against the running maxima m[32] (base 2):
+ * st <- 2^(st - m) for the first `valid` keys, sum[32] += their sum, mx[32] <- max(mx, their scores).
+ * A query whose block maximum rises more than LIFT above m is redone by lift_query(). */
+#define LIFT 64.0f
+static inline void scores_exp(const float *restrict k, int64_t D, const float *restrict qt, float *restrict st,
+                              const float *restrict m, float *restrict sum, float *restrict mx, int valid) {
+    __m512 acc[8][2];
+    for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d++) {
+        __m512 q0 = _mm512_loadu_ps(qt + d * LDQ), q1 = _mm512_loadu_ps(qt + d * LDQ + 16);
+        for (int r = 0; r < 8; r++) {
+            __m512 kv = _mm512_set1_ps(k[r * D + d]);
+            acc[r][0] = _mm512_fmadd_ps(kv, q0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(kv, q1, acc[r][1]);
+        }
+    }
+    const __m512 m0 = _mm512_loadu_ps(m), m1 = _mm512_loadu_ps(m + 16);
+    __m512 s0 = _mm512_loadu_ps(sum), s1 = _mm512_loadu_ps(sum + 16);
+    __m512 x0 = _mm512_loadu_ps(mx), x1 = _mm512_loadu_ps(mx + 16);
+    for (int r = 0; r < valid; r++) {
+        x0 = _mm512_max_ps(x0, acc[r][0]);
+        x1 = _mm512_max_ps(x1, acc[r][1]);
+        const __m512 e0 = exp16(_mm512_sub_ps(acc[r][0], m0)), e1 = exp16(_mm512_sub_ps(acc[r][1], m1));
+        s0 = _mm512_add_ps(s0, e0);
+        s1 = _mm512_add_ps(s1, e1);
+        _mm512_storeu_ps(st + r * SUB, e0);
+        _mm512_storeu_ps(st + r * SUB + 16, e1);
+    }
+    _mm512_storeu_ps(sum, s0);
+    _mm512_storeu_ps(sum + 16, s1);
+    _mm512_storeu_ps(mx, x0);
+    _mm512_storeu_ps(mx + 16, x1);
+}
+
+/* One query (column c of st, its transposed query qt[d LDQ]) whose scores in this block rose more than
+ * LIFT above its maximum m: its maximum becomes the block's, *mx; its scores are recomputed (the same
+ * fused multiply-adds, in the same order, as the tile), st's column <- 2^(score - *mx), and
+ * l <- l alpha + their sum, alpha = 2^(m - *mx). Depends on this query's numbers only. */
+static void lift_query(const float *kh, int64_t D, int64_t n, const float *qt, float *st, float *m, float *l,
+                       float *alpha, float mx) {
+    const float a = exp2f(*m - mx);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        float s = 0.0f;
+        for (int64_t d = 0; d < D; d++) s = fmaf(kh[j * D + d], qt[d * LDQ], s);
+        const float e = exp2f(s - mx);
+        st[j * SUB] = e;
+        sum += e;
+    }
+    *alpha = a;
+    *l = *l * a + sum;
+    *m = mx;
 }
 
 /* o[PR][16 NV] <- o * alpha + p[PR][n] . v[n][16 NV], with p given transposed (pt[j SUB + i]) */
@@ -226,11 +284,12 @@ static void attention_task(const attention_t *a, int64_t task, float *buf) {
     const int64_t rows = a->Tq - i0 < QB ? a->Tq - i0 : QB, rows32 = (rows + 31) & ~31, L = a->kv_len[b];
     float *qt = buf, *st = qt + LDQ * D, *o = st + SUB * KB, *m = o + QB * D, *l = m + QB, *alpha = l + QB;
     float *bmax = alpha + QB;  /* [SUB]: each query's largest score in the current key block */
-    float *last8 = bmax + SUB; /* [8][D]: the keys of a last, partial group of 8, zero-padded */
+    float *last8 = bmax + 2 * SUB; /* [8][D]: the keys of a last, partial group of 8, zero-padded */
+    const float scale2 = a->scale * 1.44269504088896341f; /* scores in base 2: softmax by 2^x */
     for (int64_t i = 0; i < QB; i++) {
         if (i < rows) {
             const float *src = a->q + b * a->qs_b + (i0 + i) * a->qs_t + h * D;
-            for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = src[d] * a->scale;
+            for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = src[d] * scale2;
         } else {
             for (int64_t d = 0; d < D; d++) qt[d * LDQ + i] = 0.0f;
         }
@@ -247,14 +306,35 @@ static void attention_task(const attention_t *a, int64_t task, float *buf) {
         const int64_t n = L - j0 < KB ? L - j0 : KB, n8 = (n + 7) & ~7;
         for (int64_t r0 = 0; r0 < rows32; r0 += SUB) {
             const int64_t sub = rows32 - r0 < SUB ? rows32 - r0 : SUB;
-            for (int64_t i = 0; i < sub; i++) bmax[i] = -INFINITY;
-            for (int64_t j = 0; j < n8; j += 8) {
-                const float *keys = j0 + j + 8 <= L ? kh + (j0 + j) * D : last8;
-                const int valid = n - j < 8 ? (int)(n - j) : 8;
-                for (int64_t i = 0; i < sub; i += 32) scores(keys, D, qt + r0 + i, st + j * SUB + i, bmax + i, valid);
+            if (j0 > 0) {
+                /* one pass: the numerators against the maxima so far; the rare query whose scores rise
+                 * far above its maximum is redone alone */
+                float *sums = bmax + SUB; /* [SUB] */
+                for (int64_t i = 0; i < sub; i++) bmax[i] = -INFINITY, sums[i] = 0.0f;
+                for (int64_t j = 0; j < n8; j += 8) {
+                    const float *keys = j0 + j + 8 <= L ? kh + (j0 + j) * D : last8;
+                    const int valid = n - j < 8 ? (int)(n - j) : 8;
+                    for (int64_t i = 0; i < sub; i += 32)
+                        scores_exp(keys, D, qt + r0 + i, st + j * SUB + i, m + r0 + i, sums + i, bmax + i, valid);
+                }
+                for (int64_t i = 0; i < sub; i++) {
+                    if (bmax[i] > m[r0 + i] + LIFT) {
+                        lift_query(kh + j0 * D, D, n, qt + r0 + i, st + i, m + r0 + i, l + r0 + i, alpha + r0 + i, bmax[i]);
+                    } else {
+                        l[r0 + i] += sums[i];
+                        alpha[r0 + i] = 1.0f;
+                    }
+                }
+            } else { /* the first block: its maxima first, then the numerators */
+                for (int64_t i = 0; i < sub; i++) bmax[i] = -INFINITY;
+                for (int64_t j = 0; j < n8; j += 8) {
+                    const float *keys = j0 + j + 8 <= L ? kh + (j0 + j) * D : last8;
+                    const int valid = n - j < 8 ? (int)(n - j) : 8;
+                    for (int64_t i = 0; i < sub; i += 32) scores(keys, D, qt + r0 + i, st + j * SUB + i, bmax + i, valid);
+                }
+                for (int64_t i = 0; i < sub; i += 16)
+                    softmax16(st + i, n, bmax + i, m + r0 + i, l + r0 + i, alpha + r0 + i);
             }
-            for (int64_t i = 0; i < sub; i += 16)
-                softmax16(st + i, n, bmax + i, m + r0 + i, l + r0 + i, alpha + r0 + i);
             for (int64_t i = 0; i < sub && r0 + i < rows; i += PR)
                 values_nv(st + i, vh + j0 * D, n, o + (r0 + i) * D, alpha + r0 + i, nv);
         }
@@ -277,7 +357,7 @@ int socodec_attention(const float *q, const float *k, const float *v, float *out
     if (B <= 0 || Tq <= 0 || Tk <= 0) return 0;
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    const size_t per_thread = (size_t)(LDQ * D + SUB * KB + QB * D + 3 * QB + SUB + 8 * D + 16);
+    const size_t per_thread = (size_t)(LDQ * D + SUB * KB + QB * D + 3 * QB + 2 * SUB + 8 * D + 16);
     const size_t bytes = sizeof(float) * per_thread * (size_t)threads;
     float *bufs = aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* C11: a multiple of the alignment */
     if (bufs == NULL) return -1;

@@ -252,3 +252,34 @@ def test_a_kernel_with_other_numbers_is_refused_and_one_without_attention_falls_
         assert net.use_native(NoAttention())
         fallback = net(wav)
     assert (fallback - plain).abs().max().item() < 1e-4
+
+
+def test_attention_with_scores_far_above_the_first_blocks_maximum() -> None:
+    """A key past the first block whose score exceeds a query's running maximum by far (2^64 and more in
+    base 2) moves that query's maximum alone: the numbers stay those of float64, and they still do not
+    depend on threads, batching or query blocks."""
+    kernel = _attention_kernel()
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 600, 2 * 64, generator=gen)
+    k, v = torch.randn(2, 2, 600, 64, generator=gen), torch.randn(2, 2, 600, 64, generator=gen)
+    heads = q.view(2, 600, 2, 64)
+    spikes = {5: 300, 417: 599, 131: 130, 300: 520}  # query: key, the keys past the first block of 128
+    for query, key in spikes.items():
+        k[:, :, key] = heads[:, query] * 16  # a score of ~64 * 16 / 8 = 128 nats (185 in base 2) above the rest
+    lengths = torch.tensor([600, 560])
+    want = _reference_attention(q.view(2, 600, 2, 64), k, v, lengths)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernel.attention(q, k, v, lengths)
+        torch.set_num_threads(2)
+        two = kernel.attention(q, k, v, lengths)
+        alone = kernel.attention(q[1:], k[1:].contiguous(), v[1:].contiguous(), lengths[1:])
+        block = kernel.attention(q[:, 100:450], k, v, lengths)
+    finally:
+        torch.set_num_threads(threads)
+    assert one is not None and two is not None and alone is not None and block is not None
+    assert (one.double() - want).abs().max().item() < 2e-5 * want.abs().max().item()
+    for query, key in spikes.items():  # all of the query's weight is on its key
+        assert torch.allclose(one[0, query].view(2, 64), v[0, :, key], atol=1e-5)
+    assert torch.equal(one, two) and torch.equal(alone, two[1:]) and torch.equal(block, two[:, 100:450])
