@@ -319,13 +319,21 @@ class SelfAttention(nn.Module):
         k, v = self._keys_values(x, native)
         for start in range(0, frames, block):
             stop = min(frames, start + block)
-            residual[:, start:stop] += self.out_proj(self._attend(self.q_proj(x[:, start:stop]), k, v, mask, native))
+            add_linear_(residual[:, start:stop], self._attend(self.q_proj(x[:, start:stop]), k, v, mask, native),
+                        self.out_proj)
 
     def _keys_values(self, x: Tensor, native: NativeTransformer | None) -> tuple[Tensor, Tensor]:
-        """``[B, T, E]`` -> keys and values ``[B, H, T, E/H]`` (contiguous for the native kernel)."""
+        """``[B, T, E]`` -> keys and values ``[B, H, T, E/H]`` (contiguous for the native kernel: the
+        product without its bias, then the bias added on the way into that layout, one pass)."""
         batch, frames, dim = x.shape
-        k, v = (t.view(batch, frames, self.heads, dim // self.heads).transpose(1, 2) for t in (self.k_proj(x), self.v_proj(x)))
-        return (k.contiguous(), v.contiguous()) if native is not None else (k, v)
+        heads, width = self.heads, dim // self.heads
+        if native is None:
+            return tuple(t.view(batch, frames, heads, width).transpose(1, 2) for t in (self.k_proj(x), self.v_proj(x)))
+        out = []
+        for proj in (self.k_proj, self.v_proj):
+            t = F.linear(x, proj.weight).view(batch, frames, heads, width).transpose(1, 2)
+            out.append(torch.add(t, proj.bias.view(1, heads, 1, width), out=x.new_empty(batch, heads, frames, width)))
+        return out[0], out[1]
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, native: NativeTransformer | None) -> Tensor:
         """Queries ``[B, t, E]`` against keys and values ``[B, H, T, E/H]`` -> ``[B, t, E]``."""
@@ -351,6 +359,20 @@ def _prefix_lengths(mask: Tensor | None, batch: int, keys: int) -> Tensor | None
     return lengths if bool((lengths > 0).all()) and torch.equal(keep, prefix) else None
 
 
+def add_linear_(residual: Tensor, x: Tensor, linear: nn.Linear) -> None:
+    """``residual += linear(x)`` in place (inference): ``[B, t, E]`` += ``[B, t, F]`` @ W^T + b. Where
+    ``residual`` is one matrix in memory the product accumulates into it (no output tensor, no
+    separate addition), then the bias is added."""
+    rows = residual.shape[0] * residual.shape[1]
+    if residual.shape[0] == 1 or residual.is_contiguous():
+        flat = residual.view(rows, residual.shape[2])
+        flat.addmm_(x.reshape(rows, x.shape[2]), linear.weight.t())
+        if linear.bias is not None:
+            flat += linear.bias
+    else:
+        residual += linear(x)
+
+
 class FeedForward(nn.Module):
     """Linear(E, F) → GELU → Linear(F, E): ``[B, T, E] -> [B, T, E]``.
 
@@ -365,14 +387,21 @@ class FeedForward(nn.Module):
         self.native: NativeTransformer | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.output_dense(self.hidden(x))
+
+    def add_to(self, residual: Tensor, x: Tensor) -> None:
+        """``residual += forward(x)`` in place (inference; see :func:`add_linear_`)."""
+        add_linear_(residual, self.hidden(x), self.output_dense)
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """``[B, T, E] -> [B, T, F]``: GELU of the first layer."""
         native = _native_for(self.native, x)
         if native is None:
-            h = F.gelu(self.intermediate_dense(x))
-        else:
-            h = F.linear(x, self.intermediate_dense.weight)
-            if not native.bias_gelu_(h, self.intermediate_dense.bias):
-                h = F.gelu(h + self.intermediate_dense.bias)
-        return self.output_dense(h)
+            return F.gelu(self.intermediate_dense(x))
+        h = F.linear(x, self.intermediate_dense.weight)
+        if not native.bias_gelu_(h, self.intermediate_dense.bias):
+            h = F.gelu(h + self.intermediate_dense.bias)
+        return h
 
 
 class EncoderLayer(nn.Module):
@@ -386,8 +415,9 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(dim, hidden)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if x.shape[1] > ATTENTION_BLOCK_FRAMES and not torch.is_grad_enabled():
-            # long inputs (inference): queries in blocks, added in place (x is this encoder's own tensor)
+        inference = not torch.is_grad_enabled()
+        if inference:
+            # added in place (x is this encoder's own tensor); long inputs: queries in blocks
             self.attention.add_to(x, self.layer_norm(x), mask, ATTENTION_BLOCK_FRAMES)
         else:
             x = x + self.attention(self.layer_norm(x), mask)
@@ -397,7 +427,10 @@ class EncoderLayer(nn.Module):
         frames = h.shape[1]
         block = -(-frames // max(1, frames // FFN_BLOCK_FRAMES))
         for start in range(0, frames, block):
-            x[:, start : start + block] += self.feed_forward(h[:, start : start + block])
+            if inference:
+                self.feed_forward.add_to(x[:, start : start + block], h[:, start : start + block])
+            else:
+                x[:, start : start + block] += self.feed_forward(h[:, start : start + block])
         return x
 
 

@@ -283,3 +283,21 @@ def test_attention_with_scores_far_above_the_first_blocks_maximum() -> None:
     for query, key in spikes.items():  # all of the query's weight is on its key
         assert torch.allclose(one[0, query].view(2, 64), v[0, :, key], atol=1e-5)
     assert torch.equal(one, two) and torch.equal(alone, two[1:]) and torch.equal(block, two[:, 100:450])
+
+
+@pytest.mark.parametrize("batch, span", [(1, (0, 40)), (1, (10, 30)), (2, (0, 40)), (2, (10, 30))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_products_added_in_place_equal_the_out_of_place_sum(batch, span, bias) -> None:
+    """The inference path's residual additions (into the whole tensor or a block of its frames, one
+    matrix in memory or not) give x + linear(h), and touch nothing outside the block."""
+    from socodec.nn.hubert import add_linear_
+
+    gen = torch.Generator().manual_seed(batch * 10 + span[0])
+    linear = torch.nn.Linear(48, 32, bias=bias)
+    x, h = torch.randn(batch, 40, 32, generator=gen), torch.randn(batch, span[1] - span[0], 48, generator=gen)
+    want = x.clone()
+    with torch.no_grad():
+        want[:, span[0] : span[1]] = x[:, span[0] : span[1]] + linear(h)
+        add_linear_(x[:, span[0] : span[1]], h, linear)
+    assert torch.allclose(x, want, atol=1e-5, rtol=0)
+    assert torch.equal(x[:, : span[0]], want[:, : span[0]]) and torch.equal(x[:, span[1] :], want[:, span[1] :])
