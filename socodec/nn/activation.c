@@ -14,11 +14,14 @@
  * s = u + g sin(u)^2; the 2T-rate signal is replicate-padded (its first sample before, its last
  * after) and y[m] = sum_q down_e[q] s_e[m-3+q] + down_o[q] s_o[m-3+q].
  *
- * The time axis is cut into tiles of TILE outputs; each thread takes a contiguous run of tiles
- * and keeps the phases of one tile (plus 3 pairs each side) in a small buffer, so every sample is
- * read once and nothing of the 2T-rate signal goes to memory. Each output is computed by the
- * same operations whatever the tiling or thread count: results do not depend on either. The
- * threads are those of parallel.h (PyTorch's own OpenMP threads, else POSIX threads).
+ * With AVX-512 and C a multiple of 16 (every layer of the released vocoder), each thread takes a
+ * contiguous run of outputs and walks it 16 channels at a time, keeping the last 7 input rows and
+ * the last 7 pairs of both phases in registers (block_run). Otherwise the time axis is cut into
+ * tiles of TILE outputs; each thread takes a contiguous run of tiles and keeps the phases of one
+ * tile (plus 3 pairs each side) in a small buffer. Either way every sample is read once and
+ * nothing of the 2T-rate signal goes to memory, and each output is computed by the same
+ * operations whatever the split or thread count: results do not depend on either. The threads
+ * are those of parallel.h (PyTorch's own OpenMP threads, else POSIX threads).
  */
 #include <math.h>
 #include <stdint.h>
