@@ -366,7 +366,8 @@ def add_linear_(residual: Tensor, x: Tensor, linear: nn.Linear) -> None:
     rows = residual.shape[0] * residual.shape[1]
     if residual.shape[0] == 1 or residual.is_contiguous():
         flat = residual.view(rows, residual.shape[2])
-        flat.addmm_(x.reshape(rows, x.shape[2]), linear.weight.t())
+        # addmm with out= (not addmm_): the same product, and FLOP counters see it
+        torch.addmm(flat, x.reshape(rows, x.shape[2]), linear.weight.t(), out=flat)
         if linear.bias is not None:
             flat += linear.bias
     else:

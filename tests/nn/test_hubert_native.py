@@ -301,3 +301,18 @@ def test_products_added_in_place_equal_the_out_of_place_sum(batch, span, bias) -
         add_linear_(x[:, span[0] : span[1]], h, linear)
     assert torch.allclose(x, want, atol=1e-5, rtol=0)
     assert torch.equal(x[:, : span[0]], want[:, : span[0]]) and torch.equal(x[:, span[1] :], want[:, span[1] :])
+
+
+def test_flop_counters_see_every_product_of_an_inference_layer() -> None:
+    """The benchmarks' compute floor counts FLOPs with torch's counter: the in-place residual products
+    must stay visible to it (the projections and the feed-forward, 2 T E (4 E + 2 F))."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from socodec.nn.hubert import EncoderLayer
+
+    layer = EncoderLayer(64, 4, 256).eval()
+    x = torch.randn(1, 50, 64)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        layer(x)
+    attention = 4 * 50 * 50 * 64  # PyTorch's attention path, where the counter sees it
+    assert counter.get_total_flops() in (2 * 50 * 64 * (4 * 64 + 2 * 256), 2 * 50 * 64 * (4 * 64 + 2 * 256) + attention)
