@@ -144,11 +144,10 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* st[8][32] (row stride SUB) = k[8][D] . qt[D][32] (row stride LDQ): 8 keys' scores for 32 queries;
- * mx[32] <- max(mx, the scores of the first `valid` keys) */
-static inline void scores(const float *restrict k, int64_t D, const float *restrict qt, float *restrict st,
-                          float *restrict mx, int valid) {
-    __m512 acc[8][2];
+/* acc[r][h] = k[r][D] . qt[D][16 h .. 16 h + 15] (row stride LDQ): 8 keys' scores for 32 queries, each a
+ * chain of fused multiply-adds over d in order (lift_query() repeats it for one query) */
+static inline __attribute__((always_inline)) void score_tile(const float *restrict k, int64_t D,
+                                                             const float *restrict qt, __m512 acc[8][2]) {
     for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; d++) {
         __m512 q0 = _mm512_loadu_ps(qt + d * LDQ), q1 = _mm512_loadu_ps(qt + d * LDQ + 16);
@@ -158,6 +157,14 @@ static inline void scores(const float *restrict k, int64_t D, const float *restr
             acc[r][1] = _mm512_fmadd_ps(kv, q1, acc[r][1]);
         }
     }
+}
+
+/* st[8][32] (row stride SUB) = k[8][D] . qt[D][32] (row stride LDQ): 8 keys' scores for 32 queries;
+ * mx[32] <- max(mx, the scores of the first `valid` keys) */
+static inline void scores(const float *restrict k, int64_t D, const float *restrict qt, float *restrict st,
+                          float *restrict mx, int valid) {
+    __m512 acc[8][2];
+    score_tile(k, D, qt, acc);
     __m512 m0 = _mm512_loadu_ps(mx), m1 = _mm512_loadu_ps(mx + 16);
     for (int r = 0; r < 8; r++) {
         _mm512_storeu_ps(st + r * SUB, acc[r][0]);
@@ -178,15 +185,7 @@ static inline void scores(const float *restrict k, int64_t D, const float *restr
 static inline void scores_exp(const float *restrict k, int64_t D, const float *restrict qt, float *restrict st,
                               const float *restrict m, float *restrict sum, float *restrict mx, int valid) {
     __m512 acc[8][2];
-    for (int r = 0; r < 8; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d++) {
-        __m512 q0 = _mm512_loadu_ps(qt + d * LDQ), q1 = _mm512_loadu_ps(qt + d * LDQ + 16);
-        for (int r = 0; r < 8; r++) {
-            __m512 kv = _mm512_set1_ps(k[r * D + d]);
-            acc[r][0] = _mm512_fmadd_ps(kv, q0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(kv, q1, acc[r][1]);
-        }
-    }
+    score_tile(k, D, qt, acc);
     const __m512 m0 = _mm512_loadu_ps(m), m1 = _mm512_loadu_ps(m + 16);
     __m512 s0 = _mm512_loadu_ps(sum), s1 = _mm512_loadu_ps(sum + 16);
     __m512 x0 = _mm512_loadu_ps(mx), x1 = _mm512_loadu_ps(mx + 16);

@@ -74,6 +74,13 @@ def test_attention_does_not_depend_on_threads_batching_or_query_blocks() -> None
     q = torch.randn(2, 700, 4 * 64, generator=gen)
     k, v = torch.randn(2, 4, 700, 64, generator=gen), torch.randn(2, 4, 700, 64, generator=gen)
     lengths = torch.tensor([700, 650])
+    one, three, alone, block = _attention_variants(kernel, q, k, v, lengths, (300, 500))
+    assert torch.equal(one, three) and torch.equal(alone, three[1:]) and torch.equal(block, three[:, 300:500])
+
+
+def _attention_variants(kernel, q, k, v, lengths, span):
+    """The kernel's output on 1 and 3 threads, for the second item alone (3 threads) and for the
+    queries ``span`` only (a block of queries, as long inputs run; 3 threads)."""
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -81,11 +88,11 @@ def test_attention_does_not_depend_on_threads_batching_or_query_blocks() -> None
         torch.set_num_threads(3)
         three = kernel.attention(q, k, v, lengths)
         alone = kernel.attention(q[1:], k[1:].contiguous(), v[1:].contiguous(), lengths[1:])
-        block = kernel.attention(q[:, 300:500], k, v, lengths)  # a block of queries, as long inputs run
+        block = kernel.attention(q[:, span[0] : span[1]], k, v, lengths)
     finally:
         torch.set_num_threads(threads)
     assert one is not None and three is not None and alone is not None and block is not None
-    assert torch.equal(one, three) and torch.equal(alone, three[1:]) and torch.equal(block, three[:, 300:500])
+    return one, three, alone, block
 
 
 def test_attention_declines_what_it_does_not_run_and_refuses_bad_lengths() -> None:
@@ -268,21 +275,11 @@ def test_attention_with_scores_far_above_the_first_blocks_maximum() -> None:
         k[:, :, key] = heads[:, query] * 16  # a score of ~64 * 16 / 8 = 128 nats (185 in base 2) above the rest
     lengths = torch.tensor([600, 560])
     want = _reference_attention(q.view(2, 600, 2, 64), k, v, lengths)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = kernel.attention(q, k, v, lengths)
-        torch.set_num_threads(2)
-        two = kernel.attention(q, k, v, lengths)
-        alone = kernel.attention(q[1:], k[1:].contiguous(), v[1:].contiguous(), lengths[1:])
-        block = kernel.attention(q[:, 100:450], k, v, lengths)
-    finally:
-        torch.set_num_threads(threads)
-    assert one is not None and two is not None and alone is not None and block is not None
+    one, three, alone, block = _attention_variants(kernel, q, k, v, lengths, (100, 450))
     assert (one.double() - want).abs().max().item() < 2e-5 * want.abs().max().item()
     for query, key in spikes.items():  # all of the query's weight is on its key
         assert torch.allclose(one[0, query].view(2, 64), v[0, :, key], atol=1e-5)
-    assert torch.equal(one, two) and torch.equal(alone, two[1:]) and torch.equal(block, two[:, 100:450])
+    assert torch.equal(one, three) and torch.equal(alone, three[1:]) and torch.equal(block, three[:, 100:450])
 
 
 @pytest.mark.parametrize("batch, span", [(1, (0, 40)), (1, (10, 30)), (2, (0, 40)), (2, (10, 30))])
