@@ -66,6 +66,8 @@ class CausalConv1d(nn.Conv1d):
         k, s = self.kernel_size[0], self.stride[0]
         b, length, c_in = x.shape
         n_out = (length - k) // s + 1
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):  # differentiable
+            return F.conv1d(x.transpose(1, 2), self.weight, self.bias, stride=s, groups=self.groups).transpose(1, 2)
         if self.groups > 1 or self.out_channels < _GEMM_MIN_CHANNELS:
             y = F.conv2d(x.transpose(1, 2).unsqueeze(2), self.weight.unsqueeze(2), self.bias, stride=(1, s),
                          groups=self.groups)
@@ -119,6 +121,10 @@ class CausalConvTranspose1d(nn.ConvTranspose1d):
             past = x.new_zeros(b, 1, x.shape[2])
         c_in, c_out, taps = self.weight.shape
         y = torch.matmul(torch.cat([past, x], dim=1), self.weight.view(c_in, c_out * taps)).view(b, t + 1, c_out, taps)
+        if torch.is_grad_enabled() and y.requires_grad:  # differentiable: no out=, no in-place bias
+            out = (y[:, 1:, :, :stride] + y[:, :-1, :, stride:]).permute(0, 1, 3, 2)
+            out = out + self.bias if self.bias is not None else out
+            return out.reshape(b, t * stride, c_out)
         out = x.new_empty(b, t, stride, c_out)
         torch.add(y[:, 1:, :, :stride], y[:, :-1, :, stride:], out=out.permute(0, 1, 3, 2))
         if self.bias is not None:

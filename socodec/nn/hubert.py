@@ -332,7 +332,11 @@ class SelfAttention(nn.Module):
         out = []
         for proj in (self.k_proj, self.v_proj):
             t = F.linear(x, proj.weight).view(batch, frames, heads, width).transpose(1, 2)
-            out.append(torch.add(t, proj.bias.view(1, heads, 1, width), out=x.new_empty(batch, heads, frames, width)))
+            bias = proj.bias.view(1, heads, 1, width)
+            if t.dtype != bias.dtype:  # autocast: the product in another dtype
+                out.append((t + bias.to(t.dtype)).contiguous())
+            else:
+                out.append(torch.add(t, bias, out=t.new_empty(batch, heads, frames, width)))
         return out[0], out[1]
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, native: NativeTransformer | None) -> Tensor:
@@ -364,7 +368,9 @@ def add_linear_(residual: Tensor, x: Tensor, linear: nn.Linear) -> None:
     ``residual`` is one matrix in memory the product accumulates into it (no output tensor, no
     separate addition), then the bias is added."""
     rows = residual.shape[0] * residual.shape[1]
-    if residual.shape[0] == 1 or residual.is_contiguous():
+    same_dtype = residual.dtype == x.dtype == linear.weight.dtype  # not under autocast
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (residual, x, linear.weight))
+    if same_dtype and not tracked and (residual.shape[0] == 1 or residual.is_contiguous()):
         flat = residual.view(rows, residual.shape[2])
         # addmm with out= (not addmm_): the same product, and FLOP counters see it
         torch.addmm(flat, x.reshape(rows, x.shape[2]), linear.weight.t(), out=flat)
@@ -406,7 +412,11 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Pre-LayerNorm transformer layer: ``x + attn(LN(x))``, then ``+ ffn(LN(.))``. ``[B, T, E] -> [B, T, E]``."""
+    """Pre-LayerNorm transformer layer: ``x + attn(LN(x))``, then ``+ ffn(LN(.))``. ``[B, T, E] -> [B, T, E]``.
+
+    Without gradients both sums are made in place: ``x`` itself is updated and returned (the
+    :class:`Encoder` passes its own tensor).
+    """
 
     def __init__(self, dim: int, heads: int, hidden: int) -> None:
         super().__init__()

@@ -317,7 +317,7 @@ static void attention_task(const attention_t *a, int64_t task, float *buf) {
                         scores_exp(keys, D, qt + r0 + i, st + j * SUB + i, m + r0 + i, sums + i, bmax + i, valid);
                 }
                 for (int64_t i = 0; i < sub; i++) {
-                    if (bmax[i] > m[r0 + i] + LIFT) {
+                    if (bmax[i] - m[r0 + i] > LIFT) { /* not bmax > m + LIFT: m + LIFT may round up */
                         lift_query(kh + j0 * D, D, n, qt + r0 + i, st + i, m + r0 + i, l + r0 + i, alpha + r0 + i, bmax[i]);
                     } else {
                         l[r0 + i] += sums[i];

@@ -177,3 +177,23 @@ def test_time_major_convolutions_equal_the_padded_ones(c_out, kernel, stride, gr
         want = up(x[:, :300].transpose(1, 2)).transpose(1, 2)
         got = up.frames(x[:, :300])
     assert (got - want).abs().max().item() < 1e-4
+
+
+def test_the_streamer_is_differentiable(tiny_analyzer):
+    """With gradients the time-major layers take differentiable paths: a streamed encoder and decoder
+    give the whole-sequence numbers and their gradients."""
+    from socodec.nn.causal import CausalStreamer, CausalConv1d
+
+    a = tiny_analyzer
+    wide = CausalConv1d(a.cfg.model_size, 256, 3)  # the product path (>= 256 outputs)
+    x = torch.randn(1, 30, a.cfg.model_size, requires_grad=True)
+    with torch.enable_grad():
+        streamer = CausalStreamer()
+        parts = [streamer.decoder_body(a.decoder_1, x[:, :11]), streamer.decoder_body(a.decoder_1, x[:, 11:])]
+        streamed = torch.cat(parts, dim=1)
+        wide_out = CausalStreamer().run(wide, x)
+        (streamed.square().sum() + wide_out.sum()).backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and x.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.allclose(streamed, a.decoder_1(x), atol=1e-5)
+        assert torch.allclose(wide_out, wide(x.transpose(1, 2)).transpose(1, 2), atol=1e-5)

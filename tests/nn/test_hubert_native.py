@@ -313,3 +313,24 @@ def test_flop_counters_see_every_product_of_an_inference_layer() -> None:
         layer(x)
     attention = 4 * 50 * 50 * 64  # PyTorch's attention path, where the counter sees it
     assert counter.get_total_flops() in (2 * 50 * 64 * (4 * 64 + 2 * 256), 2 * 50 * 64 * (4 * 64 + 2 * 256) + attention)
+
+
+def test_inference_layer_under_autocast_and_with_gradients() -> None:
+    """The in-place inference sums keep working where dtypes differ (autocast) or autograd records."""
+    from socodec.nn.hubert import EncoderLayer
+
+    layer = EncoderLayer(64, 4, 256).eval()
+    kernel = _kernel()
+    layer.feed_forward.native = kernel
+    layer.attention.native = kernel if kernel.has_attention else None  # keys and values fold their bias
+    x = torch.randn(1, 30, 64)
+    with torch.no_grad():
+        want = layer(x.clone())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x.clone())
+    assert got.dtype == torch.float32 and (got - want).abs().max().item() < 0.1
+    with torch.enable_grad():
+        y = x.clone().requires_grad_()
+        layer.feed_forward.add_to(out := y * 1.0, y)
+        out.sum().backward()
+    assert y.grad is not None and bool(torch.isfinite(y.grad).all())
