@@ -3,7 +3,7 @@
 - ``socodec/nn/activation.c``: the vocoder's anti-aliased SnakeBeta
   (:class:`socodec.nn.vocoder.Activation1d`), cheap in arithmetic but, as PyTorch operators,
   several passes over a signal at twice the layer's rate (about a quarter of the synthesis time);
-  here one pass over tiles that stay in the CPU's cache.
+  here one pass in which nothing of the twice-rate signal goes to memory.
 - ``socodec/nn/transformer.c``: HuBERT's attention (flash-style, on AVX-512 CPUs), its
   feed-forward bias + GELU in place, and its front end's LayerNorm + GELU in one pass
   (:class:`socodec.nn.hubert.HubertNetwork`).

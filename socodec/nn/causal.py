@@ -77,20 +77,19 @@ class CausalConv1d(nn.Conv1d):
         for lo in range(0, n_out, _ROWS):
             hi = min(n_out, lo + _ROWS)
             rows = x[:, lo * s : (hi - 1) * s + k].unfold(1, k, s).reshape(b * (hi - lo), c_in * k)
+            # straight into ``out`` where its block is one matrix in memory (one item, or one block)
             dst = out[:, lo:hi].view(b * (hi - lo), -1) if b == 1 or hi - lo == n_out else None
-            if self.bias is None:
-                y = torch.mm(rows, weight, out=dst) if dst is not None else torch.mm(rows, weight)
-            else:
-                y = torch.addmm(self.bias, rows, weight, out=dst) if dst is not None else torch.addmm(self.bias, rows, weight)
+            y = torch.mm(rows, weight, out=dst) if self.bias is None else torch.addmm(self.bias, rows, weight, out=dst)
             if dst is None:
                 out[:, lo:hi] = y.view(b, hi - lo, -1)
         return out
 
 
 _ROWS = 2048
-_GEMM_MIN_CHANNELS = 256
 """Output frames per matrix product of :meth:`CausalConv1d.frames` (the unfolded input of one block
 is ``kernel`` times its size: at most ~25 MB for the released model)."""
+_GEMM_MIN_CHANNELS = 256
+"""Fewer output channels than this (the mel projection's 80): a channels-last convolution instead."""
 
 
 class CausalConvTranspose1d(nn.ConvTranspose1d):
@@ -242,7 +241,6 @@ def _product(values: tuple[int, ...]) -> int:
 
 def _needs_grad(module: nn.Module, x: Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
-
 
 
 class CausalStreamer:
